@@ -1,0 +1,608 @@
+"""The Responses request, validated and normalised into the canonical request mappings read.
+
+Mappings never parse Responses JSON themselves: they see ``req`` (``CanonicalRequest.view``),
+whose fields are listed in ``VIEW_FIELDS`` and documented in ``docs/internals.md``. Client
+mistakes raise ``RequestError`` naming the parameter, in OpenAI's words where OpenAI has them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from engine.errors import RequestError
+
+__all__ = [
+    "KNOWN_FIELDS",
+    "VIEW_FIELDS",
+    "CanonicalRequest",
+    "decode_state",
+    "encode_state",
+    "normalize",
+    "normalize_items",
+]
+
+# Top-level request fields OpenAI accepts (responses-api.md §3); others are a 400, as at OpenAI.
+KNOWN_FIELDS = frozenset(
+    {
+        "model", "input", "instructions", "previous_response_id", "conversation", "tools",
+        "tool_choice", "parallel_tool_calls", "max_tool_calls", "text", "reasoning",
+        "max_output_tokens", "temperature", "top_p", "top_logprobs", "truncation", "store",
+        "background", "stream", "stream_options", "include", "metadata", "user",
+        "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "service_tier",
+        "prompt", "moderation", "context_management", "prompt_cache_options",
+    }
+)  # fmt: skip
+
+VIEW_FIELDS = frozenset(
+    {
+        "model", "instructions", "entries", "tools", "hosted_tools", "tool_choice",
+        "parallel_tool_calls", "text_format", "reasoning", "max_output_tokens", "temperature",
+        "top_p", "top_logprobs", "user", "metadata", "stream", "store", "include", "truncation",
+        "service_tier", "raw", "has_reasoning", "previous_response_id",
+    }
+)  # fmt: skip
+
+STATE_PREFIX = "tnt1."
+_EFFORTS = {None, "none", "minimal", "low", "medium", "high", "xhigh", "max"}
+_SUMMARIES = {None, "auto", "concise", "detailed"}
+
+
+def encode_state(provider: str, state: Mapping[str, Any]) -> str:
+    """Opaque provider state (signatures…) as a Responses ``encrypted_content`` string."""
+    payload = orjson.dumps({"p": provider, **state})
+    return STATE_PREFIX + base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def decode_state(blob: str | None) -> tuple[str | None, dict[str, Any] | None]:
+    if not blob or not blob.startswith(STATE_PREFIX):
+        return None, None
+    raw = blob[len(STATE_PREFIX) :]
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (binascii.Error, ValueError):
+        return None, None
+    if not isinstance(data, dict) or not isinstance(data.get("p"), str):
+        return None, None
+    provider = data.pop("p")
+    return provider, data
+
+
+def _mint(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+def _bad(message: str, param: str, code: str = "invalid_value") -> RequestError:
+    return RequestError(400, message, param=param, code=code)
+
+
+def _type_name(value: Any) -> str:
+    return {
+        str: "string", bool: "boolean", int: "integer", float: "number",
+        dict: "object", list: "array", type(None): "null",
+    }.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def _expect(body: Mapping[str, Any], key: str, kinds: tuple[type, ...], what: str) -> Any:
+    value = body.get(key)
+    if value is None:
+        return None
+    # bool is an int subclass: `"temperature": true` must not pass as a number.
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not ok:
+        raise _bad(
+            f"Invalid type for '{key}': expected {what}, but got {_type_name(value)} instead.",
+            key,
+            "invalid_type",
+        )
+    return value
+
+
+def _number_in(body: Mapping[str, Any], key: str, low: float, high: float) -> float | None:
+    value = _expect(body, key, (int, float), "a number")
+    if value is not None and not low <= value <= high:
+        raise _bad(
+            f"Invalid '{key}': {value} is not between {low:g} and {high:g}.",
+            key,
+            "decimal_above_max_value" if value > high else "decimal_below_min_value",
+        )
+    return float(value) if value is not None else None
+
+
+@dataclass
+class CanonicalRequest:
+    """What a mapping translates. ``view`` is the ``req`` mapping templates see."""
+
+    view: dict[str, Any]
+    input_items: list[dict[str, Any]] = field(default_factory=list)
+    body: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        return str(self.view["model"])
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.view["stream"])
+
+
+def _parse_data_url(url: str, param: str) -> tuple[str, str]:
+    header, sep, data = url.partition(",")
+    if not sep or ";base64" not in header:
+        raise _bad(
+            "Only base64 data URLs are supported for inline data.", param, "invalid_image_url"
+        )
+    media_type = header[5:].split(";", 1)[0] or "application/octet-stream"
+    return media_type, data
+
+
+def _part_entries(role: str, content: Any, param: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"role": role, "kind": "text", "text": content}]
+    if not isinstance(content, list):
+        raise _bad(
+            f"Invalid type for '{param}': expected a string or an array of content parts.",
+            param,
+            "invalid_type",
+        )
+    out: list[dict[str, Any]] = []
+    for i, part in enumerate(content):
+        where = f"{param}[{i}]"
+        if not isinstance(part, dict):
+            raise _bad(f"Invalid type for '{where}': expected an object.", where, "invalid_type")
+        ptype = part.get("type")
+        if ptype in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise _bad(f"Missing required parameter: '{where}.text'.", f"{where}.text")
+            out.append({"role": role, "kind": "text", "text": text})
+        elif ptype == "refusal":
+            out.append({"role": role, "kind": "refusal", "text": str(part.get("refusal", ""))})
+        elif ptype == "input_image":
+            out.append(_image_entry(role, part, where))
+        elif ptype == "input_file":
+            out.append(_file_entry(role, part, where))
+        else:
+            raise _bad(
+                f"Invalid value: '{ptype}'. Supported content part types are: input_text, "
+                "input_image, input_file, output_text, refusal.",
+                f"{where}.type",
+            )
+    return out
+
+
+def _image_entry(role: str, part: Mapping[str, Any], where: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "role": role, "kind": "image", "url": None, "media_type": None, "data": None,
+        "file_id": part.get("file_id"), "detail": part.get("detail") or "auto",
+    }  # fmt: skip
+    url = part.get("image_url")
+    if isinstance(url, str):
+        if url.startswith("data:"):
+            entry["media_type"], entry["data"] = _parse_data_url(url, f"{where}.image_url")
+        elif url.startswith(("http://", "https://")):
+            entry["url"] = url
+        else:
+            raise _bad(
+                "Invalid 'image_url': expected an http(s) URL or a base64 data URL.",
+                f"{where}.image_url",
+                "invalid_image_url",
+            )
+    elif entry["file_id"] is None:
+        raise _bad("input_image needs 'image_url' or 'file_id'.", f"{where}.image_url")
+    return entry
+
+
+def _file_entry(role: str, part: Mapping[str, Any], where: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "role": role, "kind": "file", "file_id": part.get("file_id"), "url": part.get("file_url"),
+        "filename": part.get("filename"), "media_type": None, "data": None,
+    }  # fmt: skip
+    data = part.get("file_data")
+    if isinstance(data, str):
+        if data.startswith("data:"):
+            entry["media_type"], entry["data"] = _parse_data_url(data, f"{where}.file_data")
+        else:
+            entry["data"] = data
+            entry["media_type"] = "application/pdf"
+    elif entry["file_id"] is None and entry["url"] is None:
+        raise _bad("input_file needs 'file_data', 'file_url' or 'file_id'.", where)
+    return entry
+
+
+def _output_text(output: Any, where: str) -> str:
+    if isinstance(output, str):
+        return output
+    if isinstance(output, list):
+        texts = [p.get("text", "") for p in output if isinstance(p, dict) and "text" in p]
+        return "".join(str(t) for t in texts)
+    raise _bad(
+        f"Invalid type for '{where}.output': expected a string or an array.",
+        f"{where}.output",
+        "invalid_type",
+    )
+
+
+@dataclass
+class _Normalizer:
+    """Turns Responses items into (stored item with id, canonical entries)."""
+
+    system: list[str] = field(default_factory=list)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    call_names: dict[str, str] = field(default_factory=dict)
+    seen_ids: set[str] = field(default_factory=set)
+    seen_calls: set[str] = field(default_factory=set)
+    has_reasoning: bool = False
+
+    def add(self, item: Any, where: str, *, keep: list[dict[str, Any]] | None) -> None:
+        if not isinstance(item, dict):
+            raise _bad(f"Invalid type for '{where}': expected an object.", where, "invalid_type")
+        itype = item.get("type", "message" if "role" in item else None)
+        item_id = item.get("id")
+        # Idempotent merge: a client that replays history it also chains by
+        # previous_response_id must not duplicate items (duplicate tool ids are a 400 upstream).
+        if isinstance(item_id, str) and item_id in self.seen_ids:
+            return
+        if itype == "function_call" and item.get("call_id") in self.seen_calls:
+            return
+        stored = self._entries_for(itype, item, where)
+        if keep is not None and stored is not None:
+            keep.append(stored)
+        if isinstance(stored, dict) and isinstance(stored.get("id"), str):
+            self.seen_ids.add(stored["id"])
+
+    def _entries_for(self, itype: Any, item: dict[str, Any], where: str) -> dict[str, Any] | None:
+        if itype == "message":
+            return self._message(item, where)
+        if itype == "function_call":
+            return self._function_call(item, where)
+        if itype == "function_call_output":
+            return self._function_output(item, where)
+        if itype == "reasoning":
+            return self._reasoning(item)
+        if itype == "image_generation_call":
+            stored = {**item, "id": item.get("id") or _mint("ig")}
+            self.entries.append(
+                {"role": "assistant", "kind": "image_generation_call", "id": stored["id"],
+                 "result": item.get("result")}
+            )  # fmt: skip
+            return stored
+        raise _bad(
+            f"Invalid value: '{itype}'. Supported input item types are: message, function_call, "
+            "function_call_output, reasoning, image_generation_call, item_reference.",
+            f"{where}.type",
+        )
+
+    def _message(self, item: dict[str, Any], where: str) -> dict[str, Any]:
+        role = item.get("role")
+        if role not in ("user", "assistant", "system", "developer"):
+            raise _bad(
+                f"Invalid value: '{role}'. Supported values are: 'assistant', 'system', "
+                "'developer', and 'user'.",
+                f"{where}.role",
+            )
+        content = item.get("content")
+        if content is None:
+            raise _bad(f"Missing required parameter: '{where}.content'.", f"{where}.content")
+        parts = _part_entries(role, content, f"{where}.content")
+        if role in ("system", "developer"):
+            self.system.extend(p["text"] for p in parts if p["kind"] == "text")
+        else:
+            self.entries.extend(parts)
+        stored_content: Any = content
+        if isinstance(content, str):
+            part: dict[str, Any] = {"type": "input_text", "text": content}
+            if role == "assistant":
+                part = {"type": "output_text", "text": content, "annotations": []}
+            stored_content = [part]
+        return {
+            "type": "message",
+            "id": item.get("id") or _mint("msg"),
+            "role": role,
+            "content": stored_content,
+            "status": item.get("status") or "completed",
+        }
+
+    def _function_call(self, item: dict[str, Any], where: str) -> dict[str, Any]:
+        for key in ("call_id", "name", "arguments"):
+            if not isinstance(item.get(key), str):
+                raise _bad(f"Missing required parameter: '{where}.{key}'.", f"{where}.{key}")
+        call_id, name, arguments = item["call_id"], item["name"], item["arguments"]
+        try:
+            args = orjson.loads(arguments) if arguments.strip() else {}
+        except orjson.JSONDecodeError:
+            args = None
+        self.call_names[call_id] = name
+        self.seen_calls.add(call_id)
+        stored = {
+            "type": "function_call", "id": item.get("id") or _mint("fc"), "call_id": call_id,
+            "name": name, "arguments": arguments, "status": item.get("status") or "completed",
+        }  # fmt: skip
+        self.entries.append(
+            {"role": "assistant", "kind": "function_call", "call_id": call_id, "name": name,
+             "arguments": arguments, "args": args, "id": stored["id"], "signature": None}
+        )  # fmt: skip
+        return stored
+
+    def _function_output(self, item: dict[str, Any], where: str) -> dict[str, Any]:
+        call_id = item.get("call_id")
+        if not isinstance(call_id, str):
+            raise _bad(f"Missing required parameter: '{where}.call_id'.", f"{where}.call_id")
+        if "output" not in item:
+            raise _bad(f"Missing required parameter: '{where}.output'.", f"{where}.output")
+        if call_id not in self.call_names:
+            raise _bad(
+                f"No tool call found for function call output with call_id {call_id}.",
+                "input",
+            )
+        output = _output_text(item["output"], where)
+        self.entries.append(
+            {"role": "tool", "kind": "function_call_output", "call_id": call_id,
+             "name": self.call_names.get(call_id), "output": output}
+        )  # fmt: skip
+        return {
+            "type": "function_call_output",
+            "id": item.get("id") or _mint("fco"),
+            "call_id": call_id,
+            "output": item["output"],
+            "status": item.get("status") or "completed",
+        }
+
+    def _reasoning(self, item: dict[str, Any]) -> dict[str, Any]:
+        summary = item.get("summary") or []
+        text = "".join(
+            p.get("text", "")
+            for p in summary
+            if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
+        encrypted = item.get("encrypted_content")
+        provider, state = decode_state(encrypted if isinstance(encrypted, str) else None)
+        self.has_reasoning = True
+        self.entries.append(
+            {"role": "assistant", "kind": "reasoning", "id": item.get("id"), "text": text,
+             "provider": provider, "state": state,
+             "encrypted_content": encrypted if provider is None else None}
+        )  # fmt: skip
+        stored = {"type": "reasoning", "id": item.get("id") or _mint("rs"), "summary": summary}
+        if encrypted is not None:
+            stored["encrypted_content"] = encrypted
+        return stored
+
+    def attach_call_signatures(self) -> None:
+        """Signatures kept per call id (Gemini thoughtSignature) go back onto their calls."""
+        signatures: dict[str, str] = {}
+        for entry in self.entries:
+            if entry["kind"] == "reasoning" and entry["state"]:
+                signatures.update(entry["state"].get("call_signatures") or {})
+        if not signatures:
+            return
+        for entry in self.entries:
+            if entry["kind"] == "function_call" and entry["call_id"] in signatures:
+                entry["signature"] = signatures[entry["call_id"]]
+
+
+def normalize_items(
+    items: Iterable[Any], history: Iterable[Mapping[str, Any]] = ()
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """(entries, stored input items, system texts) for history followed by new items."""
+    norm = _Normalizer()
+    by_id: dict[str, Mapping[str, Any]] = {}
+    for i, item in enumerate(history):
+        if isinstance(item.get("id"), str):
+            by_id[item["id"]] = item
+        norm.add(dict(item), f"history[{i}]", keep=None)
+    stored: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        where = f"input[{i}]"
+        if isinstance(item, dict) and item.get("type") == "item_reference":
+            ref = by_id.get(str(item.get("id")))
+            if ref is None:
+                raise _bad(
+                    f"Item with id '{item.get('id')}' not found.", f"{where}.id", "not_found"
+                )
+            continue  # already part of the history the chain replays
+        norm.add(item, where, keep=stored)
+    norm.attach_call_signatures()
+    return norm.entries, stored, norm.system
+
+
+def _tools(body: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    tools = _expect(body, "tools", (list,), "an array")
+    functions: list[dict[str, Any]] = []
+    hosted: list[dict[str, Any]] = []
+    for i, tool in enumerate(tools or []):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+            raise _bad(f"Missing required parameter: '{where}.type'.", f"{where}.type")
+        if tool["type"] != "function":
+            hosted.append(tool)
+            continue
+        name = tool.get("name")
+        if not isinstance(name, str) or not name:
+            raise _bad(f"Missing required parameter: '{where}.name'.", f"{where}.name")
+        params = tool.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise _bad(
+                f"Invalid type for '{where}.parameters': expected an object.",
+                f"{where}.parameters",
+                "invalid_type",
+            )
+        functions.append(
+            {"name": name, "description": tool.get("description"),
+             "parameters": params if params is not None else {"type": "object", "properties": {}},
+             "strict": tool.get("strict")}
+        )  # fmt: skip
+    return functions, hosted
+
+
+def _tool_choice(body: Mapping[str, Any], names: set[str]) -> dict[str, Any] | None:
+    choice = body.get("tool_choice")
+    if choice is None:
+        return None
+    if isinstance(choice, str):
+        if choice not in ("auto", "none", "required"):
+            raise _bad(
+                f"Invalid value: '{choice}'. Supported values are: 'none', 'auto', and 'required'.",
+                "tool_choice",
+            )
+        return {"mode": choice}
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        name = choice.get("name")
+        if name not in names:
+            raise _bad(f"Tool choice '{name}' not found in 'tools' parameter.", "tool_choice")
+        return {"mode": "function", "name": name}
+    if isinstance(choice, dict) and isinstance(choice.get("type"), str):
+        return {"mode": "hosted", "type": choice["type"]}
+    raise _bad("Invalid 'tool_choice'.", "tool_choice", "invalid_type")
+
+
+def _text_format(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    text = _expect(body, "text", (dict,), "an object")
+    if not text or text.get("format") is None:
+        return None
+    fmt = text["format"]
+    if not isinstance(fmt, dict):
+        raise _bad(
+            "Invalid type for 'text.format': expected an object.", "text.format", "invalid_type"
+        )
+    ftype = fmt.get("type")
+    if ftype == "text":
+        return None
+    if ftype == "json_object":
+        return {"type": "json_object"}
+    if ftype == "json_schema":
+        if not isinstance(fmt.get("name"), str):
+            raise _bad("Missing required parameter: 'text.format.name'.", "text.format.name")
+        if not isinstance(fmt.get("schema"), dict):
+            raise _bad("Missing required parameter: 'text.format.schema'.", "text.format.schema")
+        return {
+            "type": "json_schema", "name": fmt["name"], "schema": fmt["schema"],
+            "strict": fmt.get("strict"), "description": fmt.get("description"),
+        }  # fmt: skip
+    raise _bad(
+        f"Invalid value: '{ftype}'. Supported values are: 'text', 'json_object', 'json_schema'.",
+        "text.format.type",
+    )
+
+
+def _reasoning(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    reasoning = _expect(body, "reasoning", (dict,), "an object")
+    if not reasoning:
+        return None
+    effort, summary = reasoning.get("effort"), reasoning.get("summary")
+    if effort not in _EFFORTS:
+        raise _bad(
+            f"Invalid value: '{effort}'. Supported values are: 'none', 'minimal', 'low', "
+            "'medium', 'high', 'xhigh' and 'max'.",
+            "reasoning.effort",
+        )
+    if summary not in _SUMMARIES:
+        raise _bad(
+            f"Invalid value: '{summary}'. Supported values are: 'auto', 'concise' and 'detailed'.",
+            "reasoning.summary",
+        )
+    if effort in (None, "none") and summary is None:
+        return None
+    return {"effort": None if effort == "none" else effort, "summary": summary}
+
+
+def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> CanonicalRequest:
+    """Validate a Responses create body and build the canonical request."""
+    if not isinstance(body, dict):
+        raise _bad("The request body must be a JSON object.", "body", "invalid_type")
+    unknown = [k for k in body if k not in KNOWN_FIELDS]
+    if unknown:
+        raise _bad(f"Unknown parameter: '{unknown[0]}'.", unknown[0], "unknown_parameter")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("Missing required parameter: 'model'.", "model", "missing_required_parameter")
+    instructions = _expect(body, "instructions", (str,), "a string")
+    for key in ("stream", "store", "background", "parallel_tool_calls"):
+        _expect(body, key, (bool,), "a boolean")
+    max_output = _expect(body, "max_output_tokens", (int,), "an integer")
+    if max_output is not None and max_output < 16:
+        raise _bad(
+            f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, "
+            f"but got {max_output} instead.",
+            "max_output_tokens",
+            "integer_below_min_value",
+        )
+    top_logprobs = _expect(body, "top_logprobs", (int,), "an integer")
+    metadata = _expect(body, "metadata", (dict,), "an object")
+    if metadata is not None and (
+        len(metadata) > 16
+        or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
+            for k, v in metadata.items()
+        )
+    ):
+        raise _bad(
+            "Invalid 'metadata': at most 16 string pairs, keys up to 64 and values up to "
+            "512 characters.",
+            "metadata",
+        )
+    include = _expect(body, "include", (list,), "an array") or []
+    _expect(body, "previous_response_id", (str,), "a string")
+    _expect(body, "user", (str,), "a string")
+    if body.get("background"):
+        raise _bad(
+            "background mode is not supported by this gateway yet.",
+            "background",
+            "unsupported_parameter",
+        )
+    if body.get("conversation") is not None:
+        raise _bad(
+            "The Conversations API is not supported; use previous_response_id.",
+            "conversation",
+            "unsupported_parameter",
+        )
+    raw_input = body.get("input")
+    if raw_input is None:
+        items: list[Any] = []
+    elif isinstance(raw_input, str):
+        items = [{"type": "message", "role": "user", "content": raw_input}]
+    elif isinstance(raw_input, list):
+        items = raw_input
+    else:
+        raise _bad(
+            "Invalid type for 'input': expected a string or an array of input items.",
+            "input",
+            "invalid_type",
+        )
+    entries, stored, system = normalize_items(items, history or ())
+    if not entries:
+        raise _bad("Missing required parameter: 'input'.", "input", "missing_required_parameter")
+    functions, hosted = _tools(body)
+    texts = ([instructions] if instructions else []) + system
+    view: dict[str, Any] = {
+        "model": model,
+        "instructions": "\n\n".join(texts) if texts else None,
+        "entries": entries,
+        "tools": functions,
+        "hosted_tools": hosted,
+        "tool_choice": _tool_choice(body, {t["name"] for t in functions}),
+        "parallel_tool_calls": body.get("parallel_tool_calls"),
+        "text_format": _text_format(body),
+        "reasoning": _reasoning(body),
+        "max_output_tokens": max_output,
+        "temperature": _number_in(body, "temperature", 0, 2),
+        "top_p": _number_in(body, "top_p", 0, 1),
+        "top_logprobs": top_logprobs,
+        "user": body.get("user"),
+        "metadata": metadata,
+        "stream": bool(body.get("stream")),
+        "store": body.get("store", True) is not False,
+        "include": include,
+        "truncation": body.get("truncation"),
+        "service_tier": body.get("service_tier"),
+        "previous_response_id": body.get("previous_response_id"),
+        "has_reasoning": any(e["kind"] == "reasoning" for e in entries),
+        "raw": body,
+    }
+    return CanonicalRequest(view=view, input_items=stored, body=body)

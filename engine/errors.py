@@ -1,0 +1,130 @@
+"""Turnout's exception hierarchy.
+
+    TurnoutError
+    ├── MappingError    a mapping (or any engine-loaded YAML) failed to load or lint; .problems
+    ├── ConfigError     the server config file failed to load or validate; .problems
+    ├── RequestError    the client sent something we cannot serve (4xx, OpenAI error body)
+    └── UpstreamError   the provider failed (status, retry_after, provider; OpenAI error body)
+
+``MappingError``/``ConfigError`` carry every problem found, not just the first, so one run
+of ``turnout lint`` shows all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from engine.diagnostics import Problem
+
+__all__ = [
+    "ConfigError",
+    "MappingError",
+    "RequestError",
+    "TurnoutError",
+    "UpstreamError",
+]
+
+
+class TurnoutError(Exception):
+    """Base class of every error Turnout raises on purpose."""
+
+
+def _problem_text(problems: list[Problem]) -> str:
+    return "\n".join(str(p) for p in problems) or "(no problems recorded)"
+
+
+class MappingError(TurnoutError):
+    """Load/validation/lint problems in a mapping or other engine YAML file."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems: list[Problem] = list(problems)
+        super().__init__(_problem_text(self.problems))
+
+    def __str__(self) -> str:
+        return _problem_text(self.problems)
+
+
+class ConfigError(TurnoutError):
+    """Problems in the server config file (shape, unknown keys, unset ``${VAR}``...)."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems: list[Problem] = list(problems)
+        super().__init__(_problem_text(self.problems))
+
+    def __str__(self) -> str:
+        return _problem_text(self.problems)
+
+
+def _error_body(message: str, type_: str, param: str | None, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class RequestError(TurnoutError):
+    """A client mistake, answered as an OpenAI error body with ``status`` (4xx)."""
+
+    def __init__(
+        self,
+        status: int = 400,
+        message: str = "Invalid request.",
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",  # the OpenAI field name
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestError(status={self.status!r}, message={self.message!r}, "
+            f"param={self.param!r}, code={self.code!r}, type={self.type!r})"
+        )
+
+    def to_body(self) -> dict[str, Any]:
+        """The OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
+        return _error_body(self.message, self.type, self.param, self.code)
+
+
+class UpstreamError(TurnoutError):
+    """A provider failure, already translated to the status/code Turnout will answer with."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        type: str = "upstream_error",  # the OpenAI field name
+        retry_after: float | None = None,
+        provider: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.type = type
+        self.retry_after = retry_after
+        self.provider = provider
+
+    def __str__(self) -> str:
+        prefix = f"{self.provider}: " if self.provider else ""
+        return f"{prefix}{self.status} {self.message}"
+
+    def __repr__(self) -> str:
+        return (
+            f"UpstreamError(status={self.status!r}, message={self.message!r}, "
+            f"code={self.code!r}, type={self.type!r}, retry_after={self.retry_after!r}, "
+            f"provider={self.provider!r})"
+        )
+
+    def to_body(self) -> dict[str, Any]:
+        """The OpenAI error body; upstream errors never name a client ``param``."""
+        return _error_body(self.message, self.type, None, self.code)

@@ -1,0 +1,141 @@
+"""Sandboxed Jinja expressions, compiled once at mapping load.
+
+A mapping leaf is either a literal, exactly one ``{{ expr }}`` (evaluated to a native Python value,
+so the string ``"42"`` stays a string), or a mixed string such as ``"{{ base }}/v1/messages"``
+(rendered as text; a dict or list inside text is an error, never ``str(dict)``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from jinja2 import ChainableUndefined, TemplateSyntaxError, Undefined, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from engine import filters
+
+__all__ = [
+    "Expression",
+    "TextTemplate",
+    "attribute_uses",
+    "compile_leaf",
+    "environment",
+    "is_expression",
+]
+
+# One `{{ ... }}` spanning the whole string (no second opening inside).
+_WHOLE = re.compile(r"^\s*\{\{(?P<body>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.DOTALL)
+
+
+def _finalize(value: Any) -> Any:
+    # Text templates must not stringify containers: that is how JSON-in-text bugs start.
+    if isinstance(value, (dict, list, tuple)):
+        raise TypeError(
+            "a dict or list cannot be rendered inside text; use a whole-leaf expression"
+        )
+    if value is None:
+        return ""
+    return value
+
+
+def _build_environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        autoescape=False,
+        # Chainable: `d.usage.cache_read` on a reply without `usage` is undefined, not a crash.
+        undefined=ChainableUndefined,
+        finalize=_finalize,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(filters.FILTERS)
+    env.globals.update(filters.GLOBALS)
+    return env
+
+
+_ENV = _build_environment()
+
+
+def environment() -> ImmutableSandboxedEnvironment:
+    return _ENV
+
+
+def is_expression(text: str) -> bool:
+    return "{{" in text or "{%" in text
+
+
+class Expression:
+    """A whole-leaf ``{{ expr }}``: evaluates to a native value; undefined becomes ``None``."""
+
+    __slots__ = ("_fn", "source")
+
+    def __init__(self, source: str) -> None:
+        match = _WHOLE.match(source)
+        if match is None:
+            raise ValueError(f"not a single '{{{{ }}}}' expression: {source!r}")
+        self.source = source
+        try:
+            self._fn: Callable[..., Any] = _ENV.compile_expression(
+                match.group("body"), undefined_to_none=True
+            )
+        except TemplateSyntaxError as exc:
+            raise ValueError(f"expression {source!r} does not parse: {exc.message}") from None
+
+    def __call__(self, context: Mapping[str, Any]) -> Any:
+        value = self._fn(context)
+        return None if isinstance(value, Undefined) else value
+
+    def __repr__(self) -> str:
+        return f"Expression({self.source!r})"
+
+
+class TextTemplate:
+    """A string with ``{{ }}`` inside text: always renders to ``str``."""
+
+    __slots__ = ("_template", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        try:
+            self._template = _ENV.from_string(source)
+        except TemplateSyntaxError as exc:
+            raise ValueError(f"template {source!r} does not parse: {exc.message}") from None
+
+    def __call__(self, context: Mapping[str, Any]) -> str:
+        return self._template.render(context)
+
+    def __repr__(self) -> str:
+        return f"TextTemplate({self.source!r})"
+
+
+def compile_leaf(value: str) -> Expression | TextTemplate | str:
+    """Compile one string leaf; plain strings come back unchanged."""
+    if not is_expression(value):
+        return value
+    if _WHOLE.match(value):
+        return Expression(value)
+    return TextTemplate(value)
+
+
+def attribute_uses(source: str, name: str) -> set[str]:
+    """First-level attributes read from variable ``name`` (``req.max_output_tokens`` → that key).
+
+    Used by the lint to catch ``req.max_output_tokns`` at load time instead of a silent None.
+    """
+    try:
+        tree = _ENV.parse(source if is_expression(source) else "")
+    except TemplateSyntaxError:
+        return set()
+    found: set[str] = set()
+    for node in tree.find_all(nodes.Getattr):
+        if isinstance(node.node, nodes.Name) and node.node.name == name:
+            found.add(node.attr)
+    for item in tree.find_all(nodes.Getitem):
+        if (
+            isinstance(item.node, nodes.Name)
+            and item.node.name == name
+            and isinstance(item.arg, nodes.Const)
+            and isinstance(item.arg.value, str)
+        ):
+            found.add(item.arg.value)
+    return found

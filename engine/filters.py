@@ -1,0 +1,248 @@
+"""Named filters: the only code a mapping file can call.
+
+Each filter is small, generic (no provider names inside) and unit-tested once in
+``tests/test_filters.py``. Adding a provider should never need a new filter; adding a *kind of
+translation* may.
+
+``turns(entries, roles)``
+    group canonical entries into provider turns: consecutive entries whose mapped role is equal
+    share one turn (``roles`` maps user/assistant/tool to the provider's role names)
+``split_turns(entries, roles, alone)``
+    like ``turns`` but entries of a role in ``alone`` each get a turn of their own (Chat
+    ``tool`` messages)
+``only(entries, *kinds)``
+    entries of those kinds
+``without(entries, *kinds)``
+    entries not of those kinds
+``texts(entries)``
+    the text of the text entries joined with "" (None when there is none)
+``from_json(text)``
+    parse a JSON string (tool arguments); invalid JSON is a client error
+``to_json(value)``
+    compact JSON text, keys in order, no HTML escaping
+``data_url(entry)``
+    ``data:<media_type>;base64,<data>`` for an image/file entry, or its URL
+``as_object(value, key)``
+    the value when it is a JSON object, else ``{key: value}`` (Gemini functionResponse)
+``pick(mapping, key, default)``
+    ``mapping[key]`` or default: a lookup table lookup that never fails
+``readable(entries, provider)``
+    drops reasoning the provider cannot read (minted by another provider or opaque) and past
+    image results
+``omit(mapping, *keys)``
+    a copy of a mapping without those top-level keys
+``responses_input(entries)``
+    canonical entries back to Responses input items (for Responses-native upstreams)
+``strip_keys(obj, *keys)``
+    a copy of a JSON schema without those keys anywhere (providers that reject
+    ``additionalProperties``, ``strict``…)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from engine.errors import RequestError
+
+__all__ = ["FILTERS", "GLOBALS"]
+
+Entry = Mapping[str, Any]
+
+
+def turns(entries: Iterable[Entry], roles: Mapping[str, str]) -> list[dict[str, Any]]:
+    grouped: list[dict[str, Any]] = []
+    for entry in entries:
+        role = roles.get(entry["role"])
+        if role is None:
+            continue
+        if grouped and grouped[-1]["role"] == role:
+            grouped[-1]["entries"].append(entry)
+        else:
+            grouped.append({"role": role, "entries": [entry]})
+    return grouped
+
+
+def split_turns(
+    entries: Iterable[Entry], roles: Mapping[str, str], alone: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    solitary = set(alone)
+    grouped: list[dict[str, Any]] = []
+    for entry in entries:
+        role = roles.get(entry["role"])
+        if role is None:
+            continue
+        if grouped and grouped[-1]["role"] == role and role not in solitary:
+            grouped[-1]["entries"].append(entry)
+        else:
+            grouped.append({"role": role, "entries": [entry]})
+    return grouped
+
+
+def only(entries: Iterable[Entry], *kinds: str) -> list[Entry]:
+    return [e for e in entries if e["kind"] in kinds]
+
+
+def without(entries: Iterable[Entry], *kinds: str) -> list[Entry]:
+    return [e for e in entries if e["kind"] not in kinds]
+
+
+def texts(entries: Iterable[Entry]) -> str | None:
+    parts = [e["text"] for e in entries if e["kind"] == "text"]
+    return "".join(parts) if parts else None
+
+
+def from_json(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text
+    if text.strip() == "":
+        return {}
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise RequestError(
+            400,
+            f"function_call arguments are not valid JSON: {text[:80]!r}",
+            param="input",
+            code="invalid_function_arguments",
+        ) from None
+
+
+def to_json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def data_url(entry: Entry) -> str | None:
+    if entry.get("data") is not None:
+        return (
+            f"data:{entry.get('media_type') or 'application/octet-stream'};base64,{entry['data']}"
+        )
+    url = entry.get("url")
+    return url if isinstance(url, str) else None
+
+
+def as_object(value: Any, key: str = "result") -> Any:
+    if isinstance(value, str):
+        try:
+            parsed = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return {key: value}
+        return parsed if isinstance(parsed, dict) else {key: parsed}
+    return value if isinstance(value, dict) else {key: value}
+
+
+def pick(mapping: Mapping[Any, Any], key: Any, default: Any = None) -> Any:
+    if key is None:
+        return default
+    return mapping.get(key, default)
+
+
+def readable(entries: Iterable[Entry], provider: str) -> list[Entry]:
+    # Opaque state only means something to the provider that minted it; sending another
+    # provider's signature is a 400 at best. The visible history stays.
+    return [
+        e
+        for e in entries
+        if not (e["kind"] == "reasoning" and e.get("provider") != provider)
+        and e["kind"] != "image_generation_call"
+    ]
+
+
+def omit(mapping: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if k not in keys}
+
+
+def _content_part(entry: Entry) -> dict[str, Any]:
+    kind, role = entry["kind"], entry["role"]
+    if kind == "text":
+        if role == "assistant":
+            return {"type": "output_text", "text": entry["text"], "annotations": []}
+        return {"type": "input_text", "text": entry["text"]}
+    if kind == "refusal":
+        return {"type": "refusal", "refusal": entry["text"]}
+    if kind == "image":
+        part: dict[str, Any] = {"type": "input_image", "detail": entry.get("detail") or "auto"}
+        if entry.get("file_id"):
+            part["file_id"] = entry["file_id"]
+        else:
+            part["image_url"] = data_url(entry)
+        return part
+    part = {"type": "input_file"}
+    if entry.get("file_id"):
+        part["file_id"] = entry["file_id"]
+    elif entry.get("data") is not None:
+        part["file_data"] = data_url(entry)
+    else:
+        part["file_url"] = entry.get("url")
+    if entry.get("filename"):
+        part["filename"] = entry["filename"]
+    return part
+
+
+def responses_input(entries: Iterable[Entry]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for entry in entries:
+        kind = entry["kind"]
+        if kind in ("text", "refusal", "image", "file"):
+            role = entry["role"]
+            last = items[-1] if items else None
+            if last is not None and last.get("type") == "message" and last["role"] == role:
+                last["content"].append(_content_part(entry))
+            else:
+                items.append({"type": "message", "role": role, "content": [_content_part(entry)]})
+        elif kind == "function_call":
+            items.append(
+                {"type": "function_call", "call_id": entry["call_id"], "name": entry["name"],
+                 "arguments": entry["arguments"]}
+            )  # fmt: skip
+        elif kind == "function_call_output":
+            items.append(
+                {
+                    "type": "function_call_output",
+                    "call_id": entry["call_id"],
+                    "output": entry["output"],
+                }
+            )
+        elif kind == "reasoning" and entry.get("encrypted_content"):
+            summary = [{"type": "summary_text", "text": entry["text"]}] if entry["text"] else []
+            items.append(
+                {
+                    "type": "reasoning",
+                    "id": entry["id"],
+                    "encrypted_content": entry["encrypted_content"],
+                    "summary": summary,
+                }
+            )
+        elif kind == "image_generation_call" and entry.get("id"):
+            items.append({"type": "item_reference", "id": entry["id"]})
+    return items
+
+
+def strip_keys(obj: Any, *keys: str) -> Any:
+    if isinstance(obj, dict):
+        return {k: strip_keys(v, *keys) for k, v in obj.items() if k not in keys}
+    if isinstance(obj, list):
+        return [strip_keys(v, *keys) for v in obj]
+    return obj
+
+
+FILTERS: dict[str, Callable[..., Any]] = {
+    "turns": turns,
+    "split_turns": split_turns,
+    "only": only,
+    "without": without,
+    "texts": texts,
+    "from_json": from_json,
+    "to_json": to_json,
+    "data_url": data_url,
+    "as_object": as_object,
+    "pick": pick,
+    "strip_keys": strip_keys,
+    "readable": readable,
+    "omit": omit,
+    "responses_input": responses_input,
+}
+
+GLOBALS: dict[str, Any] = {}

@@ -1,0 +1,422 @@
+"""One provider mapping file: loaded strictly, validated, linted and compiled once.
+
+File layout (see ``mappings/README.md`` for the reference)::
+
+    version: 1
+    extends: _dialects/anthropic_messages    # deep-merged below this file; None deletes a key
+    provider: {api_base, api_key_env, auth}   # connection defaults
+    request: {method, url, headers, body, rejects}
+    response: [rules]                         # whole non-streamed reply → ops
+    stream: {framing, key, events, default, ignore}
+    finish_reasons: {native: completed | incomplete/max_output_tokens | ...}
+    errors: {code, message, type, retry_after, status}
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from engine import rules as rule_mod
+from engine.canonical import VIEW_FIELDS, CanonicalRequest
+from engine.diagnostics import Problem, nearest
+from engine.errors import MappingError, RequestError, UpstreamError
+from engine.expressions import Expression, attribute_uses
+from engine.framing import FRAMINGS, FrameDecoder, make_decoder
+from engine.ops import FINISH_STATUSES
+from engine.schema_check import check, load_schema
+from engine.template import Node, TemplateProblem, compile_template
+from engine.yamlstrict import LoadedYaml, load_yaml
+
+__all__ = ["CompiledMapping", "StreamDecoder", "UpstreamRequest", "load_mapping"]
+
+Op = dict[str, Any]
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class UpstreamRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    stream: bool
+    # Header names whose values are secrets: never logged, never stored.
+    secret_headers: frozenset[str] = field(default=frozenset())
+
+
+_STATUS_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 409: "invalid_request_error", 413: "invalid_request_error",
+    422: "invalid_request_error", 429: "rate_limit_error",
+}  # fmt: skip
+
+
+def _deep_merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        merged = dict(base)
+        for key, value in over.items():
+            if value is None:
+                merged.pop(key, None)
+            elif key in merged:
+                merged[key] = _deep_merge(merged[key], value)
+            else:
+                merged[key] = value
+        return merged
+    return over
+
+
+class _Sources:
+    """Where each key path came from, so a problem in merged data points at the right file."""
+
+    def __init__(self, files: list[LoadedYaml]) -> None:
+        self.files = files  # most specific first
+
+    def problem(self, path: KeyPath, message: str, hint: str | None = None) -> Problem:
+        for loaded in self.files:
+            for cut in range(len(path), 0, -1):
+                if tuple(path[:cut]) in loaded.marks:
+                    return loaded.problem(path, message, hint)
+        return self.files[0].problem(path, message, hint)
+
+
+class StreamDecoder:
+    """Bytes of one streamed reply → ops. One per upstream response."""
+
+    __slots__ = ("_ctx", "_dispatch", "_frames", "_saw_finish")
+
+    def __init__(self, frames: FrameDecoder, dispatch: rule_mod.Dispatch) -> None:
+        self._frames = frames
+        self._dispatch = dispatch
+        self._ctx: dict[str, Any] = {}
+        self._saw_finish = False
+
+    def _ops(self, frames: list[Any]) -> list[Op]:
+        out: list[Op] = []
+        ctx = self._ctx
+        for frame in frames:
+            payload = frame.payload
+            if payload is None:  # `[DONE]`
+                continue
+            ctx["root"], ctx["event"], ctx["d"] = payload, frame.event, payload
+            rules = self._dispatch.rules_for(payload, ctx)
+            if rules:
+                for rule in rules:
+                    rule.run(payload, ctx, out)
+        for op in out:
+            if op["op"] in ("finish", "error"):
+                self._saw_finish = True
+        return out
+
+    def feed(self, chunk: bytes) -> list[Op]:
+        return self._ops(self._frames.feed(chunk))
+
+    def close(self) -> list[Op]:
+        out = self._ops(self._frames.close())
+        if not self._saw_finish:
+            # Every provider names a stop reason; a stream without one was cut short.
+            out.append(
+                {"op": "error", "code": "server_error",
+                 "message": "the upstream stream ended before the reply was complete"}
+            )  # fmt: skip
+        return out
+
+    @property
+    def unknown_events(self) -> dict[str, int]:
+        return self._dispatch.unknown
+
+
+@dataclass
+class CompiledMapping:
+    provider: str
+    path: str
+    defaults: dict[str, Any]
+    finish_reasons: dict[str, str]
+    _method: str
+    _url: Node
+    _headers: Node
+    _body: Node
+    _rejects: list[tuple[Expression, str, str]]
+    _response: list[Any]
+    _stream: rule_mod.Dispatch
+    _framing: str
+    _errors: dict[str, Any]
+    _secret_headers: frozenset[str]
+
+    def build_request(
+        self,
+        req: CanonicalRequest,
+        *,
+        model: str,
+        api_base: str,
+        credentials: Mapping[str, str],
+        settings: Mapping[str, Any] | None = None,
+        stream: bool | None = None,
+    ) -> UpstreamRequest:
+        streaming = req.stream if stream is None else stream
+        ctx: dict[str, Any] = {
+            "req": req.view, "model": model, "stream": streaming, "api_base": api_base.rstrip("/"),
+            "credentials": credentials, "settings": settings or {},
+        }  # fmt: skip
+        for when, param, message in self._rejects:
+            if when(ctx):
+                raise RequestError(400, message, param=param, code="unsupported_parameter")
+        try:
+            url = str(self._url(ctx))
+            raw_headers = self._headers(ctx) or {}
+            body = self._body(ctx)
+        except RequestError:
+            raise
+        except Exception as exc:  # a template fault is ours, never the client's
+            raise UpstreamError(
+                500,
+                f"mapping {self.provider!r} failed to render the request: {type(exc).__name__}",
+                code="mapping_error",
+                type="server_error",
+                provider=self.provider,
+            ) from exc
+        headers = {str(k).lower(): str(v) for k, v in raw_headers.items()}
+        headers.setdefault("content-type", "application/json")
+        return UpstreamRequest(
+            method=self._method,
+            url=url,
+            headers=headers,
+            body=orjson.dumps(body),
+            stream=streaming,
+            secret_headers=self._secret_headers,
+        )
+
+    def parse_response(self, body: bytes) -> list[Op]:
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(
+                502,
+                f"{self.provider} answered with a body that is not JSON",
+                code="upstream_bad_response",
+                type="server_error",
+                provider=self.provider,
+            ) from None
+        ctx: dict[str, Any] = {"root": payload, "event": None}
+        ops = rule_mod.run_rules(self._response, payload, ctx)
+        if not any(op["op"] in ("finish", "error") for op in ops):
+            raise UpstreamError(
+                502,
+                f"{self.provider} answered without a stop reason; the reply is not usable",
+                code="upstream_bad_response",
+                type="server_error",
+                provider=self.provider,
+            )
+        return ops
+
+    def stream_decoder(self) -> StreamDecoder:
+        return StreamDecoder(make_decoder(self._framing), self._stream)
+
+    def parse_error(
+        self, status: int, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> UpstreamError:
+        try:
+            payload: Any = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            payload = {}
+        hdrs = {k.lower(): v for k, v in (headers or {}).items()}
+        ctx: dict[str, Any] = {"d": payload, "root": payload, "h": hdrs, "status": status}
+        errors = self._errors
+        message = errors["message"](payload, ctx) if "message" in errors else None
+        code = errors["code"](payload, ctx) if "code" in errors else None
+        retry_after: float | None = None
+        if "retry_after" in errors:
+            retry_after = _as_seconds(errors["retry_after"](payload, ctx))
+        if retry_after is None:
+            retry_after = _as_seconds(hdrs.get("retry-after"))
+        out_status = errors["status"].get(str(code), errors["status"].get(str(status), status))
+        if out_status >= 500 and out_status not in (503, 504):
+            out_status = 502
+        text = str(message) if message else f"{self.provider} answered HTTP {status}"
+        return UpstreamError(
+            int(out_status),
+            f"{self.provider}: {text}",
+            code=str(code) if code is not None else None,
+            type=_STATUS_TYPES.get(int(out_status), "server_error"),
+            retry_after=retry_after,
+            provider=self.provider,
+        )
+
+
+def _as_seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip().rstrip("s")
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        return None
+
+
+def _read(path: Path, display: str) -> LoadedYaml:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MappingError([Problem(display, 1, 1, "", f"cannot read: {exc.strerror}")]) from None
+    return load_yaml(text, display)
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _load_chain(path: Path, root: Path, problems: list[Problem]) -> tuple[Any, list[LoadedYaml]]:
+    loaded = _read(path, _display(path))
+    schema = load_schema("mapping")
+    problems.extend(check(loaded, schema, loaded.filename))
+    data = loaded.data if isinstance(loaded.data, dict) else {}
+    parent_name = data.get("extends")
+    if not parent_name:
+        return data, [loaded]
+    parent_path = root / f"{parent_name}.yaml"
+    if not parent_path.is_file():
+        options = [str(p.relative_to(root))[:-5] for p in root.glob("_dialects/*.yaml")]
+        guess = nearest(str(parent_name), options)
+        problems.append(
+            loaded.problem(
+                ("extends",),
+                f"no dialect {parent_name!r} under {root}",
+                f"did you mean {guess!r}?" if guess else None,
+            )
+        )
+        return data, [loaded]
+    parent, files = _load_chain(parent_path, root, problems)
+    merged = _deep_merge(copy.deepcopy(parent), {k: v for k, v in data.items() if k != "extends"})
+    return merged, [loaded, *files]
+
+
+def _lint_req_names(tree: Any, path: KeyPath, sources: _Sources, problems: list[Problem]) -> None:
+    if isinstance(tree, str):
+        for name in attribute_uses(tree, "req") - VIEW_FIELDS:
+            guess = nearest(name, sorted(VIEW_FIELDS))
+            problems.append(
+                sources.problem(
+                    path, f"req.{name} is not a field of the canonical request",
+                    f"did you mean req.{guess}?" if guess else None,
+                )
+            )  # fmt: skip
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            _lint_req_names(value, (*path, key), sources, problems)
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            _lint_req_names(value, (*path, i), sources, problems)
+
+
+def _compile_or_report(
+    tree: Any, path: KeyPath, sources: _Sources, problems: list[Problem]
+) -> Node:
+    try:
+        return compile_template(tree, path)
+    except TemplateProblem as exc:
+        problems.append(sources.problem(exc.path, exc.message))
+        return lambda _ctx: None
+
+
+def _compile_rules_or_report(
+    fn: Any, spec: Any, path: KeyPath, sources: _Sources, problems: list[Problem]
+) -> Any:
+    try:
+        return fn(spec, path)
+    except rule_mod.RuleProblem as exc:
+        problems.append(sources.problem(exc.path, exc.message, exc.hint))
+        return None
+
+
+def _secret_header_names(headers: Mapping[str, Any]) -> frozenset[str]:
+    # A header whose template reads credentials carries a secret: never log or store it.
+    return frozenset(
+        str(k).lower() for k, v in headers.items() if isinstance(v, str) and "credentials" in v
+    )
+
+
+def load_mapping(path: Path, root: Path | None = None) -> CompiledMapping:
+    """Load, check and compile one mapping; every problem found is raised at once."""
+    root = root or path.parent
+    problems: list[Problem] = []
+    data, files = _load_chain(path, root, problems)
+    sources = _Sources(files)
+    if problems:
+        raise MappingError(problems)
+    for key in ("request", "response", "stream", "finish_reasons"):
+        if key not in data:
+            problems.append(sources.problem((), f"missing required section {key!r}"))
+    if problems:
+        raise MappingError(problems)
+    request = data["request"]
+    _lint_req_names(data, (), sources, problems)
+    url = _compile_or_report(request.get("url"), ("request", "url"), sources, problems)
+    headers = _compile_or_report(
+        request.get("headers", {}), ("request", "headers"), sources, problems
+    )
+    body = _compile_or_report(request.get("body", {}), ("request", "body"), sources, problems)
+    rejects: list[tuple[Expression, str, str]] = []
+    for name, rej in (request.get("rejects") or {}).items():
+        try:
+            rejects.append((Expression(rej["when"]), rej["param"], rej["message"]))
+        except ValueError as exc:
+            problems.append(sources.problem(("request", "rejects", name, "when"), str(exc)))
+    response = _compile_rules_or_report(
+        rule_mod.compile_rules, data["response"], ("response",), sources, problems
+    )
+    stream_spec = data["stream"]
+    framing = stream_spec.get("framing", "sse")
+    if framing not in FRAMINGS:
+        problems.append(
+            sources.problem(("stream", "framing"), f"unknown framing {framing!r}",
+                            f"known: {', '.join(sorted(FRAMINGS))}")
+        )  # fmt: skip
+    spec = {k: v for k, v in stream_spec.items() if k != "framing"}
+    stream = _compile_rules_or_report(
+        rule_mod.compile_dispatch, spec, ("stream",), sources, problems
+    )
+    finish = {str(k): str(v) for k, v in data["finish_reasons"].items()}
+    for native, status in finish.items():
+        if status not in FINISH_STATUSES:
+            problems.append(
+                sources.problem(("finish_reasons", native), f"unknown status {status!r}",
+                                f"one of: {', '.join(sorted(FINISH_STATUSES))}")
+            )  # fmt: skip
+    errors: dict[str, Any] = {"status": {}}
+    for key, value in (data.get("errors") or {}).items():
+        if key == "status":
+            errors["status"] = {str(k): int(v) for k, v in value.items()}
+            continue
+        try:
+            errors[key] = rule_mod._getter(value, ("errors", key))
+        except rule_mod.RuleProblem as exc:
+            problems.append(sources.problem(exc.path, exc.message))
+    if problems:
+        raise MappingError(problems)
+    provider_defaults = dict(data.get("provider") or {})
+    return CompiledMapping(
+        provider=path.stem,
+        path=files[0].filename,
+        defaults=provider_defaults,
+        finish_reasons=finish,
+        _method=str(request.get("method", "POST")),
+        _url=url,
+        _headers=headers,
+        _body=body,
+        _rejects=rejects,
+        _response=response,
+        _stream=stream,
+        _framing=framing,
+        _errors=errors,
+        _secret_headers=_secret_header_names(request.get("headers") or {}),
+    )

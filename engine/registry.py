@@ -1,0 +1,77 @@
+"""Every mapping under a folder, compiled once at start-up (botocore-style: found by listing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.diagnostics import Problem, nearest
+from engine.errors import MappingError
+from engine.mapping import CompiledMapping, load_mapping
+
+__all__ = ["DEFAULT_MAPPINGS_DIR", "MappingRegistry", "lint_dir"]
+
+DEFAULT_MAPPINGS_DIR = Path(__file__).resolve().parent.parent / "mappings"
+
+
+def _mapping_files(folder: Path) -> list[Path]:
+    # Files starting with `_` (and the `_dialects/` folder) are shared pieces, not providers.
+    return sorted(p for p in folder.glob("*.yaml") if not p.name.startswith("_"))
+
+
+class MappingRegistry:
+    def __init__(self, mappings: dict[str, CompiledMapping], folder: Path) -> None:
+        self._mappings = mappings
+        self.folder = folder
+
+    @classmethod
+    def load(cls, folder: str | Path | None = None) -> MappingRegistry:
+        """Compile every mapping; any problem in any file raises one MappingError listing all."""
+        root = Path(folder) if folder else DEFAULT_MAPPINGS_DIR
+        if not root.is_dir():
+            raise MappingError([Problem(str(root), 1, 1, "", "mappings folder not found")])
+        mappings: dict[str, CompiledMapping] = {}
+        problems: list[Problem] = []
+        for path in _mapping_files(root):
+            try:
+                mappings[path.stem] = load_mapping(path, root)
+            except MappingError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise MappingError(_unique(problems))
+        return cls(mappings, root)
+
+    def get(self, provider: str) -> CompiledMapping | None:
+        return self._mappings.get(provider)
+
+    def suggest(self, provider: str) -> str | None:
+        return nearest(provider, list(self._mappings))
+
+    @property
+    def providers(self) -> list[str]:
+        return sorted(self._mappings)
+
+    def __contains__(self, provider: object) -> bool:
+        return provider in self._mappings
+
+    def __len__(self) -> int:
+        return len(self._mappings)
+
+
+def lint_dir(folder: str | Path) -> tuple[int, list[Problem]]:
+    """(number of mappings, problems) for a folder, as `turnout lint` prints them."""
+    root = Path(folder)
+    if not root.is_dir():
+        return 0, [Problem(str(root), 1, 1, "", "mappings folder not found")]
+    files = _mapping_files(root)
+    problems: list[Problem] = []
+    for path in files:
+        try:
+            load_mapping(path, root)
+        except MappingError as exc:
+            problems.extend(exc.problems)
+    return len(files), _unique(problems)
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    # A broken dialect is reported once, not once per provider that extends it.
+    return list(dict.fromkeys(problems))

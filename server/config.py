@@ -1,0 +1,320 @@
+"""Turnout's settings: defaults, or a strict YAML config file with ``${VAR}`` references.
+
+Loading order matters: strict YAML (dates stay strings, duplicate keys fail) → Cerberus shape
+check against ``schemas/config.yaml`` → ``${VAR}`` substitution in every string value →
+cross-reference checks (fallback aliases exist). Every failure is a :class:`ConfigError`
+whose problems read ``file:line:col: key.path: message (hint)``.
+
+Secrets (``api_key``, ``master_key``) are ``repr=False`` so logging a Settings never leaks them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.diagnostics import PathKey, Problem, nearest
+from engine.errors import ConfigError, MappingError
+from engine.schema_check import check, load_schema
+from engine.yamlstrict import LoadedYaml, load_yaml
+
+__all__ = [
+    "DEFAULT_MAPPINGS_DIR",
+    "DEFAULT_STORE",
+    "Deployment",
+    "LimitsSettings",
+    "ModelAlias",
+    "ProviderSettings",
+    "RouterSettings",
+    "ServerSettings",
+    "Settings",
+    "env_prefix",
+    "load_config",
+]
+
+DEFAULT_STORE = "sqlite:///turnout.db"
+DEFAULT_MAPPINGS_DIR = str(Path(__file__).resolve().parent.parent / "mappings")
+
+# Extra, conventional key variables tried after <PID>_API_KEY.
+_EXTRA_KEY_ENV: Mapping[str, tuple[str, ...]] = {"gemini": ("GOOGLE_API_KEY",)}
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """How to reach one provider: config overrides, else ``<PID>_API_KEY``/``<PID>_API_BASE``."""
+
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    settings: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One concrete ``<provider>/<model>`` behind an alias, with optional overrides."""
+
+    model: str
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    weight: float = 1.0
+    rpm: int | None = None
+    tpm: int | None = None
+    region: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def provider(self) -> str:
+        """The provider id (mapping file stem): ``anthropic`` in ``anthropic/claude-x``."""
+        return self.model.split("/", 1)[0]
+
+    @property
+    def provider_model(self) -> str:
+        """The model name the provider knows: ``claude-x`` in ``anthropic/claude-x``."""
+        return self.model.split("/", 1)[1] if "/" in self.model else self.model
+
+
+@dataclass(frozen=True)
+class ModelAlias:
+    """A name clients send as ``model``, served by one or more deployments."""
+
+    deployments: list[Deployment]
+    fallbacks: list[str] = field(default_factory=list)
+    context_window_fallbacks: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    strategy: str = "weighted"  # weighted | least-busy | latency | usage
+    retries: int = 2
+    timeout_s: float = 600.0
+    cooldown_s: float = 5.0
+    allowed_fails: int = 3
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 4000
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    max_body_bytes: int = 32 * 1024 * 1024
+
+
+def env_prefix(pid: str) -> str:
+    """``together-ai`` → ``TOGETHER_AI``: the prefix of a provider's environment variables."""
+    return re.sub(r"[^A-Za-z0-9]", "_", pid).upper()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs, resolved once at start-up."""
+
+    store: str = DEFAULT_STORE
+    models: dict[str, ModelAlias] = field(default_factory=dict)
+    providers: dict[str, ProviderSettings] = field(default_factory=dict)  # config file only
+    master_key: str | None = field(default=None, repr=False)
+    router: RouterSettings = field(default_factory=RouterSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    mappings_dir: str = DEFAULT_MAPPINGS_DIR
+    logging: list[dict[str, Any]] = field(default_factory=list)
+    config_path: str | None = None
+    # The environment given to load_config (a snapshot), for the conventional variables.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def provider(self, pid: str) -> ProviderSettings:
+        """Connection settings for provider ``pid``: config first, then environment variables."""
+        cfg = self.providers.get(pid) or ProviderSettings()
+        prefix = env_prefix(pid)
+        key_vars = (f"{prefix}_API_KEY", *_EXTRA_KEY_ENV.get(pid, ()))
+        return ProviderSettings(
+            api_base=cfg.api_base or self._env(f"{prefix}_API_BASE"),
+            api_key=cfg.api_key or self._env(*key_vars),
+            settings=dict(cfg.settings),
+            timeout_s=cfg.timeout_s,
+        )
+
+    def for_deployment(self, deployment: Deployment) -> ProviderSettings:
+        """:meth:`provider` with the deployment's own overrides on top (settings merged)."""
+        base = self.provider(deployment.provider)
+        return ProviderSettings(
+            api_base=deployment.api_base or base.api_base,
+            api_key=deployment.api_key or base.api_key,
+            settings={**base.settings, **deployment.settings},
+            timeout_s=base.timeout_s,
+        )
+
+    def _env(self, *names: str) -> str | None:
+        for name in names:
+            value = self.env.get(name)
+            if value:  # an empty variable counts as unset
+                return value
+        return None
+
+
+def load_config(path: str | None, env: Mapping[str, str]) -> Settings:
+    """Defaults when ``path`` is None; else the validated file. Raises :class:`ConfigError`."""
+    snapshot = dict(env)
+    if path is None:
+        return Settings(env=snapshot)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise ConfigError([Problem(path, 1, 1, "", f"cannot read config file: {reason}")]) from None
+    try:
+        loaded = load_yaml(text, path)
+    except MappingError as exc:
+        raise ConfigError(exc.problems) from None
+    if loaded.data is None:  # an empty (or all-comments) file means "all defaults"
+        loaded = LoadedYaml(path, {}, loaded.marks)
+
+    problems = check(loaded, load_schema("config"), path)
+    if problems:
+        raise ConfigError(problems)
+    data = _substitute_tree(loaded, snapshot)
+    _check_references(loaded, data)
+    return _build(data, path, snapshot)
+
+
+# `$${` is a literal `${`; `${NAME}` a reference; a `${` left over is unterminated.
+_REF = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _substitute_tree(loaded: LoadedYaml, env: Mapping[str, str]) -> Any:
+    problems: list[Problem] = []
+
+    def walk(value: Any, path: tuple[PathKey, ...]) -> Any:
+        if isinstance(value, str):
+            return _substitute(value, env, lambda msg: problems.append(loaded.problem(path, msg)))
+        if isinstance(value, dict):
+            # Keys are names, not values: they are never substituted.
+            return {k: walk(v, (*path, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, (*path, i)) for i, v in enumerate(value)]
+        return value
+
+    result = walk(loaded.data, ())
+    if problems:
+        raise ConfigError(problems)
+    return result
+
+
+def _substitute(text: str, env: Mapping[str, str], report: Callable[[str], None]) -> str:
+    def repl(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token == "$${":
+            return "${"
+        name = match.group(1)
+        if name is None:
+            report("unterminated ${ (write $${ for a literal ${)")
+        elif not _NAME.fullmatch(name):
+            report(f"invalid variable name in ${{{name}}}")
+        elif name not in env:
+            report(f"environment variable {name} is not set")
+        else:
+            return env[name]
+        return token
+
+    return _REF.sub(repl, text)
+
+
+def _check_references(loaded: LoadedYaml, data: dict[str, Any]) -> None:
+    aliases = data.get("models") or {}
+    problems: list[Problem] = []
+    for alias, spec in aliases.items():
+        for key in ("fallbacks", "context_window_fallbacks"):
+            for i, target in enumerate(spec.get(key) or []):
+                if target not in aliases:
+                    guess = nearest(target, list(aliases))
+                    problems.append(
+                        loaded.problem(
+                            ("models", alias, key, i),
+                            f"unknown model alias {target!r}",
+                            f"did you mean {guess!r}?"
+                            if guess
+                            else "fallbacks name aliases defined under models",
+                        )
+                    )
+    if problems:
+        raise ConfigError(problems)
+
+
+def _opt(value: Any) -> Any:
+    # After substitution an empty string means "not configured".
+    return None if value == "" else value
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _build(data: dict[str, Any], path: str, env: dict[str, str]) -> Settings:
+    providers = {
+        pid: ProviderSettings(
+            api_base=_opt(p.get("api_base")),
+            api_key=_opt(p.get("api_key")),
+            settings=dict(p.get("settings") or {}),
+            timeout_s=_num(p.get("timeout_s")),
+        )
+        for pid, p in ((pid, p or {}) for pid, p in (data.get("providers") or {}).items())
+    }
+    models = {
+        alias: ModelAlias(
+            deployments=[_deployment(d) for d in spec["deployments"]],
+            fallbacks=list(spec.get("fallbacks") or []),
+            context_window_fallbacks=list(spec.get("context_window_fallbacks") or []),
+        )
+        for alias, spec in (data.get("models") or {}).items()
+    }
+    router = data.get("router") or {}
+    server = data.get("server") or {}
+    limits = data.get("limits") or {}
+    defaults_r, defaults_s, defaults_l = RouterSettings(), ServerSettings(), LimitsSettings()
+    mappings_dir = DEFAULT_MAPPINGS_DIR
+    if data.get("mappings_dir"):
+        # Relative to the config file, so a config works from any working directory.
+        mappings_dir = str((Path(path).parent / data["mappings_dir"]).resolve())
+    return Settings(
+        store=data.get("store") or DEFAULT_STORE,
+        models=models,
+        providers=providers,
+        master_key=_opt((data.get("auth") or {}).get("master_key")),
+        router=RouterSettings(
+            strategy=router.get("strategy", defaults_r.strategy),
+            retries=router.get("retries", defaults_r.retries),
+            timeout_s=float(router.get("timeout_s", defaults_r.timeout_s)),
+            cooldown_s=float(router.get("cooldown_s", defaults_r.cooldown_s)),
+            allowed_fails=router.get("allowed_fails", defaults_r.allowed_fails),
+        ),
+        server=ServerSettings(
+            host=server.get("host", defaults_s.host),
+            port=server.get("port", defaults_s.port),
+        ),
+        limits=LimitsSettings(
+            max_body_bytes=limits.get("max_body_bytes", defaults_l.max_body_bytes)
+        ),
+        mappings_dir=mappings_dir,
+        logging=[dict(entry) for entry in data.get("logging") or []],
+        config_path=path,
+        env=env,
+    )
+
+
+def _deployment(d: dict[str, Any]) -> Deployment:
+    return Deployment(
+        model=d["model"],
+        api_base=_opt(d.get("api_base")),
+        api_key=_opt(d.get("api_key")),
+        weight=float(d.get("weight", 1.0)),
+        rpm=d.get("rpm"),
+        tpm=d.get("tpm"),
+        region=_opt(d.get("region")),
+        settings=dict(d.get("settings") or {}),
+    )
