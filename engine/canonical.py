@@ -7,8 +7,6 @@ mistakes raise ``RequestError`` naming the parameter, in OpenAI's words where Op
 
 from __future__ import annotations
 
-import base64
-import binascii
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from engine import state as state_codec
 from engine.errors import RequestError
 
 __all__ = [
@@ -49,29 +48,18 @@ VIEW_FIELDS = frozenset(
     }
 )  # fmt: skip
 
-STATE_PREFIX = "tnt1."
 _EFFORTS = {None, "none", "minimal", "low", "medium", "high", "xhigh", "max"}
 _SUMMARIES = {None, "auto", "concise", "detailed"}
 
 
 def encode_state(provider: str, state: Mapping[str, Any]) -> str:
-    """Opaque provider state (signatures…) as a Responses ``encrypted_content`` string."""
-    payload = orjson.dumps({"p": provider, **state})
-    return STATE_PREFIX + base64.urlsafe_b64encode(payload).decode().rstrip("=")
+    """Opaque provider state as a Responses ``encrypted_content`` string (see engine.state)."""
+    return state_codec.encode_state(provider, state)
 
 
 def decode_state(blob: str | None) -> tuple[str | None, dict[str, Any] | None]:
-    if not blob or not blob.startswith(STATE_PREFIX):
-        return None, None
-    raw = blob[len(STATE_PREFIX) :]
-    try:
-        data = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-    except (binascii.Error, ValueError):
-        return None, None
-    if not isinstance(data, dict) or not isinstance(data.get("p"), str):
-        return None, None
-    provider = data.pop("p")
-    return provider, data
+    decoded = state_codec.decode_state(blob) if blob else None
+    return decoded if decoded is not None else (None, None)
 
 
 def _mint(prefix: str) -> str:

@@ -1,0 +1,215 @@
+"""The response store contract: one record per response, behind a small async interface.
+
+Modelled on ``litestar.stores``: a tiny abstract base, several interchangeable backends
+(``memory.py``, ``sqlite.py``) and one contract test suite run over all of them
+(``tests/test_store_contract.py``). Routes only ever see ``ResponseStore``.
+
+Decisions that every backend honours (the contract suite checks them):
+
+* ``put`` inserts or replaces the whole record and is durable when it returns.
+* ``delete`` leaves a tombstone: the row keeps its metadata (id, created_at, model, provider,
+  status, deployment, attempts, cost) for accounting, but the content the user asked us to
+  forget (response, input_items, events, request) is dropped. ``get`` never returns a
+  tombstone, and deleting it again returns ``False``.
+* Records are JSON all the way down (backends copy through ``orjson``), so what ``get``
+  returns never aliases what was ``put``; integers must fit in 64 bits (an orjson limit).
+* ``chain`` raises :class:`MissingChainLinkError` when any link is missing or deleted and
+  :class:`ChainCycleError` on a cycle. It raises rather than returning a partial history
+  because answering from half a conversation would be silently wrong; the route turns the
+  error into OpenAI's 404 ``Previous response with id '...' not found``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+__all__ = [
+    "ChainCycleError",
+    "ChainError",
+    "ItemPage",
+    "MissingChainLinkError",
+    "Order",
+    "ResponseStore",
+    "StoredResponse",
+    "UnknownCursorError",
+    "page_items",
+    "record_from_json",
+    "record_to_json",
+    "tombstone",
+]
+
+Order = Literal["asc", "desc"]
+
+
+@dataclass(slots=True)
+class StoredResponse:
+    """One response as stored: the Response object plus what is needed to replay or chain it."""
+
+    id: str
+    created_at: int
+    model: str
+    provider: str | None
+    status: str
+    response: dict[str, Any]  # the Response object, exactly as served
+    input_items: list[dict[str, Any]]  # each item carries an "id" (the input_items cursor)
+    events: list[dict[str, Any]] | None  # full response.* list, for GET ?stream=true replay
+    request: dict[str, Any]  # the client's body, secrets removed by the caller
+    previous_response_id: str | None
+    deployment: str | None
+    attempts: list[dict[str, Any]]  # one entry per upstream attempt (provider, status, ...)
+    cost: float | None
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ItemPage:
+    """One page of input items, shaped like OpenAI's ResponseItemList."""
+
+    data: list[dict[str, Any]]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class ChainError(LookupError):
+    """The previous_response_id chain starting at ``response_id`` cannot be followed."""
+
+    def __init__(self, response_id: str, at_id: str, message: str) -> None:
+        super().__init__(message)
+        self.response_id = response_id  # where the walk started
+        self.at_id = at_id  # the link that failed
+
+
+class MissingChainLinkError(ChainError):
+    """A response in the chain is unknown or deleted (``at_id`` names it)."""
+
+    def __init__(self, response_id: str, missing_id: str) -> None:
+        super().__init__(
+            response_id, missing_id, f"Previous response with id '{missing_id}' not found."
+        )
+        self.missing_id = missing_id
+
+
+class ChainCycleError(ChainError):
+    """The chain loops back on itself (``at_id`` is the first repeated id)."""
+
+    def __init__(self, response_id: str, repeated_id: str) -> None:
+        super().__init__(
+            response_id,
+            repeated_id,
+            f"Response chain from '{response_id}' loops at '{repeated_id}'.",
+        )
+
+
+class UnknownCursorError(ValueError):
+    """``after`` names no input item of that response (the route answers 400, param 'after')."""
+
+    def __init__(self, after: str) -> None:
+        super().__init__(f"No input item with id '{after}'.")
+        self.after = after
+
+
+def page_items(
+    items: list[dict[str, Any]], *, limit: int, order: Order, after: str | None
+) -> ItemPage:
+    """Cut one page from items kept oldest first; shared so every backend pages identically."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    if order not in ("asc", "desc"):
+        raise ValueError(f"order must be 'asc' or 'desc', got {order!r}")
+    ordered = items if order == "asc" else items[::-1]
+    start = 0
+    if after is not None:
+        for i, item in enumerate(ordered):
+            if item.get("id") == after:
+                start = i + 1
+                break
+        else:
+            raise UnknownCursorError(after)
+    data = ordered[start : start + limit]
+    return ItemPage(
+        data=data,
+        first_id=data[0].get("id") if data else None,
+        last_id=data[-1].get("id") if data else None,
+        has_more=start + limit < len(ordered),
+    )
+
+
+def record_to_json(record: StoredResponse) -> bytes:
+    """Serialise a whole record (one orjson call, no deep-copy via dataclasses.asdict)."""
+    return orjson.dumps({f.name: getattr(record, f.name) for f in dataclasses.fields(record)})
+
+
+def record_from_json(data: bytes) -> StoredResponse:
+    return StoredResponse(**orjson.loads(data))
+
+
+def tombstone(record: StoredResponse) -> StoredResponse:
+    """The record as kept after delete(): metadata only, the user's content erased."""
+    return dataclasses.replace(
+        record, response={}, input_items=[], events=None, request={}, deleted=True
+    )
+
+
+class ResponseStore(ABC):
+    """Async store of responses. Backends implement put/get/delete/close; the rest is derived."""
+
+    @abstractmethod
+    async def put(self, record: StoredResponse) -> None:
+        """Insert or replace ``record`` by id; it is durable when this returns."""
+
+    @abstractmethod
+    async def get(self, response_id: str) -> StoredResponse | None:
+        """The record, or None when unknown or deleted."""
+
+    @abstractmethod
+    async def delete(self, response_id: str) -> bool:
+        """Tombstone the record; False when unknown or already deleted."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release resources; idempotent. The store is unusable afterwards."""
+
+    async def list_input_items(
+        self,
+        response_id: str,
+        *,
+        limit: int = 20,
+        order: Order = "desc",
+        after: str | None = None,
+    ) -> ItemPage | None:
+        """A page of the response's input items (OpenAI default order: desc).
+
+        None when the response is unknown or deleted; :class:`UnknownCursorError` when
+        ``after`` is not one of its item ids.
+        """
+        record = await self.get(response_id)
+        if record is None:
+            return None
+        return page_items(record.input_items, limit=limit, order=order, after=after)
+
+    async def chain(self, response_id: str) -> list[StoredResponse]:
+        """The records from the root to ``response_id`` inclusive, oldest first.
+
+        Raises :class:`MissingChainLinkError` (also for ``response_id`` itself) or
+        :class:`ChainCycleError`; never returns a partial chain.
+        """
+        newest_first: list[StoredResponse] = []
+        seen: set[str] = set()
+        current: str | None = response_id
+        while current is not None:
+            if current in seen:
+                raise ChainCycleError(response_id, current)
+            seen.add(current)
+            record = await self.get(current)
+            if record is None:
+                raise MissingChainLinkError(response_id, current)
+            newest_first.append(record)
+            current = record.previous_response_id
+        newest_first.reverse()
+        return newest_first

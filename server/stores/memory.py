@@ -1,0 +1,60 @@
+"""In-process response store (``memory://``): for tests, development and ``store: false`` setups.
+
+Records are kept as orjson bytes rather than objects so the memory backend behaves exactly
+like SQLite: nothing the caller mutates after ``put`` leaks in, non-JSON data fails at ``put``
+in tests instead of first in production, and ``get`` always hands out a fresh copy.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from .base import ResponseStore, StoredResponse, record_from_json, record_to_json, tombstone
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(ResponseStore):
+    def __init__(self) -> None:
+        self._rows: dict[str, bytes] = {}
+        # Critical sections contain no await, so they are already atomic for coroutines on
+        # one loop; the threading lock (not asyncio.Lock, which binds to one loop) also makes
+        # the store safe for use from several loops or threads, as tests sometimes do.
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("response store is closed")
+
+    async def put(self, record: StoredResponse) -> None:
+        self._check_open()
+        data = record_to_json(record)  # serialise outside the lock: 1 MB takes a moment
+        with self._lock:
+            self._rows[record.id] = data
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        self._check_open()
+        with self._lock:
+            data = self._rows.get(response_id)
+        if data is None:
+            return None
+        record = record_from_json(data)
+        return None if record.deleted else record
+
+    async def delete(self, response_id: str) -> bool:
+        self._check_open()
+        with self._lock:
+            data = self._rows.get(response_id)
+            if data is None:
+                return False
+            record = record_from_json(data)
+            if record.deleted:
+                return False
+            self._rows[response_id] = record_to_json(tombstone(record))
+            return True
+
+    async def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            self._rows.clear()

@@ -1,0 +1,436 @@
+"""One contract suite for every ResponseStore backend (litestar.stores style).
+
+Each test in the first part runs once per backend through the parametrized ``store`` fixture;
+the SQLite-only part covers what only a file can show (reopen, crash, schema, pragmas).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server.stores import (
+    ChainCycleError,
+    MemoryStore,
+    MissingChainLinkError,
+    ResponseStore,
+    SQLiteStore,
+    StoredResponse,
+    UnknownCursorError,
+    open_store,
+)
+from server.stores.sqlite import SCHEMA_VERSION
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ResponseStore]:
+    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/store.db"
+    s = open_store(url)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def record(rid: str, prev: str | None = None, **changes: Any) -> StoredResponse:
+    base = StoredResponse(
+        id=rid,
+        created_at=1_765_552_659,
+        model="claude-sonnet-4",
+        provider="anthropic",
+        status="completed",
+        response={
+            "id": rid,
+            "object": "response",
+            "status": "completed",
+            "output": [{"type": "message", "id": f"msg_{rid}", "content": []}],
+            "usage": None,
+            "temperature": 1.0,
+        },
+        input_items=[{"id": f"{rid}_in0", "type": "message", "role": "user", "content": "hi"}],
+        events=[{"type": "response.created", "sequence_number": 0}],
+        request={"model": "claude-sonnet-4", "input": "hi", "stream": True},
+        previous_response_id=prev,
+        deployment="anthropic-eu",
+        attempts=[{"provider": "anthropic", "status": 200, "ms": 812}],
+        cost=0.00123,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equality that also insists on identical types: 1 == 1.0 and True == 1 would hide drift."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def same_record(a: StoredResponse, b: StoredResponse) -> bool:
+    return all(
+        same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(StoredResponse)
+    )
+
+
+# -- put / get ----------------------------------------------------------------------------------
+
+
+async def test_round_trip_preserves_every_field(store: ResponseStore) -> None:
+    big = "é✓😀\u2028\x00" + "x" * (1024 * 1024)  # unicode, NUL, line separator, 1 MB
+    rec = record(
+        "resp_1",
+        prev="resp_0",
+        model="模型-🚀",
+        provider=None,
+        deployment=None,
+        cost=None,
+        status="incomplete",
+        response={"id": "resp_1", "text": big, "nested": {"a": [1, 2.5, None, True, "ü"]}},
+        input_items=[{"id": "msg_ü", "content": big}],
+        events=[{"type": "response.output_text.delta", "delta": big, "sequence_number": 3}],
+        request={"input": "日本語", "metadata": {"k": "v"}, "temperature": 0.0},
+        attempts=[],
+    )
+    await store.put(rec)
+    got = await store.get("resp_1")
+    assert got is not None
+    assert same_record(got, rec)
+    assert await store.get("resp_unknown") is None
+
+
+async def test_events_none_and_metadata_variants(store: ResponseStore) -> None:
+    rec = record("resp_2", events=None, cost=0.0, created_at=0, attempts=[{"a": None}])
+    await store.put(rec)
+    got = await store.get("resp_2")
+    assert got is not None and same_record(got, rec)
+
+
+async def test_put_replaces(store: ResponseStore) -> None:
+    await store.put(record("resp_r", status="in_progress", events=None))
+    await store.put(record("resp_r", status="completed", cost=9.5))
+    got = await store.get("resp_r")
+    assert got is not None
+    assert got.status == "completed" and got.cost == 9.5 and got.events is not None
+
+
+async def test_records_are_copies(store: ResponseStore) -> None:
+    rec = record("resp_c")
+    await store.put(rec)
+    rec.response["status"] = "mutated after put"
+    got = await store.get("resp_c")
+    assert got is not None and got.response["status"] == "completed"
+    got.input_items.clear()
+    again = await store.get("resp_c")
+    assert again is not None and len(again.input_items) == 1
+
+
+# -- delete -------------------------------------------------------------------------------------
+
+
+async def test_delete(store: ResponseStore) -> None:
+    await store.put(record("resp_d"))
+    assert await store.delete("resp_d") is True
+    assert await store.get("resp_d") is None
+    assert await store.delete("resp_d") is False
+    assert await store.delete("resp_never") is False
+    assert await store.list_input_items("resp_d", limit=20, order="desc", after=None) is None
+    # insert-or-replace also brings a deleted id back
+    await store.put(record("resp_d", status="failed"))
+    got = await store.get("resp_d")
+    assert got is not None and got.status == "failed"
+
+
+async def test_put_of_deleted_record_is_invisible(store: ResponseStore) -> None:
+    await store.put(record("resp_t", deleted=True))
+    assert await store.get("resp_t") is None
+    assert await store.delete("resp_t") is False
+
+
+# -- input items ----------------------------------------------------------------------------------
+
+
+def ids(page: Any) -> list[str]:
+    return [item["id"] for item in page.data]
+
+
+async def test_input_items_paging(store: ResponseStore) -> None:
+    items = [
+        {"id": f"it{i}", "type": "message", "role": "user", "content": str(i)} for i in range(5)
+    ]
+    await store.put(record("resp_p", input_items=items))
+
+    page = await store.list_input_items("resp_p")  # defaults: limit 20, desc
+    assert page is not None
+    assert ids(page) == ["it4", "it3", "it2", "it1", "it0"]
+    assert (page.first_id, page.last_id, page.has_more) == ("it4", "it0", False)
+
+    page = await store.list_input_items("resp_p", limit=2, order="desc", after=None)
+    assert page is not None and ids(page) == ["it4", "it3"] and page.has_more
+    page = await store.list_input_items("resp_p", limit=2, order="desc", after="it3")
+    assert page is not None and ids(page) == ["it2", "it1"] and page.has_more
+    # exactly the remaining items: has_more must be False (the classic off-by-one)
+    page = await store.list_input_items("resp_p", limit=1, order="desc", after="it1")
+    assert page is not None and ids(page) == ["it0"] and not page.has_more
+    page = await store.list_input_items("resp_p", limit=5, order="asc", after=None)
+    assert page is not None and ids(page) == [f"it{i}" for i in range(5)]
+    assert not page.has_more
+    page = await store.list_input_items("resp_p", limit=4, order="asc", after=None)
+    assert page is not None and page.has_more and page.last_id == "it3"
+    page = await store.list_input_items("resp_p", limit=3, order="asc", after="it1")
+    assert page is not None and ids(page) == ["it2", "it3", "it4"] and not page.has_more
+    # after the last item: an empty page
+    page = await store.list_input_items("resp_p", limit=3, order="asc", after="it4")
+    assert page is not None
+    assert (page.data, page.first_id, page.last_id, page.has_more) == ([], None, None, False)
+
+    with pytest.raises(UnknownCursorError):
+        await store.list_input_items("resp_p", limit=3, order="asc", after="nope")
+    with pytest.raises(ValueError):
+        await store.list_input_items("resp_p", limit=0, order="asc", after=None)
+    assert await store.list_input_items("resp_none", limit=3, order="asc", after=None) is None
+
+
+async def test_input_items_empty(store: ResponseStore) -> None:
+    await store.put(record("resp_e", input_items=[]))
+    page = await store.list_input_items("resp_e", limit=20, order="desc", after=None)
+    assert page is not None
+    assert (page.data, page.first_id, page.last_id, page.has_more) == ([], None, None, False)
+
+
+# -- chain ----------------------------------------------------------------------------------------
+
+
+async def test_chain_oldest_first(store: ResponseStore) -> None:
+    await store.put(record("resp_c", prev="resp_b"))
+    await store.put(record("resp_a"))
+    await store.put(record("resp_b", prev="resp_a"))
+    chain = await store.chain("resp_c")
+    assert [r.id for r in chain] == ["resp_a", "resp_b", "resp_c"]
+    assert [r.id for r in await store.chain("resp_a")] == ["resp_a"]
+
+
+async def test_chain_missing_link_raises(store: ResponseStore) -> None:
+    await store.put(record("resp_b", prev="resp_gone"))
+    await store.put(record("resp_c", prev="resp_b"))
+    with pytest.raises(MissingChainLinkError) as info:
+        await store.chain("resp_c")
+    assert info.value.missing_id == "resp_gone" and info.value.response_id == "resp_c"
+    assert "resp_gone" in str(info.value)
+    with pytest.raises(MissingChainLinkError) as info:
+        await store.chain("resp_unknown")
+    assert info.value.missing_id == "resp_unknown"
+
+
+async def test_chain_deleted_link_is_missing(store: ResponseStore) -> None:
+    await store.put(record("resp_a"))
+    await store.put(record("resp_b", prev="resp_a"))
+    await store.delete("resp_a")
+    with pytest.raises(MissingChainLinkError) as info:
+        await store.chain("resp_b")
+    assert info.value.missing_id == "resp_a"
+
+
+async def test_chain_cycle_stops(store: ResponseStore) -> None:
+    await store.put(record("resp_x", prev="resp_y"))
+    await store.put(record("resp_y", prev="resp_x"))
+    with pytest.raises(ChainCycleError):
+        await store.chain("resp_x")
+    await store.put(record("resp_self", prev="resp_self"))
+    with pytest.raises(ChainCycleError):
+        await store.chain("resp_self")
+
+
+# -- concurrency, lifecycle -------------------------------------------------------------------
+
+
+async def test_concurrent_puts(store: ResponseStore) -> None:
+    recs = [record(f"resp_{i:02d}", cost=float(i)) for i in range(50)]
+    await asyncio.gather(*(store.put(r) for r in recs))
+    got = await asyncio.gather(*(store.get(r.id) for r in recs))
+    for want, have in zip(recs, got, strict=True):
+        assert have is not None and same_record(have, want)
+
+
+async def test_closed_store_refuses(store: ResponseStore) -> None:
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(RuntimeError):
+        await store.get("resp_1")
+
+
+# -- property: any JSON-able response dict round-trips exactly ------------------------------------
+
+json_values: st.SearchStrategy[Any] = st.recursive(
+    st.none()
+    | st.booleans()
+    # orjson, like the store, handles 64-bit integers only (documented in base.py)
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(response=st.dictionaries(st.text(), json_values, max_size=6))
+async def test_any_json_response_round_trips(
+    store: ResponseStore, response: dict[str, Any]
+) -> None:
+    rec = record("resp_prop", response=response, events=[response], request=response)
+    await store.put(rec)
+    got = await store.get("resp_prop")
+    assert got is not None and same_record(got, rec)
+
+
+# -- open_store -------------------------------------------------------------------------------
+
+
+async def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    stores: list[ResponseStore] = [
+        open_store("memory://"),
+        open_store("sqlite:///:memory:"),
+        open_store("sqlite:///rel/dir/a.db"),
+        open_store(f"sqlite:///{tmp_path}/abs/b.db"),  # tmp_path starts with "/": 4 slashes
+    ]
+    try:
+        assert isinstance(stores[0], MemoryStore)
+        assert all(isinstance(s, SQLiteStore) for s in stores[1:])
+        assert (tmp_path / "rel/dir/a.db").is_file()
+        assert (tmp_path / "abs/b.db").is_file()
+        for s in stores:
+            await s.put(record("resp_u"))
+            assert await s.get("resp_u") is not None
+    finally:
+        for s in stores:
+            await s.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["postgres://user:hunter2@db/x", "redis://localhost", "sqlite://host/x.db", "nourl"]
+)
+def test_open_store_rejects(url: str) -> None:
+    with pytest.raises(ValueError) as info:
+        open_store(url)
+    message = str(info.value)
+    assert "memory://" in message and "sqlite:///" in message
+    assert "hunter2" not in message  # never echo a URL that may hold a password
+    if url.startswith(("postgres", "redis")):
+        assert repr(url.split(":")[0]) in message
+
+
+# -- SQLite only: durability, schema, pragmas ------------------------------------------------
+
+
+async def test_sqlite_survives_close_and_reopen(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/d.db"
+    s = open_store(url)
+    rec = record("resp_keep", prev="resp_root")
+    await s.put(record("resp_root"))
+    await s.put(rec)
+    await s.put(record("resp_del"))
+    await s.delete("resp_del")
+    await s.close()
+
+    s = open_store(url)
+    try:
+        got = await s.get("resp_keep")
+        assert got is not None and same_record(got, rec)
+        assert [r.id for r in await s.chain("resp_keep")] == ["resp_root", "resp_keep"]
+        assert await s.get("resp_del") is None and await s.delete("resp_del") is False
+    finally:
+        await s.close()
+
+
+async def test_sqlite_put_survives_process_crash(tmp_path: Path) -> None:
+    """A put that returned is on disk even if the process dies without close()."""
+    db = tmp_path / "crash.db"
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os
+        from server.stores import StoredResponse, open_store
+
+        async def main():
+            s = open_store({f"sqlite:///{db}"!r})
+            await s.put(StoredResponse(
+                id="resp_crash", created_at=1, model="m", provider=None, status="completed",
+                response={{"ok": True}}, input_items=[], events=None, request={{}},
+                previous_response_id=None, deployment=None, attempts=[], cost=None))
+            os._exit(0)  # no close, no checkpoint, no atexit
+
+        asyncio.run(main())
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=60)
+    s = open_store(f"sqlite:///{db}")
+    try:
+        got = await s.get("resp_crash")
+        assert got is not None and got.response == {"ok": True}
+    finally:
+        await s.close()
+
+
+async def test_sqlite_schema_and_pragmas(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    s = SQLiteStore(db)
+    try:
+        # synchronous is per connection: ask the store's own connection, on its own thread.
+        sync_level = await s._run(lambda: s._db().execute("PRAGMA synchronous").fetchone()[0])
+        assert sync_level == 2  # FULL
+    finally:
+        await s.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    assert (db.stat().st_mode & 0o777) == 0o600
+
+
+async def test_sqlite_refuses_newer_schema(tmp_path: Path) -> None:
+    db = tmp_path / "future.db"
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="schema version"):
+        SQLiteStore(db)
+
+
+def test_stores_are_constructible_without_a_loop(tmp_path: Path) -> None:
+    # open_store is called from sync start-up code; it must not need a running loop.
+    factories: list[Callable[[], ResponseStore]] = [
+        MemoryStore,
+        lambda: SQLiteStore(tmp_path / "noloop.db"),
+    ]
+    for make in factories:
+        s = make()
+        asyncio.run(s.close())
