@@ -434,7 +434,8 @@ class ResponseBuilder:
             # Events already appended consumed sequence numbers: return them and end the stream
             # cleanly with response.failed rather than losing them to an exception.
             self.internal_error = exc
-            err = response_error("turnout_internal", f"{type(exc).__name__}: {exc}")
+            # The exception text stays in internal_error for the server's log, never the client.
+            err = response_error("server_error", "the gateway failed to translate the reply")
             self._terminate(out, "failed", err)
         return out
 

@@ -59,7 +59,9 @@ def encode_state(provider: str, state: Mapping[str, Any]) -> str:
 
 def decode_state(blob: str | None) -> tuple[str | None, dict[str, Any] | None]:
     decoded = state_codec.decode_state(blob) if blob else None
-    return decoded if decoded is not None else (None, None)
+    if decoded is None or decoded[0] is None:
+        return None, None  # state nobody can claim is state nobody may read
+    return decoded
 
 
 def _mint(prefix: str) -> str:
@@ -226,6 +228,7 @@ class _Normalizer:
     call_names: dict[str, str] = field(default_factory=dict)
     seen_ids: set[str] = field(default_factory=set)
     seen_calls: set[str] = field(default_factory=set)
+    seen_outputs: set[str] = field(default_factory=set)
     has_reasoning: bool = False
 
     def add(self, item: Any, where: str, *, keep: list[dict[str, Any]] | None) -> None:
@@ -238,6 +241,8 @@ class _Normalizer:
         if isinstance(item_id, str) and item_id in self.seen_ids:
             return
         if itype == "function_call" and item.get("call_id") in self.seen_calls:
+            return
+        if itype == "function_call_output" and item.get("call_id") in self.seen_outputs:
             return
         stored = self._entries_for(itype, item, where)
         if keep is not None and stored is not None:
@@ -330,6 +335,7 @@ class _Normalizer:
                 "input",
             )
         output = _output_text(item["output"], where)
+        self.seen_outputs.add(call_id)
         self.entries.append(
             {"role": "tool", "kind": "function_call_output", "call_id": call_id,
              "name": self.call_names.get(call_id), "output": output}

@@ -129,7 +129,8 @@ def as_object(value: Any, key: str = "result") -> Any:
             parsed = orjson.loads(value)
         except orjson.JSONDecodeError:
             return {key: value}
-        return parsed if isinstance(parsed, dict) else {key: parsed}
+        # Only a JSON object is unpacked: tool output "42" stays the string, never 42.
+        return parsed if isinstance(parsed, dict) else {key: value}
     return value if isinstance(value, dict) else {key: value}
 
 

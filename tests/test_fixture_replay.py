@@ -165,7 +165,7 @@ def _raw_texts(path: Path) -> str:
             for p in doc["candidates"][0].get("content", {}).get("parts", []):
                 if "text" in p and not p.get("thought"):
                     out.append(p["text"])
-        elif "choices" in doc and doc["choices"]:
+        elif doc.get("choices"):
             content = doc["choices"][0].get("delta", {}).get("content")
             if isinstance(content, str):
                 out.append(content)

@@ -1,0 +1,69 @@
+"""The Litestar application factory.
+
+Start-up order, and why:
+
+* the mapping registry is compiled in `create_app` itself (synchronously, once): a broken mapping
+  then raises `MappingError` with its `file:line:col` problems before the server binds, and the
+  CLI prints them and exits instead of uvicorn dumping a traceback from inside the lifespan;
+* the store and the shared upstream client are opened in the lifespan, on the server's event
+  loop (the aiohttp transport and SQLite's worker are loop-bound), and closed on shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from litestar import Litestar
+from litestar.datastructures import State
+
+from engine.registry import MappingRegistry
+from server.config import Settings
+from server.errors import exception_handlers
+from server.gateway import Gateway, RegistryLike
+from server.routes import health, v1_router
+from server.stores import ResponseStore, open_store
+from server.upstream import Upstream
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    registry: RegistryLike | None = None,
+    store: ResponseStore | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Litestar:
+    """Build the app. `registry`/`store`/`transport` replace the real ones (tests); a store
+    passed in is not closed on shutdown, since the caller owns it."""
+    mappings: RegistryLike = registry or MappingRegistry.load(settings.mappings_dir)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        owned = store is None
+        the_store = open_store(settings.store) if store is None else store
+        upstream = Upstream(transport=transport)
+        upstream.start()
+        app.state.gateway = Gateway(settings, mappings, the_store, upstream)
+        try:
+            yield
+        finally:
+            await upstream.aclose()
+            if owned:
+                await the_store.close()
+
+    master_key = settings.master_key.encode() if settings.master_key else None
+    return Litestar(
+        route_handlers=[v1_router(), health],
+        lifespan=[lifespan],
+        exception_handlers=exception_handlers(),
+        request_max_body_size=settings.limits.max_body_bytes,
+        state=State({"master_key": master_key}),
+        # No schema routes, no framework logging config: the CLI owns logging (and its
+        # redaction filter); Litestar's defaults would add handlers of their own.
+        openapi_config=None,
+        logging_config=None,
+        debug=False,
+    )

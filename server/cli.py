@@ -1,0 +1,156 @@
+"""`turnout serve|lint`.
+
+    turnout serve [--config FILE] [--host H] [--port P]   # default 127.0.0.1:4000
+    turnout lint [DIR]                                      # default: the bundled mappings/
+
+Exit codes: 0 ok, 1 lint found problems, 2 the config or a mapping is broken (problems printed as
+`file:line:col: key: message`, never a traceback).
+
+Logging goes through `RedactingFormatter`: anything that looks like a key (`sk-…`, `Bearer …`,
+`x-api-key: …`, values of secret-looking environment variables) is masked. The code already never
+logs headers; this is defence in depth for the messages and tracebacks nobody foresaw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+
+from engine.errors import ConfigError, MappingError
+from engine.registry import DEFAULT_MAPPINGS_DIR, lint_dir
+
+__all__ = ["RedactingFormatter", "configure_logging", "main", "redact"]
+
+_MASK = "***"
+# Compiled once; formatting a log record must not build regexes.
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"), "sk-" + _MASK),
+    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]+"), "Bearer " + _MASK),
+    (re.compile(r"\bAIza[0-9A-Za-z_\-]{20,}"), _MASK),  # Google API keys
+    (
+        re.compile(
+            r"(?i)\b(x-api-key|x-goog-api-key|api[-_]?key|master[-_]?key|secret|token|password)"
+            r"(['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"
+        ),
+        r"\1\2" + _MASK,
+    ),
+)
+_SECRET_ENV = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL)", re.IGNORECASE)
+
+
+def _secret_values(env: Mapping[str, str]) -> tuple[str, ...]:
+    # Short values would mask ordinary words; real keys are long. Longest first so a key that
+    # contains another is masked whole.
+    values = {v for k, v in env.items() if _SECRET_ENV.search(k) and len(v) >= 8}
+    return tuple(sorted(values, key=len, reverse=True))
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    for value in secrets:
+        if value in text:
+            text = text.replace(value, _MASK)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFormatter(logging.Formatter):
+    """A formatter whose whole output (message, arguments, traceback) is passed through
+    `redact`, with the secret environment values known when it was built."""
+
+    def __init__(self, fmt: str | None = None, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(fmt or "%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._secrets = _secret_values(os.environ if env is None else env)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record), self._secrets)
+
+
+def configure_logging(level: int = logging.WARNING) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # httpx logs each request at INFO: costly at load and it prints URLs (design §7).
+    for name in ("httpx", "httpcore", "httpx_aiohttp"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # uvicorn's loggers go through the root handler (and so the redaction) too.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+
+
+def _print_problems(exc: ConfigError | MappingError) -> None:
+    for problem in exc.problems:
+        print(str(problem), file=sys.stderr)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+    from server.config import load_config
+
+    configure_logging()
+    try:
+        settings = load_config(args.config, os.environ)
+        app = create_app(settings)
+    except (ConfigError, MappingError) as exc:
+        _print_problems(exc)
+        return 2
+    host = args.host or settings.server.host
+    port = args.port if args.port is not None else settings.server.port
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        # uvloop + httptools when present: the measured fast path (design §7).
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        workers=1,
+        access_log=False,
+        log_level="warning",
+        log_config=None,  # keep configure_logging's redacting handler
+    )
+    return 0
+
+
+def _lint(args: argparse.Namespace) -> int:
+    count, problems = lint_dir(args.dir or DEFAULT_MAPPINGS_DIR)
+    for problem in problems:
+        print(str(problem))
+    if problems:
+        return 1
+    print(f"ok: {count} mappings")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="turnout", description="OpenAI Responses API gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", metavar="FILE", help="YAML config file (default: defaults)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 4000)")
+    serve.set_defaults(func=_serve)
+    lint = sub.add_parser("lint", help="check mapping files")
+    lint.add_argument("dir", nargs="?", help="mappings folder (default: the bundled one)")
+    lint.set_defaults(func=_lint)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Every failure leaves the gateway as an OpenAI error body.
+
+Shape (OpenAI `ErrorResponse`, all four keys always present, `param`/`code` nullable)::
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": null, "code": null}}
+
+Exception → status:
+
+    RequestError                → its own status (client mistake, 4xx)
+    UpstreamError               → its own status; `Retry-After` passed on for 429/503
+    litestar HTTPException      → its status (404 route, 405 method, 413 body, 400 validation)
+    anything else               → 500 with a generic message; traceback logged server-side only
+
+The SDKs turn `error.code/param/type` into exception attributes, so the body never carries a
+stack trace, a header or a key: messages come from our own exceptions or fixed strings.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+from litestar import MediaType, Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+
+from engine.errors import RequestError, UpstreamError
+
+__all__ = [
+    "error_body",
+    "error_bytes",
+    "error_response",
+    "exception_handlers",
+    "type_for_status",
+]
+
+log = logging.getLogger("turnout.errors")
+
+# OpenAI's `type` vocabulary by status; used when an exception does not name its own type.
+_TYPE_BY_STATUS: dict[int, str] = {
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+# Litestar's own HTTP exceptions carry no OpenAI `code`; give the common ones a stable one so
+# clients can branch on it.
+_CODE_BY_STATUS: dict[int, str] = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+}
+
+_GENERIC_500 = "The server had an error while processing your request."
+
+
+def type_for_status(status: int) -> str:
+    """The OpenAI error `type` for an HTTP status."""
+    if status >= 500:
+        return "server_error"
+    return _TYPE_BY_STATUS.get(status, "invalid_request_error")
+
+
+def error_body(
+    message: str, *, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_bytes(
+    message: str, *, type_: str, param: str | None = None, code: str | None = None
+) -> bytes:
+    return orjson.dumps(error_body(message, type_=type_, param=param, code=code))
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    type_: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response[bytes]:
+    body = error_bytes(message, type_=type_ or type_for_status(status), param=param, code=code)
+    return Response(
+        content=body,
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=dict(headers) if headers else None,
+    )
+
+
+def _retry_headers(status: int, retry_after: float | None) -> dict[str, str]:
+    # Only 429/503 mean "come back later"; the SDKs honour both headers (ms is more precise).
+    if retry_after is None or status not in (429, 503) or retry_after < 0:
+        return {}
+    return {
+        "retry-after": str(math.ceil(retry_after)),
+        "retry-after-ms": str(int(retry_after * 1000)),
+    }
+
+
+def _on_request_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, RequestError)
+    return error_response(
+        exc.status, exc.message, type_=exc.type or None, param=exc.param, code=exc.code
+    )
+
+
+def _on_upstream_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, UpstreamError)
+    # Upstream failures are logged without headers or bodies: both may echo credentials.
+    log.warning("upstream error from %s: %s %s", exc.provider, exc.status, exc.code)
+    return error_response(
+        exc.status,
+        exc.message,
+        type_=exc.type or None,
+        code=exc.code,
+        headers=_retry_headers(exc.status, exc.retry_after),
+    )
+
+
+def _on_validation(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, ValidationException)
+    param: str | None = None
+    message = str(exc.detail)
+    extra = exc.extra
+    if isinstance(extra, list) and extra and isinstance(extra[0], dict):
+        first = extra[0]
+        param = str(first["key"]) if first.get("key") is not None else None
+        if first.get("message"):
+            message = f"Invalid value for '{param}': {first['message']}" if param else message
+    return error_response(400, message, param=param, code="invalid_value" if param else None)
+
+
+def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    if status >= 500:
+        # Litestar 5xx details can describe internals; keep them in the log.
+        log.error("internal HTTP error %s: %s", status, exc.detail)
+        return error_response(status, _GENERIC_500)
+    if isinstance(exc, MethodNotAllowedException):
+        message = "Method not allowed for this path."
+    elif isinstance(exc, NotFoundException):
+        message = "Not found."
+    elif isinstance(exc, RequestEntityTooLarge):
+        message = "Request body is too large."
+    else:
+        message = str(exc.detail)
+    headers = {"allow": exc.headers["allow"]} if exc.headers and "allow" in exc.headers else None
+    return error_response(status, message, code=_CODE_BY_STATUS.get(status), headers=headers)
+
+
+def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    # The traceback goes to the server log (redacted by the logging filter); the client only
+    # learns that something failed.
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, _GENERIC_500)
+
+
+Handler = Callable[[Request[Any, Any, Any], Exception], Response[bytes]]
+
+
+def exception_handlers() -> dict[type[Exception] | int, Handler]:
+    """Handlers for `Litestar(exception_handlers=...)`; Litestar picks the most specific class."""
+    return {
+        RequestError: _on_request_error,
+        UpstreamError: _on_upstream_error,
+        ValidationException: _on_validation,
+        HTTPException: _on_http,
+        Exception: _on_unexpected,
+    }

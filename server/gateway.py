@@ -1,0 +1,451 @@
+"""Request orchestration for `POST /v1/responses`, free of any web framework.
+
+One request, in order:
+
+1. load the `previous_response_id` chain from the store (404 `previous_response_not_found`);
+2. `engine.canonical.normalize(body, history)` validates the body and merges the new input onto
+   the history idempotently (an item whose `id`, or function_call whose `call_id`, is already in
+   the history is dropped: anchor-failures 9);
+3. resolve `model` to a provider mapping + deployment (400 `model_not_found`, 401
+   `missing_api_key`);
+4. render the upstream request and open it; a failure here (non-2xx, network) is raised as
+   `UpstreamError` *before* anything was sent, so the client gets a plain JSON error;
+5. feed ops to one `ResponseBuilder`; streamed and non-streamed replies run the very same event
+   loop, so they cannot disagree;
+6. write the `StoredResponse` once, awaited *before* the terminal event (or the JSON reply) leaves,
+   so a follow-up chained on it immediately finds it (anchor-failures 1).
+
+Stream terminator: we end every stream with `data: [DONE]`. OpenAI does not send it, but the
+Open Responses spec requires it and both official SDKs stop cleanly on it (responses-api §7.1), so
+it costs OpenAI clients nothing and makes the stream Open Responses conformant.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+import orjson
+
+from engine.builder import ResponseBuilder, make_echo
+from engine.canonical import CanonicalRequest, normalize
+from engine.errors import RequestError, UpstreamError
+from engine.ids import IdFactory
+from server.config import Deployment, ModelAlias, ProviderSettings, Settings, env_prefix
+from server.stores.base import ChainError, ResponseStore, StoredResponse
+from server.upstream import Upstream, UpstreamCall, UpstreamStream
+
+__all__ = [
+    "DONE",
+    "TERMINAL_EVENTS",
+    "Gateway",
+    "JsonReply",
+    "MappingLike",
+    "RegistryLike",
+    "StreamReply",
+    "Target",
+    "encode_sse",
+    "replay_sse",
+]
+
+log = logging.getLogger("turnout.gateway")
+
+DONE = b"data: [DONE]\n\n"
+TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
+_GENERIC_FAILURE = "The server had an error while processing your request."
+
+
+class StreamDecoderLike(Protocol):
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]: ...
+    def close(self) -> list[dict[str, Any]]: ...
+
+
+class MappingLike(Protocol):
+    """The slice of `engine.mapping.CompiledMapping` the gateway uses."""
+
+    @property
+    def provider(self) -> str: ...
+    @property
+    def defaults(self) -> Mapping[str, Any]: ...
+    @property
+    def finish_reasons(self) -> Mapping[str, str]: ...
+
+    def build_request(
+        self,
+        req: CanonicalRequest,
+        *,
+        model: str,
+        api_base: str,
+        credentials: dict[str, str],
+        settings: dict[str, Any],
+    ) -> UpstreamCall: ...
+    def parse_response(self, body: bytes) -> list[dict[str, Any]]: ...
+    def stream_decoder(self) -> StreamDecoderLike: ...
+    def parse_error(
+        self, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> UpstreamError: ...
+
+
+class RegistryLike(Protocol):
+    """The slice of `engine.registry.MappingRegistry` the gateway uses."""
+
+    def get(self, provider: str) -> MappingLike | None: ...
+    @property
+    def providers(self) -> list[str]: ...
+
+
+def encode_sse(event: Mapping[str, Any]) -> bytes:
+    """One event, one chunk: `event:` equals the JSON `type` (Open Responses requires it)."""
+    return b"event: " + str(event["type"]).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+async def replay_sse(
+    events: Sequence[Mapping[str, Any]], starting_after: int | None, *, done_marker: bool = True
+) -> AsyncIterator[bytes]:
+    """Stored events as SSE from `#0` (the SDK resume helpers need `response.created`), or only
+    those with `sequence_number > starting_after`."""
+    for event in events:
+        if starting_after is not None and int(event.get("sequence_number", -1)) <= starting_after:
+            continue
+        yield encode_sse(event)
+    if done_marker:
+        yield DONE
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one request goes: the resolved provider, upstream model and credentials."""
+
+    provider: str
+    mapping: MappingLike
+    model: str
+    api_base: str
+    credentials: dict[str, str] = field(repr=False)
+    settings: dict[str, Any]
+    timeout_s: float | None
+    deployment: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class JsonReply:
+    response: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReply:
+    chunks: AsyncIterator[bytes]
+
+
+class _Source:
+    """Upstream ops, from a whole (already parsed) body or an open stream; opened before the
+    reply starts so that anything failing up to here is still a plain JSON error."""
+
+    def __init__(
+        self,
+        mapping: MappingLike,
+        ops: list[dict[str, Any]] | None,
+        stream: UpstreamStream | None,
+    ) -> None:
+        self._mapping = mapping
+        self._ops = ops
+        self._stream = stream
+
+    async def batches(self) -> AsyncGenerator[list[dict[str, Any]], None]:
+        if self._stream is None:
+            yield self._ops or []
+            return
+        decoder = self._mapping.stream_decoder()
+        async for chunk in self._stream.chunks():
+            ops = decoder.feed(chunk)
+            if ops:
+                yield ops
+        yield decoder.close()
+
+    async def aclose(self) -> None:
+        if self._stream is not None:
+            await self._stream.aclose()
+
+
+@dataclass(slots=True)
+class _Run:
+    """Everything one create call carries from start to the store write."""
+
+    canon: CanonicalRequest
+    target: Target
+    builder: ResponseBuilder
+    source: _Source
+    request: dict[str, Any]
+    previous_response_id: str | None
+    store: bool
+    upstream_status: int
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Gateway:
+    """Turns a Responses create body into a JSON Response or an SSE byte stream."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: RegistryLike,
+        store: ResponseStore,
+        upstream: Upstream,
+        *,
+        ids: IdFactory | None = None,
+        done_marker: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.upstream = upstream
+        self.ids = ids or IdFactory()
+        self.done_marker = done_marker
+        # Connection settings are fixed for the process: resolve each provider/deployment once.
+        # Keys are bounded (registry providers, configured deployments), never client strings.
+        self._conns: dict[object, ProviderSettings] = {}
+
+    # -- model resolution -------------------------------------------------------------------
+
+    def pick_deployment(self, alias: str, spec: ModelAlias) -> Deployment:
+        """The deployment serving `alias`. The router replaces this with balancing and
+        fallbacks; until then the first deployment wins."""
+        return spec.deployments[0]
+
+    def resolve(self, model: str) -> Target:
+        """`model` as an alias from `settings.models`, or `provider/model` with a provider the
+        registry knows; 400 `model_not_found` otherwise, 401 `missing_api_key` without a key."""
+        spec = self.settings.models.get(model)
+        if spec is not None and spec.deployments:
+            dep = self.pick_deployment(model, spec)
+            mapping = self.registry.get(dep.provider)
+            if mapping is None:  # config names a provider with no mapping file
+                raise self._unknown_model(model)
+            conn = self._conns.get(id(dep))
+            if conn is None:
+                conn = self._conns[id(dep)] = self.settings.for_deployment(dep)
+            return self._target(mapping, dep.provider_model, conn, dep.model)
+        provider, sep, upstream_model = model.partition("/")
+        mapping = self.registry.get(provider) if sep and upstream_model else None
+        if mapping is None:
+            raise self._unknown_model(model)
+        conn = self._conns.get(provider)
+        if conn is None:
+            conn = self._conns[provider] = self.settings.provider(provider)
+        return self._target(mapping, upstream_model, conn, None)
+
+    def _unknown_model(self, model: str) -> RequestError:
+        providers = ", ".join(self.registry.providers) or "(none loaded)"
+        aliases = ", ".join(sorted(self.settings.models))
+        hint = f"an alias ({aliases}) or " if aliases else ""
+        return RequestError(
+            400,
+            f"The model '{model}' does not exist. Use {hint}'provider/model' where provider is "
+            f"one of: {providers}.",
+            param="model",
+            code="model_not_found",
+        )
+
+    def _target(
+        self,
+        mapping: MappingLike,
+        model: str,
+        conn: ProviderSettings,
+        deployment: str | None,
+    ) -> Target:
+        defaults = mapping.defaults
+        return Target(
+            provider=mapping.provider,
+            mapping=mapping,
+            model=model,
+            api_base=conn.api_base or str(defaults.get("api_base") or ""),
+            credentials=self._credentials(mapping, conn),
+            settings=conn.settings,
+            timeout_s=conn.timeout_s or self.settings.router.timeout_s,
+            deployment=deployment,
+        )
+
+    def _credentials(self, mapping: MappingLike, conn: ProviderSettings) -> dict[str, str]:
+        if conn.api_key:
+            return {"api_key": conn.api_key}
+        # The mapping may name conventional variables of its own (ANTHROPIC_API_KEY...).
+        names = mapping.defaults.get("api_key_env") or []
+        names = [names] if isinstance(names, str) else [str(n) for n in names]
+        for name in names:
+            value = self.settings.env.get(name)
+            if value:
+                return {"api_key": value}
+        if mapping.defaults.get("auth") == "optional":
+            return {}  # keyless providers (local servers)
+        wanted = [f"{env_prefix(mapping.provider)}_API_KEY", *names]
+        choices = " or ".join(dict.fromkeys(wanted))
+        # Name the variable, never a value.
+        raise RequestError(
+            401,
+            f"No API key configured for provider '{mapping.provider}': set {choices} in the "
+            "environment (or api_key in the config).",
+            code="missing_api_key",
+        )
+
+    # -- history ----------------------------------------------------------------------------
+
+    async def history(self, previous_response_id: str | None) -> list[dict[str, Any]]:
+        """Input + output items of the chain, oldest first (instructions are not carried)."""
+        if previous_response_id is None:
+            return []
+        try:
+            chain = await self.store.chain(previous_response_id)
+        except ChainError:
+            raise RequestError(
+                404,
+                f"Previous response with id '{previous_response_id}' not found.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            ) from None
+        items: list[dict[str, Any]] = []
+        for record in chain:
+            items.extend(record.input_items)
+            items.extend(record.response.get("output") or [])
+        return items
+
+    # -- create -----------------------------------------------------------------------------
+
+    async def create(self, body: Any) -> JsonReply | StreamReply:
+        if not isinstance(body, dict):
+            raise RequestError(
+                400, "The request body must be a JSON object.", param=None, code="invalid_type"
+            )
+        prev = body.get("previous_response_id")
+        if prev is not None and not isinstance(prev, str):
+            raise RequestError(
+                400,
+                "Invalid type for 'previous_response_id': expected a string.",
+                param="previous_response_id",
+                code="invalid_type",
+            )
+        canon = normalize(body, await self.history(prev))
+        target = self.resolve(canon.model)
+        call = target.mapping.build_request(
+            canon,
+            model=target.model,
+            api_base=target.api_base,
+            credentials=target.credentials,
+            settings=target.settings,
+        )
+        source, status = await self._open(call, target)
+        builder = ResponseBuilder(
+            self.ids.response(),
+            int(time.time()),
+            make_echo(body),
+            target.mapping.finish_reasons,
+            canon.model,
+            ids=self.ids,
+            provider=target.provider,
+        )
+        run = _Run(
+            canon=canon,
+            target=target,
+            builder=builder,
+            source=source,
+            # The body minus input (kept as input_items); it holds no credentials.
+            request={k: v for k, v in body.items() if k != "input"},
+            previous_response_id=prev,
+            store=bool(canon.view.get("store", True)),
+            upstream_status=status,
+        )
+        if canon.stream:
+            return StreamReply(self._sse(run))
+        async with aclosing(self._stored_events(run)) as events:
+            async for _ in events:
+                pass
+        return JsonReply(builder.response)
+
+    async def _open(self, call: UpstreamCall, target: Target) -> tuple[_Source, int]:
+        if call.stream:
+            stream = await self.upstream.open_stream(
+                call, target.mapping, read_timeout_s=target.timeout_s
+            )
+            return _Source(target.mapping, None, stream), stream.status_code
+        response = await self.upstream.send(call, target.mapping, read_timeout_s=target.timeout_s)
+        ops = target.mapping.parse_response(response.content)
+        return _Source(target.mapping, ops, None), response.status_code
+
+    async def _events(self, run: _Run) -> AsyncGenerator[dict[str, Any], None]:
+        """The builder's events for the whole reply; failures after the start become
+        `response.failed` carrying the upstream code and message (anchor-failures 6)."""
+        b = run.builder
+        failure: tuple[str, str] | None = None
+        try:
+            for event in b.start():
+                yield event
+            async with aclosing(run.source.batches()) as batches:
+                async for ops in batches:
+                    for event in b.feed(ops):
+                        yield event
+                    if b.terminal:
+                        break
+        except UpstreamError as exc:
+            failure = (exc.code or "server_error", exc.message)
+        except Exception:
+            # A mapping or builder bug mid-reply: the client sees a generic failure, the log
+            # gets the traceback.
+            log.exception("failed while translating the reply from %s", run.target.provider)
+            failure = ("server_error", _GENERIC_FAILURE)
+        finally:
+            # Shielded: on a client disconnect the task is cancelled, and an unshielded await
+            # here would be cancelled too, leaking the upstream connection until GC.
+            with anyio.CancelScope(shield=True):
+                await run.source.aclose()
+        tail = b.fail(*failure) if failure is not None else ([] if b.terminal else b.finish())
+        for event in tail:
+            yield event
+
+    async def _stored_events(self, run: _Run) -> AsyncGenerator[dict[str, Any], None]:
+        """`_events`, with the store write awaited just before the terminal event leaves."""
+        # aclosing: `async for` does not close an inner generator when the outer one is closed
+        # (client disconnect), and the upstream must be released now, not at GC time.
+        async with aclosing(self._events(run)) as events:
+            async for event in events:
+                run.events.append(event)
+                if event.get("type") in TERMINAL_EVENTS:
+                    await self._store(run)
+                yield event
+
+    async def _sse(self, run: _Run) -> AsyncGenerator[bytes, None]:
+        async with aclosing(self._stored_events(run)) as events:
+            async for event in events:
+                yield encode_sse(event)
+        if self.done_marker:
+            yield DONE
+
+    async def _store(self, run: _Run) -> None:
+        if not run.store:
+            return
+        response = run.builder.response
+        await self.store.put(
+            StoredResponse(
+                id=str(response["id"]),
+                created_at=int(response.get("created_at") or time.time()),
+                model=str(response.get("model") or run.canon.model),
+                provider=run.target.provider,
+                status=str(response.get("status")),
+                response=response,
+                input_items=run.canon.input_items,
+                events=run.events,
+                request=run.request,
+                previous_response_id=run.previous_response_id,
+                deployment=run.target.deployment,
+                attempts=[
+                    {
+                        "provider": run.target.provider,
+                        "model": run.target.model,
+                        "status": run.upstream_status,
+                    }
+                ],
+                cost=None,
+            )
+        )

@@ -1,0 +1,206 @@
+"""Upstream I/O: one shared `httpx.AsyncClient` on the aiohttp transport.
+
+The default httpcore transport caps the gateway at about a third of what aiohttp does (design §7),
+so the whole app shares one client built on `httpx_aiohttp.AiohttpTransport`. Failures become
+`UpstreamError`:
+
+    timeout (connect or read)        → 504 upstream_timeout
+    refused / reset / DNS / protocol → 502 upstream_unreachable
+    non-2xx reply                    → mapping.parse_error(status, body, headers)
+
+Headers are never logged: they carry provider keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
+
+import httpx
+import httpx_aiohttp
+
+from engine.errors import UpstreamError
+
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "DEFAULT_READ_TIMEOUT_S",
+    "ErrorParser",
+    "Upstream",
+    "UpstreamCall",
+    "UpstreamStream",
+    "network_error",
+]
+
+CONNECT_TIMEOUT_S = 10.0
+DEFAULT_READ_TIMEOUT_S = 600.0
+
+# httpx logs every request at INFO; at a few thousand req/s that is real CPU (design §7).
+for _name in ("httpx", "httpcore", "httpx_aiohttp"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+class UpstreamCall(Protocol):
+    """What `CompiledMapping.build_request` returns (engine's `UpstreamRequest`)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def stream(self) -> bool: ...
+
+
+class ErrorParser(Protocol):
+    """The part of `CompiledMapping` that turns a non-2xx reply into an `UpstreamError`."""
+
+    @property
+    def provider(self) -> str: ...
+
+    def parse_error(
+        self, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> UpstreamError: ...
+
+
+def _is_timeout(exc: httpx.TransportError) -> bool:
+    # The aiohttp transport maps every aiohttp.ClientConnectionError (refused, reset, server
+    # disconnected) to httpx.ConnectTimeout, so the class alone lies; the cause tells the truth.
+    if not isinstance(exc, httpx.TimeoutException):
+        return False
+    cause = exc.__cause__
+    return cause is None or isinstance(cause, TimeoutError)
+
+
+def network_error(exc: httpx.TransportError, provider: str) -> UpstreamError:
+    """Classify a transport failure. The message names the provider, never the URL or headers."""
+    if _is_timeout(exc):
+        return UpstreamError(
+            status=504,
+            message=f"The upstream provider '{provider}' did not answer in time.",
+            code="upstream_timeout",
+            type="server_error",
+            provider=provider,
+        )
+    return UpstreamError(
+        status=502,
+        message=f"Could not reach the upstream provider '{provider}'.",
+        code="upstream_unreachable",
+        type="server_error",
+        provider=provider,
+    )
+
+
+class UpstreamStream:
+    """An open 2xx streaming reply: iterate raw byte chunks, then `aclose()` (idempotent)."""
+
+    def __init__(self, response: httpx.Response, provider: str) -> None:
+        self.response = response
+        self._provider = provider
+
+    @property
+    def status_code(self) -> int:
+        return self.response.status_code
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.response.aiter_bytes():
+                if chunk:
+                    yield chunk
+        except httpx.TransportError as exc:
+            raise network_error(exc, self._provider) from None
+        finally:
+            await self.response.aclose()
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+
+
+class Upstream:
+    """Owns the app-wide client. `start()` in the lifespan, `aclose()` on shutdown."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._connect_timeout_s = connect_timeout_s
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+
+    def start(self) -> None:
+        if self._client is None:
+            # The aiohttp transport needs a running loop, so build it here, not at import.
+            transport = self._transport or httpx_aiohttp.AiohttpTransport()
+            self._client = httpx.AsyncClient(
+                transport=transport,
+                timeout=httpx.Timeout(DEFAULT_READ_TIMEOUT_S, connect=self._connect_timeout_s),
+                follow_redirects=False,
+            )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self.start()
+        assert self._client is not None
+        return self._client
+
+    def _timeout(self, read_timeout_s: float | None) -> httpx.Timeout:
+        return httpx.Timeout(
+            read_timeout_s or DEFAULT_READ_TIMEOUT_S, connect=self._connect_timeout_s
+        )
+
+    async def _open(
+        self, req: UpstreamCall, errors: ErrorParser, read_timeout_s: float | None
+    ) -> httpx.Response:
+        request = self.client.build_request(
+            req.method,
+            req.url,
+            headers=dict(req.headers),
+            content=req.body,
+            timeout=self._timeout(read_timeout_s),
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise network_error(exc, errors.provider) from None
+        if response.is_success:
+            return response
+        # Error bodies are small and parse_error needs all of them.
+        try:
+            body = await response.aread()
+        except httpx.TransportError as exc:
+            raise network_error(exc, errors.provider) from None
+        finally:
+            await response.aclose()
+        raise errors.parse_error(response.status_code, body, response.headers)
+
+    async def send(
+        self, req: UpstreamCall, errors: ErrorParser, *, read_timeout_s: float | None = None
+    ) -> httpx.Response:
+        """Send and read the whole 2xx reply (`.content` is ready), or raise `UpstreamError`."""
+        response = await self._open(req, errors, read_timeout_s)
+        try:
+            await response.aread()
+        except httpx.TransportError as exc:
+            raise network_error(exc, errors.provider) from None
+        finally:
+            await response.aclose()
+        return response
+
+    async def open_stream(
+        self, req: UpstreamCall, errors: ErrorParser, *, read_timeout_s: float | None = None
+    ) -> UpstreamStream:
+        """Send and return once a 2xx status arrived, so errors before the first byte can still
+        be answered as plain JSON; the caller must consume `chunks()` or `aclose()` it."""
+        response = await self._open(req, errors, read_timeout_s)
+        return UpstreamStream(response, errors.provider)

@@ -1,0 +1,55 @@
+"""Loopback provider simulators the gateway's tests run against.
+
+from tests.simulators import Simulator, Replay, ToolCalls
+
+with Simulator() as sim:
+    sim.script("anthropic", Replay("anthropic/thinking_stream", chunk_size=7))
+    ...  # point the gateway at sim.base("anthropic")
+    assert sim.requests[-1].json["max_tokens"] == 1024
+"""
+
+from __future__ import annotations
+
+from .modes import (
+    ChunkSize,
+    Echo,
+    Error,
+    Garbage,
+    Hang,
+    MaxTokens,
+    MidStreamError,
+    Replay,
+    Reply,
+    Slow,
+    Thinking,
+    ToolCalls,
+)
+from .recordings import FIXTURES_DIR, Fixture, fixture_names, load_fixture, split_bytes
+from .server import RecordedRequest, Simulator
+from .turn import Usage, compute_usage, last_user_text, prompt_chars
+
+__all__ = [
+    "FIXTURES_DIR",
+    "ChunkSize",
+    "Echo",
+    "Error",
+    "Fixture",
+    "Garbage",
+    "Hang",
+    "MaxTokens",
+    "MidStreamError",
+    "RecordedRequest",
+    "Replay",
+    "Reply",
+    "Simulator",
+    "Slow",
+    "Thinking",
+    "ToolCalls",
+    "Usage",
+    "compute_usage",
+    "fixture_names",
+    "last_user_text",
+    "load_fixture",
+    "prompt_chars",
+    "split_bytes",
+]

@@ -1,0 +1,121 @@
+"""Reply modes a test scripts per provider with `Simulator.script(provider, *replies)`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "ChunkSize",
+    "Echo",
+    "Error",
+    "Garbage",
+    "Hang",
+    "MaxTokens",
+    "MidStreamError",
+    "Replay",
+    "Reply",
+    "Slow",
+    "Thinking",
+    "ToolCalls",
+]
+
+# None: whole body at once; int: fixed-size pieces; "random": sizes 1..64 drawn with `seed`.
+ChunkSize = int | Literal["random"] | None
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A recorded fixture body, byte for byte (`"anthropic/thinking_stream"`)."""
+
+    fixture: str
+    chunk_size: ChunkSize = None
+    seed: int = 0
+    delay: float = 0.0  # seconds between chunks
+
+
+@dataclass(frozen=True)
+class Echo:
+    """The default: the assistant text is the last user text of the request."""
+
+    chunk_size: ChunkSize = None  # re-chunk the bytes on the wire (frames are independent)
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """Parallel tool calls; `signature` becomes Gemini's thoughtSignature on the first call."""
+
+    calls: list[tuple[str, dict[str, Any]]]
+    text: str | None = None
+    signature: str | None = None
+
+
+@dataclass(frozen=True)
+class Thinking:
+    thought: str
+    signature: str
+    text: str
+
+
+@dataclass(frozen=True)
+class MaxTokens:
+    """Text cut off by the provider's max-tokens stop."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Error:
+    """An HTTP error; `native_body=None` uses the provider's default body for `status`."""
+
+    status: int
+    native_body: Any = None  # dict/list (JSON-encoded) or bytes (sent as is)
+    headers: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class MidStreamError:
+    """Start an echo stream, then fail after `after_chunks` frames in the provider's way.
+
+    Frames are SSE events (Anthropic's ping counts). Anthropic: `event: error` overloaded_error;
+    Responses: `response.failed`; Chat: OpenRouter-style error chunk + [DONE]; Gemini: the
+    connection drops. A non-streaming request gets half its JSON body, then the drop.
+    """
+
+    after_chunks: int = 1
+    message: str = "Overloaded"
+    text: str | None = None  # streamed text before the failure (default: the echo text)
+
+
+@dataclass(frozen=True)
+class Garbage:
+    """HTTP 200 whose body is not what the provider promises (non-JSON / broken SSE)."""
+
+    body: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Slow:
+    """Wait `seconds` before answering, then answer with `then` (echo by default)."""
+
+    seconds: float
+    then: Reply | None = None
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Never answer (the connection stays open until the client gives up)."""
+
+
+Reply = (
+    Replay
+    | Echo
+    | ToolCalls
+    | Thinking
+    | MaxTokens
+    | Error
+    | MidStreamError
+    | Garbage
+    | Slow
+    | Hang
+)
