@@ -1,0 +1,140 @@
+"""Shared fixtures: the provider simulators and a real gateway process in front of them.
+
+End-to-end tests talk to `turnout serve` as a user would: a separate process, a config file,
+the official `openai` SDK with strict response validation. Every provider's base URL points at
+the loopback simulators, so nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from engine.registry import MappingRegistry
+from server.config import env_prefix
+from tests.simulators import Simulator
+
+pytest_plugins = ["tests.simulators.pytest_plugin"]
+
+ROOT = Path(__file__).resolve().parents[1]
+PROVIDERS = MappingRegistry.load().providers
+# Where each dialect expects its base URL to end (the simulator accepts any prefix).
+BASE_SUFFIX = {"openai": "/v1"}
+# Providers whose reads time out fast, for the timeout test.
+SLOW_TIMEOUT_PROVIDER = "vllm"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Gateway:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self, **kwargs: object) -> OpenAI:
+        return OpenAI(
+            base_url=f"{self.url}/v1",
+            api_key="client-key-not-used-upstream",
+            max_retries=0,
+            timeout=30,
+            _strict_response_validation=True,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_gateway(
+    config: Path, env: dict[str, str], log: Path, *, timeout_s: float = 20.0
+) -> Gateway:
+    port = free_port()
+    turnout = Path(sys.executable).parent / "turnout"
+    command = [str(turnout)] if turnout.exists() else [sys.executable, "-m", "server.cli"]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [*command, "serve", "--config", str(config), "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return Gateway(url, process, log)
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"gateway did not become healthy:\n{log.read_text()}")
+
+
+def stop_gateway(gateway: Gateway) -> None:
+    gateway.process.terminate()
+    try:
+        gateway.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        gateway.process.kill()
+        gateway.process.wait()
+
+
+def gateway_env(sim: Simulator, *, without_keys: tuple[str, ...] = ()) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_API_BASE"))}
+    for pid in PROVIDERS:
+        prefix = env_prefix(pid)
+        env[f"{prefix}_API_BASE"] = sim.base(pid) + BASE_SUFFIX.get(pid, "")
+        if pid not in without_keys:
+            env[f"{prefix}_API_KEY"] = f"sk-test-{pid}-secret-0123456789"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    provider_sim_session: Simulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    folder = tmp_path_factory.mktemp("gateway")
+    config = folder / "turnout.yaml"
+    config.write_text(
+        f"store: sqlite:///{folder / 'turnout.db'}\n"
+        "providers:\n"
+        f"  {SLOW_TIMEOUT_PROVIDER}: {{timeout_s: 1}}\n"
+        "models:\n"
+        "  claude:\n"
+        "    deployments:\n"
+        "      - {model: anthropic/claude-sonnet-4-5}\n"
+    )
+    env = gateway_env(provider_sim_session)
+    gw = start_gateway(config, env, folder / "gateway.log")
+    yield gw
+    stop_gateway(gw)
+
+
+@pytest.fixture
+def sim(provider_sim: Simulator) -> Simulator:
+    return provider_sim
+
+
+@pytest.fixture
+def client(gateway: Gateway) -> Iterator[OpenAI]:
+    with gateway.client() as c:
+        yield c

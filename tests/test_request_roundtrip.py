@@ -1,0 +1,272 @@
+"""Any user text reaches every provider byte-exact, at that provider's place for it.
+
+For every mapping in the registry, text given as the user input, as instructions (or a
+developer message), as function-call arguments and as a function-call output is found again
+after ``orjson.loads`` of the rendered upstream body. User data is data: never re-parsed,
+never type-converted ("42" stays a string), never escaped twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from engine.canonical import normalize
+from engine.mapping import CompiledMapping
+from engine.registry import MappingRegistry
+
+REGISTRY = MappingRegistry.load()
+PROVIDERS = REGISTRY.providers
+
+EXAMPLES = [
+    "say \"hi\" and 'bye'",
+    "back\\slash \\n \\\\ \\u0041 \\x00",
+    "line1\nline2\r\nline3\ttab",
+    "{{ req.model }}",
+    "{{ 7 * 7 }} {% if true %}x{% endif %} {# comment #}",
+    "{% raw %}{{ x }}{% endraw %}",
+    '{ "json": [1, 2] }',
+    "emoji 🦜 👩🏽‍🚀 🏳️‍🌈 and RTL \u202e mark",
+    "42",
+    "true",
+    "null",
+    "1.5e3",
+    "[]",
+    "<b>&amp;</b> </script>",
+    "\x00\x1f\x7f\u2028\u2029",
+    "$null",
+    " ",
+]
+
+ARGS = {"q": "placeholder"}  # replaced by the text under test
+
+
+def _dialect(mapping: CompiledMapping) -> str:
+    """Which wire format a mapping speaks, read from the URL it builds."""
+    req = normalize({"model": "m", "input": "x"})
+    url = mapping.build_request(
+        req, model="m", api_base="http://upstream", credentials={"api_key": "k"}
+    ).url
+    for suffix, name in (
+        ("/v1/messages", "anthropic"),
+        ("generateContent", "gemini"),
+        ("/chat/completions", "chat"),
+        ("/responses", "responses"),
+    ):
+        if suffix in url:
+            return name
+    raise AssertionError(f"{mapping.provider}: unknown dialect for {url}; add a locator here")
+
+
+DIALECTS = {p: _dialect(m) for p in PROVIDERS if (m := REGISTRY.get(p)) is not None}
+
+
+def _body(provider: str, request: dict[str, Any]) -> dict[str, Any]:
+    mapping = REGISTRY.get(provider)
+    assert mapping is not None
+    upstream = mapping.build_request(
+        normalize(request), model="some-model", api_base="http://upstream",
+        credentials={"api_key": "sk-test"},
+    )  # fmt: skip
+    body = orjson.loads(upstream.body)
+    assert isinstance(body, dict)
+    return body
+
+
+# --- where each dialect keeps things ----------------------------------------------------------
+
+
+def _user_text(dialect: str, body: dict[str, Any]) -> Any:
+    if dialect == "anthropic":
+        last = body["messages"][-1]
+        assert last["role"] == "user"
+        return last["content"][0]["text"]
+    if dialect == "gemini":
+        last = body["contents"][-1]
+        assert last["role"] == "user"
+        return last["parts"][0]["text"]
+    if dialect == "chat":
+        last = body["messages"][-1]
+        assert last["role"] == "user"
+        return last["content"]
+    last = body["input"][-1]
+    assert (last["type"], last["role"]) == ("message", "user")
+    return last["content"][0]["text"]
+
+
+def _instructions(dialect: str, body: dict[str, Any]) -> Any:
+    if dialect == "anthropic":
+        return body["system"]
+    if dialect == "gemini":
+        return body["systemInstruction"]["parts"][0]["text"]
+    if dialect == "chat":
+        first = body["messages"][0]
+        assert first["role"] == "system"
+        return first["content"]
+    return body["instructions"]
+
+
+def _call_arguments(dialect: str, body: dict[str, Any]) -> Any:
+    """The arguments as the provider carries them: a JSON string, or the parsed object."""
+    if dialect == "anthropic":
+        (block,) = [b for m in body["messages"] for b in m["content"] if b["type"] == "tool_use"]
+        assert (block["id"], block["name"]) == ("call_1", "lookup")
+        return block["input"]
+    if dialect == "gemini":
+        (part,) = [p for c in body["contents"] for p in c["parts"] if "functionCall" in p]
+        assert part["functionCall"]["name"] == "lookup"
+        return part["functionCall"]["args"]
+    if dialect == "chat":
+        (call,) = [c for m in body["messages"] for c in m.get("tool_calls") or []]
+        assert (call["id"], call["function"]["name"]) == ("call_1", "lookup")
+        return call["function"]["arguments"]
+    (item,) = [i for i in body["input"] if i["type"] == "function_call"]
+    assert (item["call_id"], item["name"]) == ("call_1", "lookup")
+    return item["arguments"]
+
+
+def _call_output(dialect: str, body: dict[str, Any]) -> Any:
+    if dialect == "anthropic":
+        (block,) = [b for m in body["messages"] for b in m["content"] if b["type"] == "tool_result"]
+        assert block["tool_use_id"] == "call_1"
+        return block["content"]
+    if dialect == "gemini":
+        (part,) = [p for c in body["contents"] for p in c["parts"] if "functionResponse" in p]
+        assert part["functionResponse"]["name"] == "lookup"
+        return part["functionResponse"]["response"]
+    if dialect == "chat":
+        (msg,) = [m for m in body["messages"] if m["role"] == "tool"]
+        assert msg["tool_call_id"] == "call_1"
+        return msg["content"]
+    (item,) = [i for i in body["input"] if i["type"] == "function_call_output"]
+    assert item["call_id"] == "call_1"
+    return item["output"]
+
+
+def _expected_output(dialect: str, text: str) -> Any:
+    if dialect != "gemini":
+        return text
+    # Gemini's functionResponse.response is a Struct: a JSON-object output is sent as that
+    # object, any other text is wrapped as {"result": text}, still the exact string.
+    try:
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        parsed = None
+    return parsed if isinstance(parsed, dict) else {"result": text}
+
+
+# --- the checks -------------------------------------------------------------------------------
+
+
+def _check_user_and_instructions(provider: str, text: str) -> None:
+    dialect = DIALECTS[provider]
+    body = _body(provider, {"model": "client-model", "input": text, "instructions": text})
+    got = _user_text(dialect, body)
+    assert isinstance(got, str)
+    assert got == text
+    assert _instructions(dialect, body) == text
+
+
+def _check_developer_message(provider: str, text: str) -> None:
+    dialect = DIALECTS[provider]
+    body = _body(
+        provider,
+        {"model": "m", "input": [
+            {"role": "developer", "content": text},
+            {"role": "user", "content": [{"type": "input_text", "text": text}]},
+        ]},
+    )  # fmt: skip
+    assert _instructions(dialect, body) == text
+    assert _user_text(dialect, body) == text
+
+
+def _tool_turns(arguments: str, output: str) -> dict[str, Any]:
+    return {
+        "model": "m",
+        "input": [
+            {"role": "user", "content": "use the tool"},
+            {"type": "function_call", "call_id": "call_1", "name": "lookup",
+             "arguments": arguments},
+            {"type": "function_call_output", "call_id": "call_1", "output": output},
+        ],
+    }  # fmt: skip
+
+
+def _check_tool_round_trip(provider: str, text: str) -> None:
+    dialect = DIALECTS[provider]
+    arguments = orjson.dumps({"q": text, "n": 42, "s": "42"}).decode()
+    body = _body(provider, _tool_turns(arguments, text))
+    got_args = _call_arguments(dialect, body)
+    if isinstance(got_args, str):
+        assert got_args == arguments  # the exact string the client sent
+    else:
+        assert got_args == {"q": text, "n": 42, "s": "42"}
+        assert isinstance(got_args["s"], str)
+    assert _call_output(dialect, body) == _expected_output(dialect, text)
+
+
+_CHECKS: dict[str, Callable[[str, str], None]] = {
+    "user_and_instructions": _check_user_and_instructions,
+    "developer_message": _check_developer_message,
+    "tool_round_trip": _check_tool_round_trip,
+}
+
+
+def test_every_dialect_is_covered() -> None:
+    assert set(DIALECTS) == set(PROVIDERS)
+    assert set(DIALECTS.values()) == {"anthropic", "gemini", "chat", "responses"}
+
+
+@pytest.mark.parametrize("check", list(_CHECKS))
+@pytest.mark.parametrize("text", EXAMPLES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_examples(provider: str, text: str, check: str) -> None:
+    if check == "user_and_instructions" and not text:
+        pytest.skip("empty input is a missing input")
+    _CHECKS[check](provider, text)
+
+
+_SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@_SETTINGS
+@given(text=st.text(min_size=1))
+@example(text="{{ req }}")
+def test_any_text_as_input_and_instructions(provider: str, text: str) -> None:
+    _check_user_and_instructions(provider, text)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@_SETTINGS
+@given(text=st.text(min_size=1))
+def test_any_text_as_developer_message(provider: str, text: str) -> None:
+    _check_developer_message(provider, text)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@_SETTINGS
+@given(text=st.text())
+@example(text='{"nested": {"a": [1, "2"]}}')
+@example(text="")
+def test_any_text_through_function_calls(provider: str, text: str) -> None:
+    _check_tool_round_trip(provider, text)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@_SETTINGS
+@given(
+    args=st.dictionaries(
+        st.text(), st.text() | st.integers(-(2**63), 2**63 - 1) | st.booleans(), max_size=4
+    )
+)
+def test_any_arguments_object(provider: str, args: dict[str, Any]) -> None:
+    dialect = DIALECTS[provider]
+    arguments = orjson.dumps(args).decode()
+    got = _call_arguments(dialect, _body(provider, _tool_turns(arguments, "ok")))
+    assert got == (arguments if isinstance(got, str) else args)
