@@ -141,6 +141,20 @@ class StreamReply:
     chunks: AsyncIterator[bytes]
 
 
+_REPORTED_UNKNOWN: set[tuple[str, str]] = set()
+
+
+def _report_unknown_events(mapping: MappingLike, unknown: dict[str, int]) -> None:
+    """A stream event type the mapping does not know is logged once per type, not ignored:
+    it is how a provider's new event types get noticed (the tests fail on them)."""
+    provider = str(getattr(mapping, "provider", "?"))
+    for name, count in unknown.items():
+        if (provider, name) not in _REPORTED_UNKNOWN:
+            _REPORTED_UNKNOWN.add((provider, name))
+            log.warning("mapping %s has no rule for stream event %r (seen %d times)",
+                        provider, name, count)  # fmt: skip
+
+
 class _Source:
     """Upstream ops, from a whole (already parsed) body or an open stream; opened before the
     reply starts so that anything failing up to here is still a plain JSON error."""
@@ -165,6 +179,7 @@ class _Source:
             if ops:
                 yield ops
         yield decoder.close()
+        _report_unknown_events(self._mapping, getattr(decoder, "unknown_events", {}))
 
     async def aclose(self) -> None:
         if self._stream is not None:

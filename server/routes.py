@@ -149,6 +149,22 @@ async def delete_response(
     return _json({"id": response_id, "object": "response", "deleted": True})
 
 
+@post("/responses/{response_id:str}/cancel", status_code=200)
+async def cancel_response(
+    request: Request[Any, Any, Any], response_id: FromPath[str]
+) -> Response[bytes]:
+    # Only background responses can be cancelled (OpenAI's rule), and Turnout answers every
+    # response before its create call returns: a known id is a 400, an unknown one a 404.
+    if await _gateway(request).store.get(response_id) is None:
+        raise _not_found(response_id)
+    raise RequestError(
+        400,
+        "Only responses created with background: true can be cancelled.",
+        param=None,
+        code="invalid_request",
+    )
+
+
 @get("/responses/{response_id:str}/input_items")
 async def list_input_items(
     request: Request[Any, Any, Any], response_id: FromPath[str]
@@ -194,6 +210,12 @@ async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
 def v1_router() -> Router:
     return Router(
         path="/v1",
-        route_handlers=[create_response, get_response, delete_response, list_input_items],
+        route_handlers=[
+            create_response,
+            get_response,
+            delete_response,
+            cancel_response,
+            list_input_items,
+        ],
         guards=[require_master_key],
     )

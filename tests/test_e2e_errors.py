@@ -265,3 +265,47 @@ def test_broken_mapping_fails_start_up_with_file_line_col(
     assert "groq.yaml:" in run.stderr
     assert "stream.framing: unknown framing 'morse'" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_cancel_is_for_background_responses_only(gateway: Gateway, client: OpenAI) -> None:
+    """Anchor 10: cancel answers for every provider, as OpenAI does for a foreground response."""
+    done = client.responses.create(model="anthropic/claude-sonnet-4-5", input="hi")
+    error = error_of(httpx.post(f"{gateway.url}/v1/responses/{done.id}/cancel"), 400)
+    assert "background" in error["message"]
+    error_of(httpx.post(f"{gateway.url}/v1/responses/resp_unknown/cancel"), 404)
+
+
+def test_turnout_lint_reports_a_broken_mapping(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    folder = tmp_path / "mappings"
+    (folder / "_dialects").mkdir(parents=True)
+    (folder / "acme.yaml").write_text(
+        "version: 1\nextends: _dialects/openai_chat\nprovider:\n  api_base: x\n", encoding="utf-8"
+    )
+    (folder / "_dialects" / "openai_chat.yaml").write_text(
+        (ROOT / "mappings/_dialects/openai_chat.yaml")
+        .read_text()
+        .replace("op: finish,", "op: finsh,", 1),
+        encoding="utf-8",
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "server.cli", "lint", str(folder)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 1
+    line = next(x for x in run.stdout.splitlines() if "finsh" in x)
+    assert line.startswith(str(folder / "_dialects" / "openai_chat.yaml") + ":") or (
+        "_dialects/openai_chat.yaml:" in line
+    )
+    assert "unknown op 'finsh'" in line
+    assert "did you mean 'finish'?" in line
+    ok = subprocess.run(
+        [sys.executable, "-m", "server.cli", "lint"], cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert ok.returncode == 0
+    assert ok.stdout.startswith("ok: ")
