@@ -140,15 +140,20 @@ def pick(mapping: Mapping[Any, Any], key: Any, default: Any = None) -> Any:
     return mapping.get(key, default)
 
 
-def readable(entries: Iterable[Entry], provider: str) -> list[Entry]:
+def readable(entries: Iterable[Entry], provider: str, native_blobs: bool = False) -> list[Entry]:
     # Opaque state only means something to the provider that minted it; sending another
-    # provider's signature is a 400 at best. The visible history stays.
-    return [
-        e
-        for e in entries
-        if not (e["kind"] == "reasoning" and e.get("provider") != provider)
-        and e["kind"] != "image_generation_call"
-    ]
+    # provider's signature is a 400 at best. The visible history stays. `native_blobs` keeps
+    # reasoning whose encrypted_content the upstream minted itself (OpenAI's own format).
+    def keep(e: Entry) -> bool:
+        if e["kind"] == "image_generation_call":
+            return False
+        if e["kind"] != "reasoning":
+            return True
+        if e.get("provider") is None:
+            return native_blobs and bool(e.get("encrypted_content"))
+        return bool(e.get("provider") == provider)
+
+    return [e for e in entries if keep(e)]
 
 
 def omit(mapping: Mapping[str, Any], *keys: str) -> dict[str, Any]:

@@ -15,8 +15,10 @@ File layout (see ``mappings/README.md`` for the reference)::
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,9 @@ from engine.template import Node, TemplateProblem, compile_template
 from engine.yamlstrict import LoadedYaml, load_yaml
 
 __all__ = ["CompiledMapping", "StreamDecoder", "UpstreamRequest", "load_mapping"]
+
+# Headers a signer adds that must never be logged or stored.
+_SIGNING_SECRETS = frozenset({"authorization", "x-amz-security-token"})
 
 Op = dict[str, Any]
 KeyPath = tuple[str | int, ...]
@@ -147,6 +152,8 @@ class CompiledMapping:
     _framing: str
     _errors: dict[str, Any]
     _secret_headers: frozenset[str]
+    _signing: Node | None = None
+    variants: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
 
     def build_request(
         self,
@@ -161,7 +168,7 @@ class CompiledMapping:
         streaming = req.stream if stream is None else stream
         ctx: dict[str, Any] = {
             "req": req.view, "model": model, "stream": streaming, "api_base": api_base.rstrip("/"),
-            "credentials": credentials, "settings": settings or {},
+            "credentials": credentials, "settings": settings or {}, "provider": self.provider,
         }  # fmt: skip
         for when, param, message in self._rejects:
             if when(ctx):
@@ -170,6 +177,7 @@ class CompiledMapping:
             url = str(self._url(ctx))
             raw_headers = self._headers(ctx) or {}
             body = self._body(ctx)
+            signing = self._signing(ctx) if self._signing is not None else None
         except RequestError:
             raise
         except Exception as exc:  # a template fault is ours, never the client's
@@ -182,13 +190,25 @@ class CompiledMapping:
             ) from exc
         headers = {str(k).lower(): str(v) for k, v in raw_headers.items()}
         headers.setdefault("content-type", "application/json")
+        payload = orjson.dumps(body)
+        secret = self._secret_headers
+        if signing is not None:
+            from engine.signing import sign  # only mappings that sign pay for the import
+
+            # Signed last, over the exact bytes that go on the wire.
+            added = sign(
+                signing, method=self._method, url=url, headers=headers, body=payload,
+                credentials=credentials, now=datetime.now(UTC),
+            )  # fmt: skip
+            headers.update(added)
+            secret = secret | _SIGNING_SECRETS
         return UpstreamRequest(
             method=self._method,
             url=url,
             headers=headers,
-            body=orjson.dumps(body),
+            body=payload,
             stream=streaming,
-            secret_headers=self._secret_headers,
+            secret_headers=secret,
         )
 
     def parse_response(self, body: bytes) -> list[Op]:
@@ -345,8 +365,13 @@ def _secret_header_names(headers: Mapping[str, Any]) -> frozenset[str]:
     )
 
 
-def load_mapping(path: Path, root: Path | None = None) -> CompiledMapping:
-    """Load, check and compile one mapping; every problem found is raised at once."""
+def load_mapping(
+    path: Path, root: Path | None = None, *, provider: str | None = None
+) -> CompiledMapping:
+    """Load, check and compile one mapping; every problem found is raised at once.
+
+    ``provider`` names the provider id when it is not the file stem (a variant file).
+    """
     root = root or path.parent
     problems: list[Problem] = []
     data, files = _load_chain(path, root, problems)
@@ -401,11 +426,37 @@ def load_mapping(path: Path, root: Path | None = None) -> CompiledMapping:
             errors[key] = rule_mod._getter(value, ("errors", key))
         except rule_mod.RuleProblem as exc:
             problems.append(sources.problem(exc.path, exc.message))
+    signing: Node | None = None
+    if request.get("signing"):
+        from engine.signing import SIGNERS
+
+        spec = request["signing"]
+        if spec.get("type") not in SIGNERS:
+            problems.append(
+                sources.problem(
+                    ("request", "signing", "type"),
+                    f"unknown signer {spec.get('type')!r}",
+                    f"known: {', '.join(sorted(SIGNERS))}",
+                )
+            )
+        signing = _compile_or_report(spec, ("request", "signing"), sources, problems)
+    variants: list[tuple[re.Pattern[str], str]] = []
+    for i, variant in enumerate(data.get("variants") or []):
+        try:
+            variants.append((re.compile(str(variant["model"])), str(variant["use"])))
+        except re.error as exc:
+            problems.append(sources.problem(("variants", i, "model"), f"bad regex: {exc}"))
+        if not (root / f"{variant['use']}.yaml").is_file():
+            problems.append(
+                sources.problem(
+                    ("variants", i, "use"), f"no mapping {variant['use']!r} under {root}"
+                )
+            )
     if problems:
         raise MappingError(problems)
     provider_defaults = dict(data.get("provider") or {})
     return CompiledMapping(
-        provider=path.stem,
+        provider=provider or path.stem,
         path=files[0].filename,
         defaults=provider_defaults,
         finish_reasons=finish,
@@ -419,4 +470,6 @@ def load_mapping(path: Path, root: Path | None = None) -> CompiledMapping:
         _framing=framing,
         _errors=errors,
         _secret_headers=_secret_header_names(request.get("headers") or {}),
+        _signing=signing,
+        variants=variants,
     )

@@ -19,8 +19,14 @@ def _mapping_files(folder: Path) -> list[Path]:
 
 
 class MappingRegistry:
-    def __init__(self, mappings: dict[str, CompiledMapping], folder: Path) -> None:
+    def __init__(
+        self,
+        mappings: dict[str, CompiledMapping],
+        folder: Path,
+        variants: dict[tuple[str, str], CompiledMapping] | None = None,
+    ) -> None:
         self._mappings = mappings
+        self._variants = variants or {}
         self.folder = folder
 
     @classmethod
@@ -30,18 +36,36 @@ class MappingRegistry:
         if not root.is_dir():
             raise MappingError([Problem(str(root), 1, 1, "", "mappings folder not found")])
         mappings: dict[str, CompiledMapping] = {}
+        variants: dict[tuple[str, str], CompiledMapping] = {}
         problems: list[Problem] = []
         for path in _mapping_files(root):
             try:
-                mappings[path.stem] = load_mapping(path, root)
+                mapping = mappings[path.stem] = load_mapping(path, root)
+                for _, use in mapping.variants:
+                    # A variant speaks for its parent provider: same id in errors, records
+                    # and the reasoning-state envelope.
+                    variants[(path.stem, use)] = load_mapping(
+                        root / f"{use}.yaml", root, provider=path.stem
+                    )
             except MappingError as exc:
                 problems.extend(exc.problems)
         if problems:
             raise MappingError(_unique(problems))
-        return cls(mappings, root)
+        return cls(mappings, root, variants)
 
     def get(self, provider: str) -> CompiledMapping | None:
         return self._mappings.get(provider)
+
+    def resolve(self, provider: str, model: str) -> CompiledMapping | None:
+        """The mapping serving ``model`` at ``provider``: a variant whose pattern matches the
+        model (Claude on Vertex), else the provider's own."""
+        mapping = self._mappings.get(provider)
+        if mapping is None or not mapping.variants:
+            return mapping
+        for pattern, use in mapping.variants:
+            if pattern.search(model):
+                return self._variants.get((provider, use), mapping)
+        return mapping
 
     def suggest(self, provider: str) -> str | None:
         return nearest(provider, list(self._mappings))
@@ -66,7 +90,9 @@ def lint_dir(folder: str | Path) -> tuple[int, list[Problem]]:
     problems: list[Problem] = []
     for path in files:
         try:
-            load_mapping(path, root)
+            mapping = load_mapping(path, root)
+            for _, use in mapping.variants:
+                load_mapping(root / f"{use}.yaml", root, provider=path.stem)
         except MappingError as exc:
             problems.extend(exc.problems)
     return len(files), _unique(problems)
