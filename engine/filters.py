@@ -33,6 +33,8 @@ translation* may.
     a copy of a mapping without those top-level keys
 ``responses_input(entries)``
     canonical entries back to Responses input items (for Responses-native upstreams)
+``path_segment(text, safe="")``
+    percent-encode one URL path segment (``/`` always: ARNs in a path; ``safe`` keeps characters)
 ``strip_keys(obj, *keys)``
     a copy of a JSON schema without those keys anywhere (providers that reject
     ``additionalProperties``, ``strict``…)
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -226,6 +229,10 @@ def responses_input(entries: Iterable[Entry]) -> list[dict[str, Any]]:
     return items
 
 
+def path_segment(text: Any, safe: str = "") -> str:
+    return quote(str(text), safe=safe)
+
+
 def strip_keys(obj: Any, *keys: str) -> Any:
     if isinstance(obj, dict):
         return {k: strip_keys(v, *keys) for k, v in obj.items() if k not in keys}
@@ -246,6 +253,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "as_object": as_object,
     "pick": pick,
     "strip_keys": strip_keys,
+    "path_segment": path_segment,
     "readable": readable,
     "omit": omit,
     "responses_input": responses_input,

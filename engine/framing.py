@@ -6,6 +6,7 @@ mapping's ``framing:`` against ``FRAMINGS`` so an unknown name fails at start-up
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import orjson
@@ -136,9 +137,18 @@ class _NDJSONFrames:
         return out
 
 
-_FACTORIES: dict[str, type[_SSEFrames] | type[_NDJSONFrames]] = {
+def _aws_eventstream() -> FrameDecoder:
+    # Imported on first use: engine.eventstream needs ``Frame`` from this module, and mappings
+    # that never stream from AWS do not pay for it.
+    from engine.eventstream import EventStreamFrames
+
+    return EventStreamFrames()
+
+
+_FACTORIES: dict[str, Callable[[], FrameDecoder]] = {
     "sse": _SSEFrames,
     "ndjson": _NDJSONFrames,
+    "aws-eventstream": _aws_eventstream,
 }
 
 FRAMINGS: frozenset[str] = frozenset(_FACTORIES)

@@ -50,6 +50,8 @@ class ProviderSettings:
     api_key: str | None = field(default=None, repr=False)
     settings: dict[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None
+    # Credentials other than `api_key`, by the names the mapping declares (AWS keys...).
+    credentials: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Deployment:
     tpm: int | None = None
     region: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    credentials: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def provider(self) -> str:
@@ -137,6 +140,7 @@ class Settings:
             api_key=cfg.api_key or self._env(*key_vars),
             settings=dict(cfg.settings),
             timeout_s=cfg.timeout_s,
+            credentials=dict(cfg.credentials),
         )
 
     def for_deployment(self, deployment: Deployment) -> ProviderSettings:
@@ -145,8 +149,13 @@ class Settings:
         return ProviderSettings(
             api_base=deployment.api_base or base.api_base,
             api_key=deployment.api_key or base.api_key,
-            settings={**base.settings, **deployment.settings},
+            settings={
+                **base.settings,
+                **({"region": deployment.region} if deployment.region else {}),
+                **deployment.settings,
+            },
             timeout_s=base.timeout_s,
+            credentials={**base.credentials, **deployment.credentials},
         )
 
     def _env(self, *names: str) -> str | None:
@@ -262,6 +271,7 @@ def _build(data: dict[str, Any], path: str, env: dict[str, str]) -> Settings:
             api_key=_opt(p.get("api_key")),
             settings=dict(p.get("settings") or {}),
             timeout_s=_num(p.get("timeout_s")),
+            credentials={k: str(v) for k, v in (p.get("credentials") or {}).items() if v},
         )
         for pid, p in ((pid, p or {}) for pid, p in (data.get("providers") or {}).items())
     }
@@ -317,4 +327,5 @@ def _deployment(d: dict[str, Any]) -> Deployment:
         tpm=d.get("tpm"),
         region=_opt(d.get("region")),
         settings=dict(d.get("settings") or {}),
+        credentials={k: str(v) for k, v in (d.get("credentials") or {}).items() if v},
     )

@@ -37,6 +37,12 @@ from engine.canonical import CanonicalRequest, normalize
 from engine.errors import RequestError, UpstreamError
 from engine.ids import IdFactory
 from server.config import Deployment, ModelAlias, ProviderSettings, Settings, env_prefix
+from server.credentials import (
+    GoogleTokens,
+    declared_credentials,
+    resolve_settings,
+    static_credentials,
+)
 from server.stores.base import ChainError, ResponseStore, StoredResponse
 from server.upstream import Upstream, UpstreamCall, UpstreamStream
 
@@ -129,6 +135,8 @@ class Target:
     settings: dict[str, Any]
     timeout_s: float | None
     deployment: str | None
+    # Credentials still to fetch per request (OAuth tokens), by name.
+    pending: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +231,7 @@ class Gateway:
         # Connection settings are fixed for the process: resolve each provider/deployment once.
         # Keys are bounded (registry providers, configured deployments), never client strings.
         self._conns: dict[object, ProviderSettings] = {}
+        self.google_tokens = GoogleTokens()
 
     # -- model resolution -------------------------------------------------------------------
 
@@ -237,7 +246,7 @@ class Gateway:
         spec = self.settings.models.get(model)
         if spec is not None and spec.deployments:
             dep = self.pick_deployment(model, spec)
-            mapping = self.registry.get(dep.provider)
+            mapping = self._mapping(dep.provider, dep.provider_model)
             if mapping is None:  # config names a provider with no mapping file
                 raise self._unknown_model(model)
             conn = self._conns.get(id(dep))
@@ -245,13 +254,18 @@ class Gateway:
                 conn = self._conns[id(dep)] = self.settings.for_deployment(dep)
             return self._target(mapping, dep.provider_model, conn, dep.model)
         provider, sep, upstream_model = model.partition("/")
-        mapping = self.registry.get(provider) if sep and upstream_model else None
+        mapping = self._mapping(provider, upstream_model) if sep and upstream_model else None
         if mapping is None:
             raise self._unknown_model(model)
         conn = self._conns.get(provider)
         if conn is None:
             conn = self._conns[provider] = self.settings.provider(provider)
         return self._target(mapping, upstream_model, conn, None)
+
+    def _mapping(self, provider: str, model: str) -> MappingLike | None:
+        # A provider may serve some models through a variant mapping (Claude on Vertex).
+        resolve = getattr(self.registry, "resolve", None)
+        return resolve(provider, model) if resolve is not None else self.registry.get(provider)
 
     def _unknown_model(self, model: str) -> RequestError:
         providers = ", ".join(self.registry.providers) or "(none loaded)"
@@ -273,16 +287,43 @@ class Gateway:
         deployment: str | None,
     ) -> Target:
         defaults = mapping.defaults
+        env = self.settings.env
+        settings = resolve_settings(
+            mapping.provider, defaults.get("settings") or {}, conn.settings, env
+        )
+        declared = declared_credentials(defaults)
+        pending: list[str] = []
+        if declared is None:
+            credentials = self._credentials(mapping, conn)
+        else:
+            credentials, pending = static_credentials(
+                mapping.provider, declared, conn.credentials, conn.api_key, env
+            )
         return Target(
             provider=mapping.provider,
             mapping=mapping,
             model=model,
             api_base=conn.api_base or str(defaults.get("api_base") or ""),
-            credentials=self._credentials(mapping, conn),
-            settings=conn.settings,
+            credentials=credentials,
+            settings=settings,
             timeout_s=conn.timeout_s or self.settings.router.timeout_s,
             deployment=deployment,
+            pending=tuple(pending),
         )
+
+    async def _fetch_pending(self, target: Target) -> dict[str, str]:
+        """Credentials that come from a token source (Vertex's OAuth2 access token)."""
+        if not target.pending:
+            return target.credentials
+        credentials = dict(target.credentials)
+        source = target.settings.get("credentials_file") or self.settings.env.get(
+            "GOOGLE_APPLICATION_CREDENTIALS"
+        )
+        for name in target.pending:
+            credentials[name] = await self.google_tokens.token(
+                target.provider, str(source) if source else None
+            )
+        return credentials
 
     def _credentials(self, mapping: MappingLike, conn: ProviderSettings) -> dict[str, str]:
         if conn.api_key:
@@ -348,7 +389,7 @@ class Gateway:
             canon,
             model=target.model,
             api_base=target.api_base,
-            credentials=target.credentials,
+            credentials=await self._fetch_pending(target),
             settings=target.settings,
         )
         source, status = await self._open(call, target)

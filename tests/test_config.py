@@ -197,7 +197,12 @@ logging: [{type: stdout, level: info}]
     assert gemini.settings == {"safety": "off"}  # `off` stayed a string
     assert gemini.timeout_s == 30.0
     groq = s.for_deployment(fast.deployments[0])
-    assert (groq.api_key, groq.api_base, groq.settings) == ("groq-key", "http://dep", {"x": 1})
+    # A deployment's region is a setting the mapping reads (settings.region), like its own.
+    assert (groq.api_key, groq.api_base, groq.settings) == (
+        "groq-key",
+        "http://dep",
+        {"region": "us", "x": 1},
+    )
 
 
 def test_provider_env_conventions() -> None:

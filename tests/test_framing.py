@@ -38,7 +38,7 @@ def split_at(raw: bytes, points: list[int]) -> list[bytes]:
 
 
 def test_framings_listed() -> None:
-    assert frozenset({"sse", "ndjson"}) == FRAMINGS
+    assert frozenset({"sse", "ndjson", "aws-eventstream"}) == FRAMINGS
 
 
 def test_unknown_framing() -> None:
