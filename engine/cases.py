@@ -261,10 +261,18 @@ def sse_from_chunks(data: bytes) -> bytes:
     return b"".join(b"data: " + line + b"\n\n" for line in data.splitlines() if line.strip())
 
 
-def _reply_bytes(spec: Mapping[str, Any]) -> tuple[bytes | None, str | None]:
+def _fixture_path(case: Case, name: str) -> Path:
+    # `./x.sse` sits next to the case file (what `turnout record` writes); anything else is a
+    # recording under shared/fixtures/providers.
+    if name.startswith(("./", "../")):
+        return case.path.parent / name
+    return fixtures_dir() / name
+
+
+def _reply_bytes(case: Case, spec: Mapping[str, Any]) -> tuple[bytes | None, str | None]:
     """(body bytes, problem) of `upstream.response`."""
     if "fixture" in spec:
-        path = fixtures_dir() / str(spec["fixture"])
+        path = _fixture_path(case, str(spec["fixture"]))
         if not path.is_file():
             return None, f"upstream.response.fixture: {path} not found (set TURNOUT_SHARED?)"
         data = path.read_bytes()
@@ -287,7 +295,7 @@ def _check_error(case: Case, exc: RequestError | UpstreamError) -> list[str]:
         ]
     got = {
         "status": exc.status, "param": getattr(exc, "param", None), "code": exc.code,
-        "type": exc.type, "message": exc.message,
+        "type": exc.type, "message": exc.message, "retry_after": getattr(exc, "retry_after", None),
     }  # fmt: skip
     out = [
         f"expect.error {m}"
@@ -364,10 +372,7 @@ def _check_events(want: list[str], events: list[dict[str, Any]]) -> list[str]:
             pos = types.index(name, pos) + 1
         except ValueError:
             after = f" after {want[i - 1]!r}" if i else ""
-            return [
-                f"expect.events $[{i}]: {name!r} not emitted{after}; "
-                f"got {_show(types)}"
-            ]
+            return [f"expect.events $[{i}]: {name!r} not emitted{after}; got {_show(types)}"]
     return []
 
 
@@ -422,7 +427,7 @@ def run_case(case: Case, registry: MappingRegistry) -> list[str]:
     spec = case.upstream.get("response")
     if spec is None:
         return [*failures, "expect.error: the request was accepted and rendered"]
-    body, problem = _reply_bytes(spec)
+    body, problem = _reply_bytes(case, spec)
     if body is None:
         return [*failures, problem or "upstream.response: no body"]
     status = int(spec.get("status", 200))

@@ -1,7 +1,9 @@
-"""`turnout serve|lint`.
+"""`turnout serve|lint|record`.
 
     turnout serve [--config FILE] [--host H] [--port P]   # default 127.0.0.1:4000
     turnout lint [DIR]                                      # default: the bundled mappings/
+    turnout record --model PROVIDER/MODEL --input TEXT [--stream] [--config FILE] [--name NAME]
+                   [--out DIR]   # one real request → fixture set + case file (server/record.py)
 
 Exit codes: 0 ok, 1 lint found problems, 2 the config or a mapping is broken (problems printed as
 `file:line:col: key: message`, never a traceback).
@@ -132,6 +134,39 @@ def _lint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from engine.errors import RequestError, UpstreamError
+    from server.config import load_config
+    from server.record import record
+
+    configure_logging()
+    try:
+        settings = load_config(args.config, os.environ)
+        result = asyncio.run(
+            record(args.model, args.input, settings=settings, stream=args.stream,
+                   name=args.name, out_dir=args.out)
+        )  # fmt: skip
+    except (ConfigError, MappingError) as exc:
+        _print_problems(exc)
+        return 2
+    except (RequestError, UpstreamError) as exc:
+        # Nothing was recorded; the message names variables, never values.
+        print(f"turnout record: {exc.status} {exc.code or ''}: {exc.message}", file=sys.stderr)
+        return 1
+    for path in result.files:
+        print(path)
+    if result.error is not None:
+        print(f"recorded an error reply: {result.error.status} {result.error.code}")
+    if result.case_failures:
+        print("the recorded case does not pass yet:", file=sys.stderr)
+        for failure in result.case_failures:
+            print(f"  {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="turnout", description="OpenAI Responses API gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,6 +178,14 @@ def _parser() -> argparse.ArgumentParser:
     lint = sub.add_parser("lint", help="check mapping files")
     lint.add_argument("dir", nargs="?", help="mappings folder (default: the bundled one)")
     lint.set_defaults(func=_lint)
+    rec = sub.add_parser("record", help="record one real provider exchange as fixtures + a case")
+    rec.add_argument("--model", required=True, help="provider/model or a config alias")
+    rec.add_argument("--input", required=True, metavar="TEXT", help="the user message")
+    rec.add_argument("--stream", action="store_true", help="stream the reply")
+    rec.add_argument("--config", metavar="FILE", help="YAML config file (keys, api_base)")
+    rec.add_argument("--name", help="file name stem (default: <model>_<stream|json>_<time>)")
+    rec.add_argument("--out", metavar="DIR", help="default: mappings/cases/<provider>/recorded/")
+    rec.set_defaults(func=_record)
     return parser
 
 

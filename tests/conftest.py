@@ -27,9 +27,56 @@ from tests.simulators import Simulator
 pytest_plugins = ["tests.simulators.pytest_plugin"]
 
 ROOT = Path(__file__).resolve().parents[1]
-PROVIDERS = MappingRegistry.load().providers
-# Where each dialect expects its base URL to end (the simulator accepts any prefix).
+MAPPED = MappingRegistry.load().providers
+
+
+@dataclass(frozen=True)
+class Case:
+    """One end-to-end target: the simulator queue it lands in, the model, the wire dialect."""
+
+    label: str
+    model: str
+    dialect: str
+
+
+_DIALECTS = {
+    "openai": "responses", "azure": "responses", "anthropic": "anthropic", "gemini": "gemini",
+    "vertex_ai": "gemini", "bedrock": "bedrock",
+}  # fmt: skip
+_MODELS = {
+    "gemini": "gemini/gemini-2.5-flash",
+    "anthropic": "anthropic/claude-sonnet-4-5",
+    "vertex_ai": "vertex_ai/gemini-2.5-flash",
+    "bedrock": "bedrock/us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+}
+CASES: dict[str, Case] = {
+    pid: Case(pid, _MODELS.get(pid, f"{pid}/test-model"), _DIALECTS.get(pid, "chat"))
+    for pid in MAPPED
+}
+# A provider serving a model through a variant mapping counts as a target of its own.
+CASES["vertex_ai_claude"] = Case("vertex_ai", "vertex_ai/claude-sonnet-4-5@20250929", "anthropic")
+PROVIDERS = sorted(CASES)
+
+
+def model_for(case: str) -> str:
+    return CASES[case].model
+
+
+def label_for(case: str) -> str:
+    return CASES[case].label
+
+
+def dialect(case: str) -> str:
+    return CASES[case].dialect
+
+
+# Where each provider expects its base URL to end (the simulator accepts any prefix).
 BASE_SUFFIX = {"openai": "/v1"}
+AWS_TEST_KEYS = {
+    "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+    "AWS_REGION": "us-east-1",
+}
 # Providers whose reads time out fast, for the timeout test.
 SLOW_TIMEOUT_PROVIDER = "vllm"
 
@@ -98,8 +145,17 @@ def stop_gateway(gateway: Gateway) -> None:
 
 
 def gateway_env(sim: Simulator, *, without_keys: tuple[str, ...] = ()) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_API_BASE"))}
-    for pid in PROVIDERS:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.endswith(("_API_KEY", "_API_BASE")) and not k.startswith(("AWS_", "VERTEX_"))
+    }
+    env.update(AWS_TEST_KEYS)
+    env["VERTEX_PROJECT"] = "turnout-test"
+    env["VERTEX_LOCATION"] = "us-east5"
+    env["VERTEX_ACCESS_TOKEN"] = "ya29.test-vertex-token-secret-0123456789"
+    env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
+    for pid in MAPPED:
         prefix = env_prefix(pid)
         env[f"{prefix}_API_BASE"] = sim.base(pid) + BASE_SUFFIX.get(pid, "")
         if pid not in without_keys:

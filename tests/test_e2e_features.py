@@ -14,20 +14,15 @@ import pytest
 from openai import OpenAI
 
 from tests import oas
-from tests.conftest import PROVIDERS, Gateway
+from tests.conftest import PROVIDERS, Gateway, dialect, label_for, model_for
 from tests.simulators import MaxTokens, Simulator, Thinking
 from tests.simulators.turn import compute_usage
-from tests.test_e2e_providers import TOOL_PROVIDERS, model_for
+from tests.test_e2e_providers import TOOL_PROVIDERS
 
-DIALECT = {"openai": "responses", "anthropic": "anthropic", "gemini": "gemini"}
 PNG = (  # a 1x1 PNG
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmM"
     "IQAAAABJRU5ErkJggg=="
 )
-
-
-def dialect(provider: str) -> str:
-    return DIALECT.get(provider, "chat")
 
 
 def usage_tuple(usage: Any) -> tuple[int, int, int, int, int]:
@@ -47,9 +42,9 @@ def test_usage_is_normalised_like_openai_counts_it(
 ) -> None:
     """Cached and reasoning tokens add up the same for every provider, streamed or not."""
     thought, text = "I should greet.", "Hello there"
-    sim.script(provider, Thinking(thought=thought, signature="sig", text=text))
+    sim.script(label_for(provider), Thinking(thought=thought, signature="sig", text=text))
     args: dict[str, Any] = {"model": model_for(provider), "input": "Greet me, please."}
-    if provider in ("anthropic", "gemini", "openai"):
+    if dialect(provider) != "chat":
         args["reasoning"] = {"effort": "low", "summary": "auto"}
     if streamed:
         with client.responses.stream(**args) as stream:
@@ -58,8 +53,10 @@ def test_usage_is_normalised_like_openai_counts_it(
         response = client.responses.create(**args)
     assert response.output_text == text
     u = compute_usage(sim.last.json, text, [], thought)
-    reasoning = 0 if provider == "anthropic" else u.reasoning  # Anthropic does not report it
-    cache_write = u.cache_write if provider == "anthropic" else 0
+    # Anthropic and Bedrock do not report reasoning tokens apart; only they report cache writes.
+    reports_writes = dialect(provider) in ("anthropic", "bedrock")
+    reasoning = 0 if reports_writes else u.reasoning
+    cache_write = u.cache_write if reports_writes else 0
     assert response.usage is not None
     assert usage_tuple(response.usage) == (
         u.input_total, u.cached, cache_write, u.output_total, reasoning,
@@ -86,6 +83,8 @@ def schema_sent(provider: str, body: dict[str, Any]) -> Any:
         return body["generationConfig"]["responseJsonSchema"]
     if dialect(provider) == "responses":
         return body["text"]["format"]["schema"]
+    if dialect(provider) == "bedrock":  # a JSON string on this wire
+        return orjson.loads(body["outputConfig"]["textFormat"]["structure"]["jsonSchema"]["schema"])
     return body["response_format"]["json_schema"]["schema"]
 
 
@@ -122,6 +121,8 @@ def image_sent(provider: str, body: dict[str, Any]) -> Any:
         return body["contents"][-1]["parts"][1]["inlineData"]
     if dialect(provider) == "responses":
         return body["input"][-1]["content"][1]["image_url"]
+    if dialect(provider) == "bedrock":
+        return body["messages"][-1]["content"][1]["image"]
     return body["messages"][-1]["content"][1]["image_url"]["url"]
 
 
@@ -148,6 +149,8 @@ def test_image_input_as_data_url(provider: str, client: OpenAI, sim: Simulator) 
         assert sent == {"type": "base64", "media_type": "image/png", "data": PNG}
     elif dialect(provider) == "gemini":
         assert sent == {"mimeType": "image/png", "data": PNG}
+    elif dialect(provider) == "bedrock":
+        assert sent == {"format": "png", "source": {"bytes": PNG}}
     else:
         assert sent == f"data:image/png;base64,{PNG}"
 
@@ -159,7 +162,7 @@ def test_image_input_by_url(provider: str, client: OpenAI, sim: Simulator) -> No
         {"type": "input_text", "text": "Describe."},
         {"type": "input_image", "image_url": url, "detail": "low"},
     ]
-    if provider == "gemini":
+    if dialect(provider) in ("gemini", "bedrock"):  # they take inline bytes only
         with pytest.raises(openai.BadRequestError) as err:
             client.responses.create(
                 model=model_for(provider), input=[{"role": "user", "content": content}]
@@ -168,12 +171,12 @@ def test_image_input_by_url(provider: str, client: OpenAI, sim: Simulator) -> No
         return
     client.responses.create(model=model_for(provider), input=[{"role": "user", "content": content}])
     sent = image_sent(provider, sim.last.json)
-    assert sent == ({"type": "url", "url": url} if provider == "anthropic" else url)
+    assert sent == ({"type": "url", "url": url} if dialect(provider) == "anthropic" else url)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_max_tokens_stop_is_incomplete(provider: str, gateway: Gateway, sim: Simulator) -> None:
-    sim.script(provider, MaxTokens("cut off"))
+    sim.script(label_for(provider), MaxTokens("cut off"))
     reply = httpx.post(
         f"{gateway.url}/v1/responses",
         json={"model": model_for(provider), "input": "Write a novel.", "max_output_tokens": 16},
@@ -191,6 +194,8 @@ def tool_choice_sent(provider: str, body: dict[str, Any]) -> Any:
         return body["tool_choice"]
     if dialect(provider) == "gemini":
         return body["toolConfig"]["functionCallingConfig"]
+    if dialect(provider) == "bedrock":
+        return body["toolConfig"]["toolChoice"]
     return body["tool_choice"]
 
 
@@ -202,6 +207,7 @@ EXPECTED_CHOICE = {
     },
     "responses": {"required": "required", "function": {"type": "function", "name": "f"}},
     "chat": {"required": "required", "function": {"type": "function", "function": {"name": "f"}}},
+    "bedrock": {"required": {"any": {}}, "function": {"tool": {"name": "f"}}},
 }
 
 

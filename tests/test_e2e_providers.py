@@ -17,14 +17,8 @@ from hypothesis import strategies as st
 from openai import NotFoundError, OpenAI
 
 from tests import oas
-from tests.conftest import PROVIDERS, Gateway
+from tests.conftest import PROVIDERS, Gateway, dialect, label_for, model_for
 from tests.simulators import Echo, Simulator, Thinking, ToolCalls
-
-MODELS = {"gemini": "gemini/gemini-2.5-flash", "anthropic": "anthropic/claude-sonnet-4-5"}
-
-
-def model_for(provider: str) -> str:
-    return MODELS.get(provider, f"{provider}/test-model")
 
 
 def raw_stream(gateway: Gateway, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -86,6 +80,7 @@ def test_create_retrieve_items_delete(
     assert response.status == "completed"
     assert response.output_text == "Say hi to Ada"
     assert response.model == model_for(provider)
+    assert sim.last.provider == label_for(provider)
     assert response.instructions == "Be brief."
     assert isinstance(body["created_at"], int)
     assert "Be brief." in user_texts(sim.last.json)
@@ -181,7 +176,8 @@ def test_function_call_round_trip(provider: str, client: OpenAI, sim: Simulator)
         }
     ]
     sim.script(
-        provider, ToolCalls([("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Oslo"})])
+        label_for(provider),
+        ToolCalls([("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Oslo"})]),
     )
     with client.responses.stream(
         model=model_for(provider), input="Weather in Paris and Oslo?", tools=tools
@@ -202,7 +198,7 @@ def test_function_call_round_trip(provider: str, client: OpenAI, sim: Simulator)
     assert final.status == "completed"
     native = user_texts(sim.last.json)
     for c in calls:
-        assert c.call_id in native or provider == "gemini"  # Gemini matches calls by name
+        assert c.call_id in native or dialect(provider) == "gemini"  # matched by name
     assert "sunny in 0" in native
     assert "sunny in 1" in native
 
@@ -230,7 +226,7 @@ def test_any_text_round_trips_byte_exact(
     provider: str, client: OpenAI, provider_sim_session: Simulator, text: str
 ) -> None:
     provider_sim_session.reset()
-    provider_sim_session.script(provider, Echo())
+    provider_sim_session.script(label_for(provider), Echo())
     response = client.responses.create(model=model_for(provider), input=text)
     assert response.output_text == text
     # The text reached the provider as one exact JSON string, not re-parsed or re-escaped.

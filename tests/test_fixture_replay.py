@@ -8,6 +8,7 @@ providers.md §1.2) and texts come out as the raw bytes say, and that no chunkin
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ REGISTRY = MappingRegistry.load()
 
 def _load_stream(path: Path) -> bytes:
     data = path.read_bytes()
+    if path.name.endswith(".eventstream.b64.txt"):
+        return base64.b64decode(data)  # Bedrock's binary event stream, base64 in the fixture
     if path.name.endswith(".chunks.txt"):
         # vercel/ai recordings: one JSON per line, SSE framing stripped; put it back.
         return b"".join(b"data: " + line + b"\n\n" for line in data.splitlines() if line.strip())
@@ -105,6 +108,37 @@ CASES: list[tuple[str, str, str, tuple[int, int, int, int], list[str]]] = [
         (53, 0, 15, 0), ["function_call"],
     ),
     (
+        "bedrock", "bedrock/converse_stream_text.eventstream.b64.txt", "completed",
+        (13, 0, 82, 0), ["message"],
+    ),
+    (
+        "bedrock", "bedrock/converse_stream_reasoning.eventstream.b64.txt", "completed",
+        (36, 0, 73, 0), ["reasoning", "message"],
+    ),
+    (
+        "bedrock", "bedrock/converse_stream_tool_use.eventstream.b64.txt", "completed",
+        (471, 0, 91, 0), ["message", "function_call"],
+    ),
+    (
+        "bedrock", "bedrock/model_stream_error_exception.eventstream.b64.txt", "failed",
+        (0, 0, 0, 0), [],
+    ),
+    (
+        "bedrock", "bedrock/converse_response_thinking_tool_use.json", "completed",
+        (397, 0, 130, 0), ["reasoning", "message", "function_call"],
+    ),
+    (
+        "vertex_ai", "vertex/gemini_stream.sse", "completed", (5, 0, 101, 100), ["message"],
+    ),
+    (
+        "vertex_ai", "vertex/gemini_image_generation.json", "completed", (9, 0, 1290, 0),
+        ["image_generation_call"],
+    ),
+    (
+        "azure", "azure/responses_image_generation_stream.chunks.txt", "completed",
+        (1979, 0, 67, 0), ["image_generation_call", "message"],
+    ),
+    (
         "openai", "openai_responses/function_call_stream.sse", "completed", (255, 0, 16, 0),
         ["function_call"],
     ),
@@ -144,9 +178,20 @@ def _build(mapping: CompiledMapping, ops: list[Any]) -> list[dict[str, Any]]:
 
 def _raw_texts(path: Path) -> str:
     """The answer text straight from the recorded bytes, independent of the mapping."""
+    if path.name.endswith(".eventstream.b64.txt"):
+        frames = orjson.loads(
+            path.with_name(path.name[: -len(".eventstream.b64.txt")] + ".frames.json").read_bytes()
+        )
+        return "".join(
+            f["payload"].get("delta", {}).get("text", "")
+            for f in frames
+            if f["headers"].get(":event-type") == "contentBlockDelta"
+        )
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
         doc = orjson.loads(text)
+        if "output" in doc:  # Bedrock Converse
+            return "".join(b.get("text", "") for b in doc["output"]["message"]["content"])
         if "content" in doc:
             return "".join(b.get("text", "") for b in doc["content"] if b["type"] == "text")
         parts = doc["candidates"][0]["content"]["parts"]

@@ -44,16 +44,26 @@ EXAMPLES = [
 ]
 
 ARGS = {"q": "placeholder"}  # replaced by the text under test
+# Every credential any mapping declares, so signed and token-authenticated providers render too.
+CREDENTIALS = {
+    "api_key": "sk-test",
+    "access_key_id": "AKIDEXAMPLE",
+    "secret_access_key": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+    "access_token": "ya29.test",
+}
+SETTINGS = {"region": "us-east-1", "project": "p", "location": "us-east5", "api_version": "v"}
 
 
 def _dialect(mapping: CompiledMapping) -> str:
     """Which wire format a mapping speaks, read from the URL it builds."""
     req = normalize({"model": "m", "input": "x"})
     url = mapping.build_request(
-        req, model="m", api_base="http://upstream", credentials={"api_key": "k"}
+        req, model="m", api_base="http://upstream", credentials=CREDENTIALS, settings=SETTINGS
     ).url
     for suffix, name in (
         ("/v1/messages", "anthropic"),
+        ("rawPredict", "anthropic"),
+        ("/converse", "bedrock"),
         ("generateContent", "gemini"),
         ("/chat/completions", "chat"),
         ("/responses", "responses"),
@@ -71,7 +81,7 @@ def _body(provider: str, request: dict[str, Any]) -> dict[str, Any]:
     assert mapping is not None
     upstream = mapping.build_request(
         normalize(request), model="some-model", api_base="http://upstream",
-        credentials={"api_key": "sk-test"},
+        credentials=CREDENTIALS, settings=SETTINGS,
     )  # fmt: skip
     body = orjson.loads(upstream.body)
     assert isinstance(body, dict)
@@ -82,6 +92,10 @@ def _body(provider: str, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _user_text(dialect: str, body: dict[str, Any]) -> Any:
+    if dialect == "bedrock":
+        last = body["messages"][-1]
+        assert last["role"] == "user"
+        return last["content"][0]["text"]
     if dialect == "anthropic":
         last = body["messages"][-1]
         assert last["role"] == "user"
@@ -100,6 +114,8 @@ def _user_text(dialect: str, body: dict[str, Any]) -> Any:
 
 
 def _instructions(dialect: str, body: dict[str, Any]) -> Any:
+    if dialect == "bedrock":
+        return body["system"][0]["text"]
     if dialect == "anthropic":
         return body["system"]
     if dialect == "gemini":
@@ -113,6 +129,10 @@ def _instructions(dialect: str, body: dict[str, Any]) -> Any:
 
 def _call_arguments(dialect: str, body: dict[str, Any]) -> Any:
     """The arguments as the provider carries them: a JSON string, or the parsed object."""
+    if dialect == "bedrock":
+        (block,) = [b["toolUse"] for m in body["messages"] for b in m["content"] if "toolUse" in b]
+        assert (block["toolUseId"], block["name"]) == ("call_1", "lookup")
+        return block["input"]
     if dialect == "anthropic":
         (block,) = [b for m in body["messages"] for b in m["content"] if b["type"] == "tool_use"]
         assert (block["id"], block["name"]) == ("call_1", "lookup")
@@ -131,6 +151,12 @@ def _call_arguments(dialect: str, body: dict[str, Any]) -> Any:
 
 
 def _call_output(dialect: str, body: dict[str, Any]) -> Any:
+    if dialect == "bedrock":
+        (block,) = [
+            b["toolResult"] for m in body["messages"] for b in m["content"] if "toolResult" in b
+        ]
+        assert block["toolUseId"] == "call_1"
+        return block["content"][0]["text"]
     if dialect == "anthropic":
         (block,) = [b for m in body["messages"] for b in m["content"] if b["type"] == "tool_result"]
         assert block["tool_use_id"] == "call_1"
@@ -219,7 +245,7 @@ _CHECKS: dict[str, Callable[[str, str], None]] = {
 
 def test_every_dialect_is_covered() -> None:
     assert set(DIALECTS) == set(PROVIDERS)
-    assert set(DIALECTS.values()) == {"anthropic", "gemini", "chat", "responses"}
+    assert set(DIALECTS.values()) == {"anthropic", "gemini", "chat", "responses", "bedrock"}
 
 
 @pytest.mark.parametrize("check", list(_CHECKS))

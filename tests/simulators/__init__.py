@@ -10,6 +10,9 @@ with Simulator() as sim:
 
 from __future__ import annotations
 
+from .cloud import VERTEX_ANTHROPIC_VERSION
+from .eventstream import encode_message
+from .google_oauth import make_service_account
 from .modes import (
     ChunkSize,
     Echo,
@@ -26,10 +29,14 @@ from .modes import (
 )
 from .recordings import FIXTURES_DIR, Fixture, fixture_names, load_fixture, split_bytes
 from .server import RecordedRequest, Simulator
+from .sigv4 import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from .turn import Usage, compute_usage, last_user_text, prompt_chars
 
 __all__ = [
     "FIXTURES_DIR",
+    "TEST_ACCESS_KEY",
+    "TEST_SECRET_KEY",
+    "VERTEX_ANTHROPIC_VERSION",
     "ChunkSize",
     "Echo",
     "Error",
@@ -47,9 +54,11 @@ __all__ = [
     "ToolCalls",
     "Usage",
     "compute_usage",
+    "encode_message",
     "fixture_names",
     "last_user_text",
     "load_fixture",
+    "make_service_account",
     "prompt_chars",
     "split_bytes",
 ]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-__all__ = ["Dialect", "Invalid", "default_error_headers", "error_body"]
+__all__ = ["BEDROCK_ERRORS", "Dialect", "Invalid", "default_error_headers", "error_body"]
 
-# The four wire dialects the simulator speaks; a URL path picks one.
-Dialect = str  # "anthropic" | "gemini" | "chat" | "responses"
+# The wire dialects the simulator speaks; a URL path picks one.
+Dialect = str  # "anthropic" | "gemini" | "chat" | "responses" | "bedrock"
 
 _request_ids = itertools.count(1)
 
@@ -86,6 +86,22 @@ _OPENAI_MESSAGES = {
 }
 
 
+# Bedrock (AWS rest-json): the body is just {"message"}; the type rides in x-amzn-ErrorType.
+BEDROCK_ERRORS = {
+    400: ("ValidationException", "The provided request is not valid"),
+    403: (
+        "AccessDeniedException",
+        "You don't have access to the model with the specified model ID.",
+    ),
+    404: ("ResourceNotFoundException", "The requested resource could not be found."),
+    408: ("ModelTimeoutException", "Model has timed out in processing the request."),
+    424: ("ModelErrorException", "The model returned an error."),
+    429: ("ThrottlingException", "Too many requests, please wait before trying again."),
+    500: ("InternalServerException", "The server encountered an internal error."),
+    503: ("ServiceUnavailableException", "Bedrock is unable to process your request."),
+}
+
+
 def anthropic_request_id() -> str:
     return f"req_sim{next(_request_ids):016d}"
 
@@ -100,6 +116,8 @@ def error_body(dialect: Dialect, status: int, exc: Invalid | None = None) -> dic
             "error": {"type": kind, "message": message},
             "request_id": anthropic_request_id(),
         }
+    if dialect == "bedrock":
+        return {"message": exc.message if exc else BEDROCK_ERRORS.get(status, ("", "Error"))[1]}
     if dialect == "gemini":
         message = exc.message if exc else _GOOGLE_MESSAGES.get(status, "Request failed.")
         error: dict[str, Any] = {
@@ -141,6 +159,9 @@ def default_error_headers(dialect: Dialect, status: int) -> dict[str, str]:
         headers["request-id"] = anthropic_request_id()
         if status == 429:
             headers["retry-after"] = "7"
+    elif dialect == "bedrock":
+        headers["x-amzn-RequestId"] = f"00000000-0000-4000-8000-{next(_request_ids):012d}"
+        headers["x-amzn-ErrorType"] = BEDROCK_ERRORS.get(status, ("InternalServerException",))[0]
     elif dialect in ("chat", "responses") and status == 429:
         headers["retry-after"] = "7"
         headers["retry-after-ms"] = "7000"

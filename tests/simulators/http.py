@@ -28,6 +28,7 @@ class HttpRequest:
     query: dict[str, str]
     headers: dict[str, str]  # lower-cased names
     body: bytes
+    target: str = ""  # the raw request-target as sent (percent-encoding kept): SigV4 signs it
 
 
 @dataclass
@@ -174,6 +175,7 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[HttpRequest | Non
         query=dict(parse_qsl(split.query, keep_blank_values=True)),
         headers=headers,
         body=body,
+        target=target,
     )
     connection = headers.get("connection", "").lower()
     keep_alive = connection != "close" and (version == "HTTP/1.1" or connection == "keep-alive")

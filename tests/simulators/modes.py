@@ -79,7 +79,8 @@ class MidStreamError:
 
     Frames are SSE events (Anthropic's ping counts). Anthropic: `event: error` overloaded_error;
     Responses: `response.failed`; Chat: OpenRouter-style error chunk + [DONE]; Gemini: the
-    connection drops. A non-streaming request gets half its JSON body, then the drop.
+    connection drops; Bedrock: a `modelStreamErrorException` event-stream frame. A
+    non-streaming request gets half its JSON body, then the drop.
     """
 
     after_chunks: int = 1

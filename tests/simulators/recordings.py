@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import re
@@ -24,8 +25,10 @@ FIXTURES_DIR = Path(
     )
 )
 
-# Only bodies that are byte-exact recordings (or stored JSON) can be replayed.
-_BODY_SUFFIXES = (".sse", ".json")
+# Only bodies that are byte-exact recordings (or stored JSON) can be replayed; Bedrock's binary
+# event streams are stored base64-encoded.
+_B64 = ".eventstream.b64.txt"
+_BODY_SUFFIXES = (".sse", ".json", _B64)
 _SIDE_FILES = (".meta.json", ".request.json", ".frames.json")
 # Recorded headers that describe the old transfer, not the reply.
 _DROP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "date"}
@@ -65,9 +68,14 @@ def load_fixture(name: str) -> Fixture:
             headers.extend((key, v) for v in values)
     if not content_type:
         content_type = "text/event-stream" if path.suffix == ".sse" else "application/json"
+        if path.name.endswith(_B64):
+            content_type = "application/vnd.amazon.eventstream"
     status = int(meta.get("status") or _status_from_name(name))
     request = orjson.loads(request_path.read_bytes()) if request_path.is_file() else None
-    return Fixture(name, path.read_bytes(), status, content_type, headers, request, meta.get("url"))
+    body = path.read_bytes()
+    if path.name.endswith(_B64):
+        body = base64.b64decode(body)
+    return Fixture(name, body, status, content_type, headers, request, meta.get("url"))
 
 
 def _status_from_name(name: str) -> int:
@@ -80,9 +88,12 @@ def fixture_names() -> list[str]:
     """Every replayable fixture, as `dir/stem`."""
     names = set()
     for path in FIXTURES_DIR.glob("*/*"):
-        if path.name.endswith(_SIDE_FILES) or path.suffix not in _BODY_SUFFIXES:
+        if path.name.endswith(_SIDE_FILES):
             continue
-        names.add(f"{path.parent.name}/{path.name.removesuffix(path.suffix)}")
+        for suffix in _BODY_SUFFIXES:
+            if path.name.endswith(suffix):
+                names.add(f"{path.parent.name}/{path.name.removesuffix(suffix)}")
+                break
     return sorted(names)
 
 

@@ -10,6 +10,8 @@ from typing import Any
 import orjson
 
 from .errors import Dialect, Invalid, default_error_headers, error_body
+from .eventstream import CONTENT_TYPE as EVENTSTREAM
+from .eventstream import encode_message
 from .http import HttpResponse
 from .modes import (
     Echo,
@@ -26,6 +28,7 @@ from .modes import (
 )
 from .recordings import load_fixture, split_bytes
 from .render_anthropic import anthropic_error_frame, render_anthropic
+from .render_bedrock import bedrock_exception_frame, render_bedrock
 from .render_chat import chat_error_frame, render_chat
 from .render_common import Rendered
 from .render_gemini import render_gemini
@@ -62,6 +65,8 @@ def error_response(
         body = error_body(dialect, status, exc)
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     merged = {"content-type": _json_type(dialect), **default_error_headers(dialect, status)}
+    if dialect == "bedrock" and exc is not None and exc.kind:
+        merged["x-amzn-ErrorType"] = exc.kind
     merged.update(headers or {})
     return HttpResponse(status, list(merged.items()), raw)
 
@@ -103,6 +108,8 @@ def _turn(reply: Reply, ctx: Context) -> Turn:
 def _render(turn: Turn, ctx: Context, fail: tuple[int, str] | None = None) -> Rendered:
     if ctx.dialect == "anthropic":
         return render_anthropic(turn, ctx.stream, ctx.ids)
+    if ctx.dialect == "bedrock":
+        return render_bedrock(turn, ctx.stream, ctx.ids)
     if ctx.dialect == "gemini":
         return render_gemini(turn, ctx.stream, ctx.ids, sse=ctx.gemini_sse)
     if ctx.dialect == "chat":
@@ -143,7 +150,7 @@ async def respond(reply: Reply, ctx: Context) -> HttpResponse:
 def _replay(reply: Replay) -> HttpResponse:
     fixture = load_fixture(reply.fixture)
     headers = [("content-type", fixture.content_type), *fixture.headers]
-    is_stream = fixture.content_type.startswith("text/event-stream")
+    is_stream = fixture.content_type.startswith(("text/event-stream", EVENTSTREAM))
     if reply.chunk_size is None and not is_stream:
         return HttpResponse(fixture.status, headers, fixture.body)
     wire = split_bytes(fixture.body, reply.chunk_size, reply.seed)
@@ -153,6 +160,11 @@ def _replay(reply: Replay) -> HttpResponse:
 def _garbage(reply: Garbage, ctx: Context) -> HttpResponse:
     if reply.body is not None:
         body = reply.body
+    elif ctx.stream and ctx.dialect == "bedrock":
+        # A frame whose message CRC is wrong: the client's event-stream parser must refuse it.
+        frame = encode_message([(":event-type", "messageStart")], b'{"role":"assistant"}')
+        body = frame[:-4] + bytes(b ^ 0xFF for b in frame[-4:])
+        return HttpResponse(200, [("content-type", EVENTSTREAM)], chunks=_frames([body]))
     elif ctx.stream:
         body = b'data: {"type": "message_st\n\nevent: ???\ndata: <html>oops</html>\n\n'
     else:
@@ -180,6 +192,8 @@ def _mid_stream_error(reply: MidStreamError, ctx: Context) -> HttpResponse:
         return HttpResponse(200, headers, chunks=_frames(frames), cut=True)
     if ctx.dialect == "anthropic":
         frames.append(anthropic_error_frame(reply.message))
+    elif ctx.dialect == "bedrock":
+        frames.append(bedrock_exception_frame(reply.message))
     else:
         frames.append(chat_error_frame(reply.message, ctx.model))
     return HttpResponse(200, headers, chunks=_frames(frames))

@@ -8,26 +8,49 @@ reply queue and the recorded requests. The rest of the path picks the dialect:
     …/models/{model}:streamGenerateContent[?alt=sse] Gemini (stream)
     …/chat/completions                              OpenAI Chat Completions (any base path)
     …/responses                                     OpenAI Responses
+
+Cloud platforms (see cloud.py) are matched first: Bedrock `…/model/{id}/converse[-stream]`,
+Vertex `…/v1[beta1]/projects/{p}/locations/{l}/publishers/{google|anthropic}/models/{m}:{method}`,
+Google OAuth2 `…/token`, Azure OpenAI `…/openai/v1/…` and `…/openai/deployments/{d}/…`, Azure AI
+Foundry `…/models/chat/completions`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
+from .cloud import (
+    AZURE_DENIED,
+    AZURE_NOT_FOUND,
+    FOUNDRY_NO_API_VERSION,
+    CloudRoute,
+    azure_auth_ok,
+    match_cloud,
+    validate_azure,
+    validate_vertex_anthropic,
+    validate_vertex_gemini,
+    vertex_unauthenticated,
+)
 from .errors import Dialect, Invalid
+from .google_oauth import ServiceAccountKey, TokenError, check_assertion, parse_token_form
 from .http import HttpRequest, HttpResponse, HttpServer
 from .modes import Echo, Reply
 from .replies import Context, error_response, respond
+from .sigv4 import TEST_ACCESS_KEY, TEST_SECRET_KEY, verify_sigv4
 from .turn import Ids
 from .validate_anthropic import validate_anthropic
+from .validate_bedrock import validate_bedrock
 from .validate_chat import validate_chat
 from .validate_gemini import validate_gemini
 from .validate_responses import validate_responses
@@ -51,6 +74,8 @@ class RecordedRequest:
     json: Any
     dialect: Dialect
     body: bytes
+    platform: str = ""  # "bedrock" | "vertex" | "azure" | "foundry" | "oauth"; "" = plain route
+    model: str | None = None  # the model the URL names (Bedrock, Vertex, Azure deployment)
 
 
 def _route(rest: str) -> tuple[Dialect, str | None, bool] | None:
@@ -98,6 +123,16 @@ class Simulator:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._server: HttpServer | None = None
+        # Cloud platform knobs (configuration: `reset()` keeps them).
+        self.aws_credentials: dict[str, str] = {TEST_ACCESS_KEY: TEST_SECRET_KEY}
+        self.aws_region: str | None = None  # when set, the SigV4 scope must name this region
+        self.bedrock_api_keys: set[str] | None = None  # `Authorization: Bearer`; None = any
+        self.vertex_tokens: set[str] | None = None  # None = any bearer; else these + minted ones
+        self.azure_keys: set[str] | None = None  # api-key / bearer values; None = any
+        self.service_accounts: dict[str, ServiceAccountKey] = {}  # private_key_id -> key
+        self.token_expires_in = 3600
+        self.issued_tokens: dict[str, float] = {}  # access token -> expiry (epoch seconds)
+        self.token_requests: list[RecordedRequest] = []  # calls to the OAuth2 token endpoint
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -177,11 +212,13 @@ class Simulator:
         """Forget recorded requests."""
         with self._lock:
             self.requests.clear()
+            self.token_requests.clear()
 
     def reset(self) -> None:
         """Forget recorded requests and scripted replies (for a session-wide simulator)."""
         with self._lock:
             self.requests.clear()
+            self.token_requests.clear()
             self._queues.clear()
 
     def requests_for(self, provider: str) -> list[RecordedRequest]:
@@ -202,6 +239,12 @@ class Simulator:
 
     async def _handle(self, request: HttpRequest) -> HttpResponse:
         match = _PREFIX.match(request.path)
+        if match is not None:
+            raw_path = urlsplit(request.target).path
+            raw_rest = raw_path[raw_path.find("/", 1) :] if raw_path.count("/") > 1 else ""
+            cloud = match_cloud(match["rest"], raw_rest)
+            if cloud is not None:
+                return await self._handle_cloud(match["provider"], cloud, request)
         route = _route(match["rest"]) if match else None
         if match is None or route is None:
             return HttpResponse(404, [("content-type", "text/plain")], b"no such route\n")
@@ -239,3 +282,149 @@ class Simulator:
             ids=self._ids,
         )
         return await respond(self._next_reply(provider), ctx)
+
+    # -- cloud platforms -------------------------------------------------------------------
+
+    async def _handle_cloud(
+        self, provider: str, route: CloudRoute, request: HttpRequest
+    ) -> HttpResponse:
+        if route.platform == "oauth":
+            return self._token(provider, request)
+        # Auth failures come from the platform's front door, in its own shape.
+        auth_dialect = "gemini" if route.platform == "vertex" else route.dialect
+        if request.method != "POST":
+            return error_response(auth_dialect, 405, Invalid(f"{request.method} is not allowed"))
+        refusal = self._cloud_auth(route, request)
+        if refusal is not None:
+            return refusal
+        if route.method.startswith("bad:"):
+            method = route.method[4:]
+            return error_response(
+                "gemini",
+                400,
+                Invalid(f"{method} is not supported for publisher model {route.model}."),
+            )
+        try:
+            body = orjson.loads(request.body) if request.body else None
+        except orjson.JSONDecodeError as exc:
+            return error_response(route.dialect, 400, Invalid(f"Invalid JSON body: {exc}"))
+        try:
+            if route.platform == "bedrock":
+                assert route.model is not None and route.stream is not None
+                validate_bedrock(route.model, body, route.stream)
+            elif route.platform == "vertex" and route.dialect == "gemini":
+                validate_vertex_gemini(request.query, body)
+            elif route.platform == "vertex":
+                assert route.model is not None and route.stream is not None
+                validate_vertex_anthropic(route.model, route.stream, body)
+            else:
+                validate_azure(route, request.headers, body)
+        except Invalid as exc:
+            return error_response(route.dialect, exc.status, exc)
+        assert isinstance(body, dict)
+        model = route.model or str(body.get("model") or "sim-model")
+        stream = route.stream if route.stream is not None else body.get("stream") is True
+        with self._lock:
+            self.requests.append(
+                RecordedRequest(
+                    provider,
+                    request.path,
+                    request.query,
+                    request.headers,
+                    body,
+                    route.dialect,
+                    request.body,
+                    route.platform,
+                    route.model,
+                )
+            )
+        ctx = Context(
+            dialect=route.dialect,
+            body=body,
+            model=str(body.get("model") or model) if route.platform == "azure" else model,
+            stream=stream,
+            gemini_sse=request.query.get("alt") == "sse",
+            ids=self._ids,
+        )
+        return await respond(self._next_reply(provider), ctx)
+
+    def _cloud_auth(self, route: CloudRoute, request: HttpRequest) -> HttpResponse | None:
+        headers = request.headers
+        if route.platform == "bedrock":
+            auth = headers.get("authorization", "")
+            if auth.startswith("Bearer "):  # Bedrock API keys
+                key = auth[7:].strip()
+                if key and (self.bedrock_api_keys is None or key in self.bedrock_api_keys):
+                    return None
+                denied = "Authentication failed: Please make sure your API Key is valid."
+                return error_response(
+                    "bedrock", 403, Invalid(denied, status=403, kind="AccessDeniedException")
+                )
+            try:
+                verify_sigv4(
+                    request.method,
+                    request.target,
+                    headers,
+                    request.body,
+                    self.aws_credentials,
+                    service="bedrock",
+                    region=self.aws_region,
+                )
+            except Invalid as exc:
+                return error_response("bedrock", exc.status, exc)
+            return None
+        if route.platform == "vertex":
+            auth = headers.get("authorization", "")
+            token = auth[7:].strip() if auth.startswith("Bearer ") else ""
+            if not token:
+                return error_response("gemini", 401, vertex_unauthenticated(missing=True))
+            if not self._vertex_token_ok(token):
+                return error_response("gemini", 401, vertex_unauthenticated(missing=False))
+            return None
+        if not azure_auth_ok(headers, self.azure_keys):
+            return error_response(route.dialect, 401, body=AZURE_DENIED)
+        if "api-version" not in request.query:
+            if route.platform == "foundry":
+                return error_response(route.dialect, 400, body=FOUNDRY_NO_API_VERSION)
+            if route.method == "legacy":
+                return error_response(route.dialect, 404, body=AZURE_NOT_FOUND)
+        return None
+
+    def _vertex_token_ok(self, token: str) -> bool:
+        with self._lock:
+            expiry = self.issued_tokens.get(token)
+            if expiry is not None:
+                return expiry > time.time()
+            return self.vertex_tokens is None or token in self.vertex_tokens
+
+    def _token(self, provider: str, request: HttpRequest) -> HttpResponse:
+        headers = [("content-type", "application/json; charset=utf-8")]
+        if request.method != "POST":
+            return HttpResponse(405, headers, b'{"error":"invalid_request"}')
+        audience = f"http://{request.headers.get('host', '')}{request.path}"
+        try:
+            form = parse_token_form(request.body)
+            claims = check_assertion(form["assertion"], audience, self.service_accounts)
+        except TokenError as exc:
+            return HttpResponse(exc.status, headers, orjson.dumps(exc.body()))
+        token = f"ya29.sim-{secrets.token_urlsafe(24)}"
+        with self._lock:
+            self.issued_tokens[token] = time.time() + self.token_expires_in
+            self.token_requests.append(
+                RecordedRequest(
+                    provider,
+                    request.path,
+                    request.query,
+                    request.headers,
+                    {**form, "claims": claims},
+                    "oauth",
+                    request.body,
+                    "oauth",
+                )
+            )
+        answer = {
+            "access_token": token,
+            "expires_in": self.token_expires_in,
+            "token_type": "Bearer",
+        }
+        return HttpResponse(200, headers, orjson.dumps(answer))

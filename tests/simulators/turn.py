@@ -117,6 +117,8 @@ def last_user_text(dialect: str, body: dict[str, Any]) -> str:
         return _last_text(body.get("contents"), "role", "user", "parts", _gemini_part)
     if dialect == "chat":
         return _last_text(body.get("messages"), "role", "user", "content", _chat_part)
+    if dialect == "bedrock":
+        return _last_text(body.get("messages"), "role", "user", "content", _bedrock_block)
     source = body.get("input")
     if isinstance(source, str):
         return source
@@ -147,6 +149,10 @@ def _gemini_part(part: Any) -> str | None:
     if isinstance(part, dict) and "text" in part and not part.get("thought"):
         return str(part["text"])
     return None
+
+
+def _bedrock_block(block: Any) -> str | None:
+    return block.get("text") if isinstance(block, dict) and "text" in block else None
 
 
 def _chat_part(part: Any) -> str | None:
