@@ -44,10 +44,12 @@ VIEW_FIELDS = frozenset(
         "model", "instructions", "entries", "tools", "hosted_tools", "tool_choice",
         "parallel_tool_calls", "text_format", "reasoning", "max_output_tokens", "temperature",
         "top_p", "top_logprobs", "user", "metadata", "stream", "store", "include", "truncation",
-        "service_tier", "raw", "has_reasoning", "previous_response_id",
+        "service_tier", "raw", "has_reasoning", "previous_response_id", "file_refs",
+        "linked_media",
     }
 )  # fmt: skip
 
+_MEDIA = ("image", "file")
 _EFFORTS = {None, "none", "minimal", "low", "medium", "high", "xhigh", "max"}
 _SUMMARIES = {None, "auto", "concise", "detailed"}
 
@@ -597,6 +599,10 @@ def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> 
         "service_tier": body.get("service_tier"),
         "previous_response_id": body.get("previous_response_id"),
         "has_reasoning": any(e["kind"] == "reasoning" for e in entries),
+        # Facts mappings' rejects test, computed once here rather than by a filter per request:
+        # media sent as an OpenAI file_id, and media only linked by URL (not inline bytes).
+        "file_refs": any(e["kind"] in _MEDIA and e.get("file_id") for e in entries),
+        "linked_media": any(e["kind"] in _MEDIA and e.get("data") is None for e in entries),
         "raw": body,
     }
     return CanonicalRequest(view=view, input_items=stored, body=body)

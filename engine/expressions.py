@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from jinja2 import ChainableUndefined, TemplateSyntaxError, Undefined, nodes
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine import filters
@@ -25,6 +26,8 @@ __all__ = [
     "is_expression",
 ]
 
+_SIMPLE = re.compile(r"^\s*[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*\s*$")
+_LITERALS = frozenset({"true", "false", "none", "True", "False", "None"})
 # One `{{ ... }}` spanning the whole string (no second opening inside).
 _WHOLE = re.compile(r"^\s*\{\{(?P<body>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.DOTALL)
 
@@ -64,25 +67,64 @@ def is_expression(text: str) -> bool:
     return "{{" in text or "{%" in text
 
 
-class Expression:
-    """A whole-leaf ``{{ expr }}``: evaluates to a native value; undefined becomes ``None``."""
+_MISSING = object()
 
-    __slots__ = ("_fn", "source")
+
+def _dict_path(parts: tuple[str, ...]) -> Callable[[Mapping[str, Any]], Any]:
+    """A getter for ``a.b.c`` over plain dicts; ``_MISSING`` when it meets anything else."""
+    head, rest = parts[0], parts[1:]
+
+    def get(context: Mapping[str, Any]) -> Any:
+        value = context.get(head)
+        for part in rest:
+            if value is None:
+                return None
+            if not isinstance(value, dict):
+                return _MISSING
+            value = value.get(part)
+        return value
+
+    return get
+
+
+class Expression:
+    """A whole-leaf ``{{ expr }}``: evaluates to a native value; undefined becomes ``None``.
+
+    Evaluated per request and per stream event, so it skips Jinja's per-call context setup:
+    a plain ``a.b.c`` over dicts is a direct lookup, anything else runs the compiled template
+    function against one lightweight Context.
+    """
+
+    __slots__ = ("_fast", "_root", "source")
 
     def __init__(self, source: str) -> None:
         match = _WHOLE.match(source)
         if match is None:
             raise ValueError(f"not a single '{{{{ }}}}' expression: {source!r}")
         self.source = source
+        body = match.group("body")
         try:
-            self._fn: Callable[..., Any] = _ENV.compile_expression(
-                match.group("body"), undefined_to_none=True
-            )
+            compiled = _ENV.compile_expression(body, undefined_to_none=True)
         except TemplateSyntaxError as exc:
             raise ValueError(f"expression {source!r} does not parse: {exc.message}") from None
+        self._root: Callable[[Context], Any] = compiled._template.root_render_func
+        self._fast: Callable[[Mapping[str, Any]], Any] | None = None
+        simple = _SIMPLE.match(body)
+        if simple is not None:
+            parts = tuple(body.strip().split("."))
+            # Names Jinja would resolve to a dict *method* (d.items) keep Jinja's semantics.
+            if parts[0] not in _LITERALS and not any(hasattr(dict, p) for p in parts[1:]):
+                self._fast = _dict_path(parts)
 
     def __call__(self, context: Mapping[str, Any]) -> Any:
-        value = self._fn(context)
+        if self._fast is not None:
+            value = self._fast(context)
+            if value is not _MISSING:
+                return value
+        ctx = Context(_ENV, context if type(context) is dict else dict(context), None, {})
+        for _ in self._root(ctx):
+            pass
+        value = ctx.vars.get("result")
         return None if isinstance(value, Undefined) else value
 
     def __repr__(self) -> str:
@@ -92,17 +134,19 @@ class Expression:
 class TextTemplate:
     """A string with ``{{ }}`` inside text: always renders to ``str``."""
 
-    __slots__ = ("_template", "source")
+    __slots__ = ("_root", "source")
 
     def __init__(self, source: str) -> None:
         self.source = source
         try:
-            self._template = _ENV.from_string(source)
+            template = _ENV.from_string(source)
         except TemplateSyntaxError as exc:
             raise ValueError(f"template {source!r} does not parse: {exc.message}") from None
+        self._root: Callable[[Context], Any] = template.root_render_func
 
     def __call__(self, context: Mapping[str, Any]) -> str:
-        return self._template.render(context)
+        parent = context if type(context) is dict else dict(context)
+        return "".join(self._root(Context(_ENV, parent, None, {})))
 
     def __repr__(self) -> str:
         return f"TextTemplate({self.source!r})"

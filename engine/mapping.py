@@ -146,7 +146,7 @@ class CompiledMapping:
     _url: Node
     _headers: Node
     _body: Node
-    _rejects: list[tuple[Expression, str, str]]
+    _rejects: list[tuple[Expression, str, str, tuple[str, ...]]]
     _response: list[Any]
     _stream: rule_mod.Dispatch
     _framing: str
@@ -170,8 +170,10 @@ class CompiledMapping:
             "req": req.view, "model": model, "stream": streaming, "api_base": api_base.rstrip("/"),
             "credentials": credentials, "settings": settings or {}, "provider": self.provider,
         }  # fmt: skip
-        for when, param, message in self._rejects:
-            if when(ctx):
+        view = req.view
+        for when, param, message, reads in self._rejects:
+            # A reject tests for a parameter the client set: skip it while all it reads is unset.
+            if any(view.get(name) for name in reads) and when(ctx):
                 raise RequestError(400, message, param=param, code="unsupported_parameter")
         try:
             url = str(self._url(ctx))
@@ -390,12 +392,18 @@ def load_mapping(
         request.get("headers", {}), ("request", "headers"), sources, problems
     )
     body = _compile_or_report(request.get("body", {}), ("request", "body"), sources, problems)
-    rejects: list[tuple[Expression, str, str]] = []
+    rejects: list[tuple[Expression, str, str, tuple[str, ...]]] = []
     for name, rej in (request.get("rejects") or {}).items():
+        where = ("request", "rejects", name, "when")
+        reads = tuple(sorted(attribute_uses(rej["when"], "req")))
+        if not reads:
+            problems.append(
+                sources.problem(where, "a reject must test a req.* field the client sets")
+            )
         try:
-            rejects.append((Expression(rej["when"]), rej["param"], rej["message"]))
+            rejects.append((Expression(rej["when"]), rej["param"], rej["message"], reads))
         except ValueError as exc:
-            problems.append(sources.problem(("request", "rejects", name, "when"), str(exc)))
+            problems.append(sources.problem(where, str(exc)))
     response = _compile_rules_or_report(
         rule_mod.compile_rules, data["response"], ("response",), sources, problems
     )

@@ -136,7 +136,31 @@ def compile_path(expr: str) -> CompiledPath:
     steps = _simple_steps(expr)
     if steps is not None:
         return CompiledPath(expr, steps)
-    return CompiledPath(expr, None, _parse_ext(expr))
+    compiled = CompiledPath(expr, None, _parse_ext(expr))
+    if expr.endswith("[*]") and (prefix := _simple_steps(expr[:-3])) is not None:
+        _wildcard_tail(compiled, prefix)
+    return compiled
+
+
+def _wildcard_tail(compiled: CompiledPath, prefix: tuple[str | int, ...]) -> None:
+    """``$.a.b[*]``, the commonest non-simple path (every content list), without jsonpath_ng
+    when the prefix holds a list; anything else keeps jsonpath_ng's exact semantics."""
+    get_prefix, _ = _walkers(prefix)
+    ext_first, ext_all = compiled.first, compiled.all
+
+    def all_(node: object) -> list[object]:
+        value = get_prefix(node)
+        if type(value) is list:
+            return list(value)
+        return ext_all(node)
+
+    def first(node: object) -> object | None:
+        value = get_prefix(node)
+        if type(value) is list:
+            return value[0] if value else None
+        return ext_first(node)
+
+    compiled.first, compiled.all = first, all_
 
 
 def _parse_ext(expr: str) -> Any:

@@ -56,7 +56,7 @@ def create_app(
 
     master_key = settings.master_key.encode() if settings.master_key else None
     return Litestar(
-        route_handlers=[v1_router(), health],
+        route_handlers=[v1_router(guarded=bool(settings.master_key)), health],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         request_max_body_size=settings.limits.max_body_bytes,

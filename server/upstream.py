@@ -1,7 +1,10 @@
-"""Upstream I/O: one shared `httpx.AsyncClient` on the aiohttp transport.
+"""Upstream I/O: httpx requests over one shared aiohttp transport (one connection pool).
 
 The default httpcore transport caps the gateway at about a third of what aiohttp does (design §7),
-so the whole app shares one client built on `httpx_aiohttp.AiohttpTransport`. Failures become
+so the whole app shares one `httpx_aiohttp.AiohttpTransport`. Requests go to the transport
+directly, not through `httpx.AsyncClient`: the client's layers (auth and redirect loops, event
+hooks, and above all a cookie jar shared by every user's requests, which a gateway must not
+have) cost about a third of a millisecond per call and do nothing for us. Failures become
 `UpstreamError`:
 
     timeout (connect or read)        → 504 upstream_timeout
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping
+from functools import lru_cache
 from typing import Protocol
 
 import httpx
@@ -119,8 +123,14 @@ class UpstreamStream:
         await self.response.aclose()
 
 
+@lru_cache(maxsize=1024)
+def _url(text: str) -> httpx.URL:
+    # Parsing a URL is a fifth of building a request; the set of upstream URLs is small.
+    return httpx.URL(text)
+
+
 class Upstream:
-    """Owns the app-wide client. `start()` in the lifespan, `aclose()` on shutdown."""
+    """Owns the app-wide transport. `start()` in the lifespan, `aclose()` on shutdown."""
 
     def __init__(
         self,
@@ -129,50 +139,51 @@ class Upstream:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._connect_timeout_s = connect_timeout_s
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._given = transport
+        self._transport: httpx.AsyncBaseTransport | None = None
+        self._timeouts: dict[float, dict[str, float | None]] = {}
 
     def start(self) -> None:
-        if self._client is None:
+        if self._transport is None:
             # The aiohttp transport needs a running loop, so build it here, not at import.
-            transport = self._transport or httpx_aiohttp.AiohttpTransport()
-            self._client = httpx.AsyncClient(
-                transport=transport,
-                timeout=httpx.Timeout(DEFAULT_READ_TIMEOUT_S, connect=self._connect_timeout_s),
-                follow_redirects=False,
-            )
+            self._transport = self._given or httpx_aiohttp.AiohttpTransport()
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._transport is not None:
+            await self._transport.aclose()
+            self._transport = None
 
     @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
+    def transport(self) -> httpx.AsyncBaseTransport:
+        if self._transport is None:
             self.start()
-        assert self._client is not None
-        return self._client
+        assert self._transport is not None
+        return self._transport
 
-    def _timeout(self, read_timeout_s: float | None) -> httpx.Timeout:
-        return httpx.Timeout(
-            read_timeout_s or DEFAULT_READ_TIMEOUT_S, connect=self._connect_timeout_s
-        )
+    def _timeout(self, read_timeout_s: float | None) -> dict[str, float | None]:
+        read = read_timeout_s or DEFAULT_READ_TIMEOUT_S
+        found = self._timeouts.get(read)
+        if found is None:  # a handful of distinct values per process: keep them
+            found = self._timeouts[read] = {
+                "connect": self._connect_timeout_s, "read": read, "write": read, "pool": read,
+            }  # fmt: skip
+        return found
 
     async def _open(
         self, req: UpstreamCall, errors: ErrorParser, read_timeout_s: float | None
     ) -> httpx.Response:
-        request = self.client.build_request(
+        request = httpx.Request(
             req.method,
-            req.url,
-            headers=dict(req.headers),
+            _url(req.url),
+            headers=req.headers,
             content=req.body,
-            timeout=self._timeout(read_timeout_s),
+            extensions={"timeout": self._timeout(read_timeout_s)},
         )
         try:
-            response = await self.client.send(request, stream=True)
+            response = await self.transport.handle_async_request(request)
         except httpx.TransportError as exc:
             raise network_error(exc, errors.provider) from None
+        response.request = request
         if response.is_success:
             return response
         # Error bodies are small and parse_error needs all of them.

@@ -29,7 +29,10 @@ __all__ = [
     "open_store",
 ]
 
-_VALID = "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite:///:memory:"
+_VALID = (
+    "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite:///:memory:, "
+    "sqlite:///path.db?synchronous=normal"
+)
 
 
 def open_store(url: str) -> ResponseStore:
@@ -49,9 +52,15 @@ def open_store(url: str) -> ResponseStore:
         return MemoryStore()
     if scheme == "sqlite":
         path = rest[1:] if rest.startswith("/") else ""  # "sqlite://host/..." has no meaning
-        if not path or "?" in path:
-            raise _bad("sqlite store url needs a file path, no host and no query string")
-        return SQLiteStore(path)
+        path, _sep, query = path.partition("?")
+        options = dict(part.partition("=")[::2] for part in query.split("&") if part)
+        unknown = set(options) - {"synchronous"}
+        if not path or unknown:
+            raise _bad("sqlite store url needs a file path, no host, and only ?synchronous=")
+        synchronous = options.get("synchronous", "full").lower()
+        if synchronous not in ("full", "normal"):
+            raise _bad("sqlite synchronous= takes full or normal")
+        return SQLiteStore(path, synchronous=synchronous)
     raise _bad(f"unknown store url scheme {scheme!r}")
 
 
