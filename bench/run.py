@@ -123,7 +123,11 @@ def gateway_command(config: Path, port: int) -> tuple[list[str], str]:
 
 
 def write_config(tmp: Path, upstream_port: int, store: str) -> Path:
-    store_url = f"sqlite:///{tmp / 'bench.db'}" if store == "sqlite" else "memory://"
+    store_url = {
+        "sqlite": f"sqlite:///{tmp / 'bench.db'}",
+        "sqlite-normal": f"sqlite:///{tmp / 'bench.db'}?synchronous=normal",
+        "memory": "memory://",
+    }[store]
     config = tmp / "turnout.yaml"
     # JSON is YAML; quoted strings keep the strict loader happy.
     config.write_text(
@@ -690,8 +694,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Turnout gateway benchmark")
     p.add_argument("--quick", action="store_true", help="fewer requests, shorter runs (~30 s)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--store", choices=["sqlite", "memory"], default="sqlite",
-                   help="gateway store (default sqlite, the embedded default)")  # fmt: skip
+    p.add_argument("--store", choices=["sqlite", "sqlite-normal", "memory"], default="sqlite",
+                   help="gateway store (default sqlite, the embedded default, fsync per commit; "
+                        "sqlite-normal: WAL without fsync per commit)")  # fmt: skip
     p.add_argument("--n", type=int, help="requests per latency run (default 1000, quick 300)")
     p.add_argument("--duration", type=float, help="seconds per throughput run (5, quick 2)")
     p.add_argument("--concurrency", type=int, default=16)

@@ -131,10 +131,32 @@ class Expression:
         return f"Expression({self.source!r})"
 
 
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*\}\}")
+
+
+def _plain_parts(source: str) -> list[str | Callable[[Mapping[str, Any]], Any]] | None:
+    """``"Bearer {{ credentials.api_key }}"`` as literal and getter parts, or None when the
+    text holds anything but plain ``{{ a.b }}`` placeholders (then Jinja renders it)."""
+    parts: list[str | Callable[[Mapping[str, Any]], Any]] = []
+    end = 0
+    for match in _PLACEHOLDER.finditer(source):
+        names = tuple(match.group(1).split("."))
+        if names[0] in _LITERALS or any(hasattr(dict, n) for n in names[1:]):
+            return None
+        parts.append(source[end : match.start()])
+        parts.append(_dict_path(names))
+        end = match.end()
+    parts.append(source[end:])
+    literal = "".join(p for p in parts if isinstance(p, str))
+    if "{{" in literal or "{%" in literal or "{#" in literal:
+        return None
+    return [p for p in parts if p != ""]
+
+
 class TextTemplate:
     """A string with ``{{ }}`` inside text: always renders to ``str``."""
 
-    __slots__ = ("_root", "source")
+    __slots__ = ("_parts", "_root", "source")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -143,8 +165,22 @@ class TextTemplate:
         except TemplateSyntaxError as exc:
             raise ValueError(f"template {source!r} does not parse: {exc.message}") from None
         self._root: Callable[[Context], Any] = template.root_render_func
+        # URLs and auth headers are plain placeholders in text: join them without Jinja.
+        self._parts = _plain_parts(source)
 
     def __call__(self, context: Mapping[str, Any]) -> str:
+        if self._parts is not None:
+            out: list[str] = []
+            for part in self._parts:
+                if isinstance(part, str):
+                    out.append(part)
+                    continue
+                value = part(context)
+                if value is _MISSING:
+                    break  # a non-dict on the way: Jinja's own semantics below
+                out.append(str(_finalize(value)))
+            else:
+                return "".join(out)
         parent = context if type(context) is dict else dict(context)
         return "".join(self._root(Context(_ENV, parent, None, {})))
 
