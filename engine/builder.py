@@ -117,6 +117,9 @@ _TERMINAL_TYPES = {
 }
 
 
+# Image settings an upstream reports, repeated on partial_image events and the final item.
+_IMAGE_OPTIONS = ("size", "quality", "background", "output_format")
+
 # Ops still honoured once an upstream error was seen: the usage that follows it is real spend.
 _AFTER_ERROR = frozenset({"usage", "finish", "end", "start", "error"})
 
@@ -279,6 +282,7 @@ class _Block:
         "call_given",
         "call_id",
         "family",
+        "image_options",
         "index",
         "item_id",
         "kind",
@@ -300,6 +304,7 @@ class _Block:
         self.index = index  # the provider's native key, matched by `close`
         self.slot = slot  # key in ResponseBuilder._open: index, or ("call", call_id) for tools
         self.item_id = ""
+        self.image_options: dict[str, Any] = {}
         self.output_index = -1
         self.buf: list[str] = []
         self.pending = False  # message announced by open_text but not yet emitted
@@ -341,8 +346,11 @@ class ResponseBuilder:
         *,
         provider: str | None = None,
         clock: Callable[[], float] = time.time,
+        max_image_bytes: int | None = None,
     ) -> None:
         self.response_id = response_id
+        # Base64 length of the largest image accepted (4 characters per 3 bytes).
+        self._max_image_b64 = None if max_image_bytes is None else (max_image_bytes + 2) // 3 * 4
         self.created_at = int(created_at)
         self.model = model
         self.provider = provider
@@ -1035,9 +1043,35 @@ class ResponseBuilder:
             )
         return blk
 
+    def _image_too_large(self, blk: _Block, b64: Any, out: list[Event]) -> bool:
+        if self._max_image_b64 is None or not isinstance(b64, str):
+            return False
+        if len(b64) <= self._max_image_b64:
+            return False
+        # A clear failure instead of pushing megabytes a client did not agree to take.
+        self._error = response_error(
+            "image_too_large",
+            f"the generated image is {len(b64) * 3 // 4} bytes, over the gateway's limit of "
+            f"{self._max_image_b64 * 3 // 4} bytes (limits.max_image_bytes)",
+        )
+        self._close(blk, out, "failed")
+        return True
+
+    @staticmethod
+    def _take_image_options(blk: _Block, op: _Op) -> None:
+        for key in _IMAGE_OPTIONS:
+            value = op.get(key)
+            if value is not None:
+                blk.image_options[key] = value
+        if "output_format" in blk.image_options:
+            blk.output_format = str(blk.image_options["output_format"])
+
     def _op_image_partial(self, op: _Op, out: list[Event]) -> None:
         blk = self._image_block(op.get("index"), out)
         b64 = op.get("b64") or ""
+        if self._image_too_large(blk, b64, out):
+            return
+        self._take_image_options(blk, op)
         pidx = op.get("partial_index")
         if not isinstance(pidx, int):
             pidx = blk.partials
@@ -1051,12 +1085,16 @@ class ResponseBuilder:
             "partial_image_index": pidx,
             "partial_image_b64": b64,
         }
+        ev.update(blk.image_options)
         if blk.output_format is not None:
             ev["output_format"] = blk.output_format
         out.append(ev)
 
     def _op_image(self, op: _Op, out: list[Event]) -> None:
         blk = self._image_block(op.get("index"), out)
+        if self._image_too_large(blk, op.get("b64"), out):
+            return
+        self._take_image_options(blk, op)
         blk.result = op.get("b64") or blk.result
         prompt = op.get("revised_prompt")
         if prompt is not None:
@@ -1086,6 +1124,7 @@ class ResponseBuilder:
         }
         if blk.revised_prompt is not None:
             item["revised_prompt"] = blk.revised_prompt
+        item.update(blk.image_options)
         if blk.output_format is not None:
             item["output_format"] = blk.output_format
         self._item_done(blk, item, out)

@@ -45,7 +45,7 @@ VIEW_FIELDS = frozenset(
         "parallel_tool_calls", "text_format", "reasoning", "max_output_tokens", "temperature",
         "top_p", "top_logprobs", "user", "metadata", "stream", "store", "include", "truncation",
         "service_tier", "raw", "has_reasoning", "previous_response_id", "file_refs",
-        "linked_media",
+        "linked_media", "image_tool",
     }
 )  # fmt: skip
 
@@ -263,10 +263,15 @@ class _Normalizer:
             return self._reasoning(item)
         if itype == "image_generation_call":
             stored = {**item, "id": item.get("id") or _mint("ig")}
-            self.entries.append(
-                {"role": "assistant", "kind": "image_generation_call", "id": stored["id"],
-                 "result": item.get("result")}
-            )  # fmt: skip
+            result = item.get("result")
+            if isinstance(result, str) and result:
+                # A generated image goes back as an image the next turn can look at and edit
+                # ("make it blue"): every provider reads user images, none another's tool items.
+                fmt = str(item.get("output_format") or "png")
+                self.entries.append(
+                    {"role": "user", "kind": "image", "url": None, "file_id": None,
+                     "media_type": f"image/{fmt}", "data": result, "detail": "auto"}
+                )  # fmt: skip
             return stored
         raise _bad(
             f"Invalid value: '{itype}'. Supported input item types are: message, function_call, "
@@ -582,6 +587,7 @@ def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> 
         "entries": entries,
         "tools": functions,
         "hosted_tools": hosted,
+        "image_tool": next((t for t in hosted if t.get("type") == "image_generation"), None),
         "tool_choice": _tool_choice(body, {t["name"] for t in functions}),
         "parallel_tool_calls": body.get("parallel_tool_calls"),
         "text_format": _text_format(body),

@@ -26,9 +26,9 @@ translation* may.
     the value when it is a JSON object, else ``{key: value}`` (Gemini functionResponse)
 ``pick(mapping, key, default)``
     ``mapping[key]`` or default: a lookup table lookup that never fails
-``readable(entries, provider)``
-    drops reasoning the provider cannot read (minted by another provider or opaque) and past
-    image results
+``readable(entries, provider, native_blobs=False)``
+    drops reasoning the provider cannot read (minted by another provider, or opaque unless
+    ``native_blobs``: the upstream's own encrypted_content)
 ``omit(mapping, *keys)``
     a copy of a mapping without those top-level keys
 ``responses_input(entries)``
@@ -148,8 +148,6 @@ def readable(entries: Iterable[Entry], provider: str, native_blobs: bool = False
     # provider's signature is a 400 at best. The visible history stays. `native_blobs` keeps
     # reasoning whose encrypted_content the upstream minted itself (OpenAI's own format).
     def keep(e: Entry) -> bool:
-        if e["kind"] == "image_generation_call":
-            return False
         if e["kind"] != "reasoning":
             return True
         if e.get("provider") is None:
@@ -224,8 +222,6 @@ def responses_input(entries: Iterable[Entry]) -> list[dict[str, Any]]:
                     "summary": summary,
                 }
             )
-        elif kind == "image_generation_call" and entry.get("id"):
-            items.append({"type": "item_reference", "id": entry["id"]})
     return items
 
 

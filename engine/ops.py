@@ -45,8 +45,12 @@ OPS: dict[str, OpSpec] = {
     "tool_call_start": _spec("name", "index call_id", "tool"),
     "tool_args_delta": _spec("text", "index call_id name", "tool"),
     "tool_call": _spec("name arguments", "index call_id state", "tool"),
-    "image": _spec("b64", "index mime revised_prompt", "image"),
-    "image_partial": _spec("b64", "index partial_index", "image"),
+    "image": _spec(
+        "b64", "index mime revised_prompt size quality background output_format", "image"
+    ),
+    "image_partial": _spec(
+        "b64", "index partial_index size quality background output_format", "image"
+    ),
     "close": _spec(optional="index family"),
     "usage": _spec(
         optional="input_tokens cached_tokens cache_write_tokens output_tokens reasoning_tokens"

@@ -226,12 +226,13 @@ def test_readable_keeps_own_reasoning_and_drops_the_rest() -> None:
     own = _reasoning("anthropic", "mine")
     foreign = _reasoning("gemini", "theirs")
     opaque = _reasoning(None, "openai", blob="gAAAA")
-    image = {"role": "assistant", "kind": "image_generation_call", "id": "ig_1", "result": "b64"}
     visible = [_text("user", "q"), _call("c1"), _output("c1", "o"), _text("assistant", "a")]
-    entries = [visible[0], own, foreign, opaque, image, *visible[1:]]
+    entries = [visible[0], own, foreign, opaque, *visible[1:]]
     assert f.readable(entries, "anthropic") == [visible[0], own, *visible[1:]]
     assert f.readable(entries, "gemini") == [visible[0], foreign, *visible[1:]]
     assert f.readable(entries, "openai") == visible
+    # The upstream's own encrypted reasoning (OpenAI's format) is kept only when asked for.
+    assert f.readable(entries, "openai", True) == [visible[0], opaque, *visible[1:]]
 
 
 def test_omit_is_shallow_and_copies() -> None:
@@ -259,7 +260,6 @@ def test_responses_input_rebuilds_items() -> None:
         {"role": "assistant", "kind": "refusal", "text": "no"},
         _call("c1", "get", '{"q":"x"}'),
         _output("c1", "42"),
-        {"role": "assistant", "kind": "image_generation_call", "id": "ig_1", "result": "b64"},
         _text("user", "thanks"),
     ]
     assert f.responses_input(entries) == [
@@ -276,7 +276,6 @@ def test_responses_input_rebuilds_items() -> None:
         ]},
         {"type": "function_call", "call_id": "c1", "name": "get", "arguments": '{"q":"x"}'},
         {"type": "function_call_output", "call_id": "c1", "output": "42"},
-        {"type": "item_reference", "id": "ig_1"},
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "thanks"}]},
     ]  # fmt: skip
 

@@ -139,6 +139,10 @@ CASES: list[tuple[str, str, str, tuple[int, int, int, int], list[str]]] = [
         (1979, 0, 67, 0), ["image_generation_call", "message"],
     ),
     (
+        "openai", "openai_responses/image_generation_stream.chunks.txt", "completed",
+        (2941, 1920, 1249, 1024), ["reasoning", "image_generation_call"],
+    ),
+    (
         "openai", "openai_responses/function_call_stream.sse", "completed", (255, 0, 16, 0),
         ["function_call"],
     ),
@@ -298,3 +302,35 @@ def test_openrouter_mid_stream_error_keeps_the_provider_message() -> None:
     final = events[-1]
     assert final["type"] == "response.failed"
     assert "Token limit reached" in final["response"]["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "fixture",
+    ["openai_responses/image_generation_stream.chunks.txt",
+     "azure/responses_image_generation_stream.chunks.txt"],
+)  # fmt: skip
+def test_recorded_image_streams_keep_partials_and_settings(fixture: str) -> None:
+    """Issue 6: partial images in order, the final item with its result and settings."""
+    provider = "openai" if fixture.startswith("openai") else "azure"
+    mapping = REGISTRY.get(provider)
+    assert mapping is not None
+    path = FIXTURES / fixture
+    events = _build(mapping, _ops(mapping, path))
+    raw = [orjson.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    recorded = [e for e in raw if e["type"] == "response.image_generation_call.partial_image"]
+    ours = [e for e in events if e["type"] == "response.image_generation_call.partial_image"]
+    assert [e["partial_image_b64"] for e in ours] == [e["partial_image_b64"] for e in recorded]
+    assert [e["partial_image_index"] for e in ours] == [e["partial_image_index"] for e in recorded]
+    done = next(
+        e["item"] for e in raw
+        if e["type"] == "response.output_item.done" and e["item"]["type"] == "image_generation_call"
+    )  # fmt: skip
+    final = next(
+        i for i in events[-1]["response"]["output"] if i["type"] == "image_generation_call"
+    )
+    for key in ("result", "revised_prompt", "size", "quality", "background", "output_format"):
+        assert final.get(key) == done.get(key), key
+    # Azure's recording skips `.completed`; Turnout always sends it, after the partials.
+    kinds = [e["type"].rsplit(".", 1)[1] for e in events if ".image_generation_call." in e["type"]]
+    assert kinds[-1] == "completed"
+    assert kinds[:2] == ["in_progress", "generating"]

@@ -11,6 +11,7 @@ __all__ = [
     "Error",
     "Garbage",
     "Hang",
+    "Image",
     "MaxTokens",
     "MidStreamError",
     "Replay",
@@ -48,6 +49,19 @@ class ToolCalls:
     calls: list[tuple[str, dict[str, Any]]]
     text: str | None = None
     signature: str | None = None
+
+
+@dataclass(frozen=True)
+class Image:
+    """A generated image (Responses image_generation_call; Gemini inlineData part).
+
+    Streamed Responses replies send as many partial images as the request's image_generation
+    tool asks for (`partial_images`), each a distinct valid PNG, then the final one.
+    """
+
+    text: str | None = "Here is your image."
+    revised_prompt: str = "A red square on white"
+    size: int = 8  # pixels a side
 
 
 @dataclass(frozen=True)
@@ -119,4 +133,5 @@ Reply = (
     | Garbage
     | Slow
     | Hang
+    | Image
 )

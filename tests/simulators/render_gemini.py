@@ -61,12 +61,17 @@ def _all_parts(turn: Turn) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
     if turn.thought is not None:
         parts.append({"text": turn.thought, "thought": True})
-    if turn.text or not turn.calls:
+    if turn.text or not (turn.calls or turn.images):
         part: dict[str, Any] = {"text": turn.text or ""}
         if turn.signature:
             part["thoughtSignature"] = turn.signature
         parts.append(part)
-    return parts + _call_parts(turn)
+    return parts + _image_parts(turn) + _call_parts(turn)
+
+
+def _image_parts(turn: Turn) -> list[dict[str, Any]]:
+    # Gemini image models answer with whole inlineData parts, no partials.
+    return [{"inlineData": {"mimeType": "image/png", "data": final}} for final, _, _ in turn.images]
 
 
 def render_gemini(turn: Turn, stream: bool, ids: Ids, sse: bool = True) -> Rendered:
@@ -82,9 +87,11 @@ def render_gemini(turn: Turn, stream: bool, ids: Ids, sse: bool = True) -> Rende
         if i == 0 and turn.signature:  # the signature rides on the first answer part
             part["thoughtSignature"] = turn.signature
         chunks.append([part])
+    if turn.images:
+        chunks.append(_image_parts(turn))
     if turn.calls:
         chunks.append(_call_parts(turn))
-    if not turn.text and not turn.calls:  # an empty answer is one empty text part
+    if not turn.text and not turn.calls and not turn.images:  # an empty answer: one empty part
         chunks.append([{"text": ""}])
     bodies = [
         _response(turn, parts, response_id, final=i == len(chunks) - 1)

@@ -76,6 +76,20 @@ def _items(turn: Turn, ids: Ids) -> list[dict[str, Any]]:
                 "content": [part],
             }
         )
+    for final, _partials, revised in turn.images:
+        items.append(
+            {
+                "id": ids.mint("ig_"),
+                "type": "image_generation_call",
+                "status": "completed",
+                "result": final,
+                "revised_prompt": revised,
+                "background": "opaque",
+                "output_format": "png",
+                "quality": "low",
+                "size": "1024x1024",
+            }
+        )
     for name, args in turn.calls:
         items.append(
             {
@@ -116,8 +130,12 @@ def render_responses(
     emit = events.append
     emit({"type": "response.created", "response": _response(turn, rid, req, "in_progress")})
     emit({"type": "response.in_progress", "response": _response(turn, rid, req, "in_progress")})
+    partials = iter([p for _final, p, _revised in turn.images])
     for index, item in enumerate(items):
-        _item_events(emit, index, item)
+        if item["type"] == "image_generation_call":
+            _image_events(emit, index, item, next(partials))
+        else:
+            _item_events(emit, index, item)
     final = _final(turn, rid, req, items)
     terminal = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
     emit({"type": terminal, "response": final})
@@ -131,6 +149,35 @@ def render_responses(
 def sse_event(event: dict[str, Any], sequence_number: int) -> bytes:
     payload = {**event, "sequence_number": sequence_number}
     return b"event: %s\ndata: %s\n\n" % (event["type"].encode(), orjson.dumps(payload))
+
+
+def _image_events(emit: Any, index: int, item: dict[str, Any], partials: list[str]) -> None:
+    """OpenAI's order (providers.md §8): added, in_progress, generating, partials, completed."""
+    at = {"item_id": item["id"], "output_index": index}
+    emit(
+        {
+            "type": "response.output_item.added",
+            "output_index": index,
+            "item": {"id": item["id"], "type": "image_generation_call", "status": "in_progress"},
+        }
+    )
+    emit({"type": "response.image_generation_call.in_progress", **at})
+    emit({"type": "response.image_generation_call.generating", **at})
+    for n, partial in enumerate(partials):
+        emit(
+            {
+                "type": "response.image_generation_call.partial_image",
+                **at,
+                "partial_image_index": n,
+                "partial_image_b64": partial,
+                "size": item["size"],
+                "quality": item["quality"],
+                "background": item["background"],
+                "output_format": item["output_format"],
+            }
+        )
+    emit({"type": "response.image_generation_call.completed", **at})
+    emit({"type": "response.output_item.done", "output_index": index, "item": item})
 
 
 def _item_events(emit: Any, index: int, item: dict[str, Any]) -> None:

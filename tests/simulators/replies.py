@@ -24,6 +24,7 @@ from .modes import (
     Reply,
     Slow,
     Thinking,
+    Image,
     ToolCalls,
 )
 from .recordings import load_fixture, split_bytes
@@ -33,6 +34,7 @@ from .render_chat import chat_error_frame, render_chat
 from .render_common import Rendered
 from .render_gemini import render_gemini
 from .render_responses import render_responses
+from .images import png_b64
 from .turn import Ids, Turn, compute_usage, last_user_text
 
 __all__ = ["Context", "error_response", "respond"]
@@ -91,8 +93,18 @@ def _turn(reply: Reply, ctx: Context) -> Turn:
         text, stop = reply.text, "max_tokens"
     elif isinstance(reply, MidStreamError) and reply.text is not None:
         text = reply.text
+    elif isinstance(reply, Image):
+        text = reply.text
     else:
         text = last_user_text(ctx.dialect, ctx.body)
+    images: list[tuple[str, list[str], str]] = []
+    if isinstance(reply, Image):
+        tool = next(
+            (t for t in ctx.body.get("tools") or [] if t.get("type") == "image_generation"), {}
+        )
+        count = int(tool.get("partial_images") or 0)
+        partials = [png_b64(reply.size, reply.size, (60 * (i + 1), 0, 0)) for i in range(count)]
+        images.append((png_b64(reply.size, reply.size, (255, 0, 0)), partials, reply.revised_prompt))
     return Turn(
         model=ctx.model,
         text=text,
@@ -102,6 +114,7 @@ def _turn(reply: Reply, ctx: Context) -> Turn:
         call_signature=call_signature,
         stop=stop,  # type: ignore[arg-type]
         usage=compute_usage(ctx.body, text, calls, thought),
+        images=images,
     )
 
 
@@ -139,7 +152,7 @@ async def respond(reply: Reply, ctx: Context) -> HttpResponse:
         return _garbage(reply, ctx)
     if isinstance(reply, MidStreamError):
         return _mid_stream_error(reply, ctx)
-    assert isinstance(reply, Echo | ToolCalls | Thinking | MaxTokens)
+    assert isinstance(reply, Echo | ToolCalls | Thinking | MaxTokens | Image)
     rendered = _render(_turn(reply, ctx), ctx)
     if isinstance(reply, Echo) and reply.chunk_size is not None:
         wire = split_bytes(b"".join(rendered.frames), reply.chunk_size)

@@ -51,6 +51,8 @@ class Turn:
     call_signature: str | None = None  # Gemini thoughtSignature on the first functionCall
     stop: Stop = "end"
     usage: Usage = Usage(0, 0, 0, 0, 0)
+    # Generated images: (final base64 PNG, partial base64 PNGs, revised prompt).
+    images: list[tuple[str, list[str], str]] = field(default_factory=list)
 
 
 class Ids:
