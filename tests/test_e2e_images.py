@@ -95,19 +95,15 @@ def test_image_event_order_and_numbering(gateway: Gateway, sim: Simulator) -> No
     assert [e["type"].rsplit(".", 1)[1] for e in image_events] == [
         "in_progress", "generating", "partial_image", "partial_image", "completed",
     ]  # fmt: skip
-    added = next(
-        e for e in events
-        if e["type"] == "response.output_item.added" and e["item"]["type"] == "image_generation_call"
-    )  # fmt: skip
+    image_added = ("response.output_item.added", "image_generation_call")
+    added = next(e for e in events if (e["type"], e.get("item", {}).get("type")) == image_added)
     assert {e["item_id"] for e in image_events} == {added["item"]["id"]}
     assert {e["output_index"] for e in image_events} == {added["output_index"]}
     partials = [e for e in image_events if e["type"].endswith("partial_image")]
     assert [e["partial_image_index"] for e in partials] == [0, 1]
     assert all(e["size"] == "1024x1024" and e["output_format"] == "png" for e in partials)
-    done = next(
-        e for e in events
-        if e["type"] == "response.output_item.done" and e["item"]["type"] == "image_generation_call"
-    )  # fmt: skip
+    image_done = ("response.output_item.done", "image_generation_call")
+    done = next(e for e in events if (e["type"], e.get("item", {}).get("type")) == image_done)
     assert done["item"]["result"]
     assert done["item"]["quality"] == "low"
     assert events[-1]["type"] == "response.completed"
@@ -166,7 +162,7 @@ def test_images_are_stored_and_sent_back_for_an_edit(
                 "status": "completed",
             },
             {"role": "user", "content": "Make it green"},
-        ],  # fmt: skip
+        ],
     )
     listed = client.responses.input_items.list(again.id, order="asc")
     assert [i.type for i in listed.data] == ["image_generation_call", "message"]

@@ -13,18 +13,19 @@ from .errors import Dialect, Invalid, default_error_headers, error_body
 from .eventstream import CONTENT_TYPE as EVENTSTREAM
 from .eventstream import encode_message
 from .http import HttpResponse
+from .images import png_b64
 from .modes import (
     Echo,
     Error,
     Garbage,
     Hang,
+    Image,
     MaxTokens,
     MidStreamError,
     Replay,
     Reply,
     Slow,
     Thinking,
-    Image,
     ToolCalls,
 )
 from .recordings import load_fixture, split_bytes
@@ -34,7 +35,6 @@ from .render_chat import chat_error_frame, render_chat
 from .render_common import Rendered
 from .render_gemini import render_gemini
 from .render_responses import render_responses
-from .images import png_b64
 from .turn import Ids, Turn, compute_usage, last_user_text
 
 __all__ = ["Context", "error_response", "respond"]
@@ -91,9 +91,7 @@ def _turn(reply: Reply, ctx: Context) -> Turn:
         text, thought, signature = reply.text, reply.thought, reply.signature
     elif isinstance(reply, MaxTokens):
         text, stop = reply.text, "max_tokens"
-    elif isinstance(reply, MidStreamError) and reply.text is not None:
-        text = reply.text
-    elif isinstance(reply, Image):
+    elif (isinstance(reply, MidStreamError) and reply.text is not None) or isinstance(reply, Image):
         text = reply.text
     else:
         text = last_user_text(ctx.dialect, ctx.body)
@@ -104,7 +102,8 @@ def _turn(reply: Reply, ctx: Context) -> Turn:
         )
         count = int(tool.get("partial_images") or 0)
         partials = [png_b64(reply.size, reply.size, (60 * (i + 1), 0, 0)) for i in range(count)]
-        images.append((png_b64(reply.size, reply.size, (255, 0, 0)), partials, reply.revised_prompt))
+        final = png_b64(reply.size, reply.size, (255, 0, 0))
+        images.append((final, partials, reply.revised_prompt))
     return Turn(
         model=ctx.model,
         text=text,
