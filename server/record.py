@@ -295,7 +295,13 @@ async def record(
     kind = "stream" if stream else "json"
     stem = name or f"{_slug(target.model)}_{kind}_{time.strftime('%Y%m%d_%H%M%S')}"
     streamed = bool(call.stream) and tap.status < 400
-    body_name = f"{stem}.sse" if streamed else f"{stem}.json"
+    content_type = next((v for k, v in tap.headers if k.lower() == "content-type"), "")
+    binary = "eventstream" in content_type  # Bedrock's framing is not text: name it as it is
+    body_name = (
+        f"{stem}.eventstream"
+        if streamed and binary
+        else (f"{stem}.sse" if streamed else f"{stem}.json")
+    )
     secret_headers = frozenset(getattr(call, "secret_headers", frozenset()))
 
     try:
@@ -312,13 +318,16 @@ async def record(
     api_base = target.api_base.rstrip("/")
     suffix = call.url[len(api_base) :] if api_base and call.url.startswith(api_base) else None
     upstream_spec: dict[str, Any] = {"match": "exact"}
-    if suffix and not urlsplit(suffix).query:
-        upstream_spec["url"] = suffix
-    elif suffix:
-        upstream_spec["url"] = urlsplit(suffix).path
+    if suffix:
+        query = parse_qsl(urlsplit(suffix).query, keep_blank_values=True)
+        # Keep a query (api-version=…) in the check unless it carries a credential.
+        secret_query = any(_is_secret_name(k, frozenset()) for k, _ in query)
+        upstream_spec["url"] = urlsplit(suffix).path if secret_query else suffix
+    # Signed requests carry per-call headers (x-amz-date…): a case must not pin those.
     plain_headers = {
         k: v for k, v in call.headers.items()
         if not _is_secret_name(k, secret_headers) and k.lower() != "content-type"
+        and not k.lower().startswith("x-amz-")
     }  # fmt: skip
     if plain_headers:
         upstream_spec["headers"] = plain_headers
@@ -336,6 +345,10 @@ async def record(
         "request": {**body, "model": case_model},
         "upstream": upstream_spec,
     }
+    declared = target.mapping.defaults.get("settings") or {}
+    case_settings = {k: v for k, v in target.settings.items() if k in declared and v is not None}
+    if case_settings:  # settings the URL or body depend on (project, region, api_version)
+        case["settings"] = case_settings
     if error is not None:
         case["expect"] = {"error": {"status": error.status, "code": error.code}}
     else:
