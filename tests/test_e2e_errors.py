@@ -17,7 +17,16 @@ import pytest
 from openai import OpenAI
 
 from tests import oas
-from tests.conftest import SLOW_TIMEOUT_PROVIDER, Gateway, gateway_env, start_gateway, stop_gateway
+from tests.conftest import (
+    PROVIDERS,
+    SLOW_TIMEOUT_PROVIDER,
+    Gateway,
+    gateway_env,
+    label_for,
+    model_for,
+    start_gateway,
+    stop_gateway,
+)
 from tests.simulators import Error, Garbage, Hang, MidStreamError, Simulator
 
 
@@ -124,6 +133,21 @@ def test_upstream_http_errors_map_to_openai_errors(
     assert error["message"]
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize(("status", "expected"), [(400, 400), (429, 429), (503, 503)])
+def test_every_providers_native_error_body_is_translated(
+    gateway: Gateway, sim: Simulator, provider: str, status: int, expected: int
+) -> None:
+    """Each provider's own error envelope (five styles) becomes OpenAI's, message kept."""
+    sim.script(label_for(provider), Error(status))
+    reply = post(gateway, {"model": model_for(provider), "input": "hi"})
+    error = error_of(reply, expected)
+    assert error["message"].startswith(provider.removesuffix("_claude") + ":")
+    assert len(error["message"]) > len(provider) + 2  # the provider's own words follow
+    if status == 429:
+        assert error["type"] == "rate_limit_error"
+
+
 def test_upstream_garbage_is_a_502(gateway: Gateway, sim: Simulator) -> None:
     sim.script("openai", Garbage())
     error_of(post(gateway, {"model": "openai/gpt-4.1", "input": "hi"}), 502)
@@ -137,13 +161,13 @@ def test_upstream_timeout_is_a_504(gateway: Gateway, sim: Simulator) -> None:
     assert error["code"] == "upstream_timeout"
 
 
-@pytest.mark.parametrize("provider", ["anthropic", "openai", "openrouter", "gemini"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_mid_stream_failure_ends_in_response_failed_and_is_stored(
     gateway: Gateway, sim: Simulator, provider: str
 ) -> None:
     """Anchor 6: an upstream error after N chunks is a typed response.failed, then a clean close."""
-    sim.script(provider, MidStreamError(after_chunks=4, text="partial answer"))
-    model = {"gemini": "gemini/gemini-2.5-flash"}.get(provider, f"{provider}/m")
+    sim.script(label_for(provider), MidStreamError(after_chunks=4, text="partial answer"))
+    model = model_for(provider)
     lines: list[str] = []
     with httpx.stream(
         "POST", f"{gateway.url}/v1/responses",

@@ -316,3 +316,45 @@ def test_replayed_history_with_previous_response_id_is_not_duplicated(
     blocks = [b for m in sim.last.json["messages"] for b in m["content"] if isinstance(b, dict)]
     tool_uses = [b["id"] for b in blocks if b["type"] == "tool_use"]
     assert tool_uses == [call.call_id]
+
+
+# Providers whose reasoning carries opaque state the next turn must send back verbatim.
+SIGNED_REASONING = ["anthropic", "vertex_ai_claude", "bedrock", "openai", "azure"]
+
+
+@pytest.mark.parametrize("provider", SIGNED_REASONING)
+def test_reasoning_state_round_trips(provider: str, client: OpenAI, sim: Simulator) -> None:
+    """Anchor 7: reasoning items and their signatures survive to the next turn, per provider."""
+    sim.script(label_for(provider), Thinking(thought="Step one.", signature="sig-xyz", text="Ok"))
+    first = client.responses.create(
+        model=model_for(provider), input="Think.", reasoning={"effort": "low"}
+    )
+    assert [item.type for item in first.output] == ["reasoning", "message"]
+    assert first.output[0].encrypted_content  # type: ignore[union-attr]
+    client.responses.create(
+        model=model_for(provider),
+        input="Go on.",
+        reasoning={"effort": "low"},
+        previous_response_id=first.id,
+    )
+    sent = string_values(sim.last.json)
+    assert "sig-xyz" in sent  # the signature went back as the provider minted it
+    assert "Step one." in sent or dialect(provider) == "responses"  # and the thinking text
+
+
+@pytest.mark.parametrize("provider", ["gemini", "vertex_ai"])
+def test_gemini_family_call_signatures_round_trip(
+    provider: str, client: OpenAI, sim: Simulator
+) -> None:
+    tools: Any = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+    sim.script(label_for(provider), ToolCalls([("lookup", {})], signature="sig-call"))
+    first = client.responses.create(model=model_for(provider), input="Look up.", tools=tools)
+    call = next(i for i in first.output if i.type == "function_call")
+    client.responses.create(
+        model=model_for(provider),
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "ok"}],
+        tools=tools,
+        previous_response_id=first.id,
+    )
+    model_turn = sim.last.json["contents"][1]
+    assert model_turn["parts"][0]["thoughtSignature"] == "sig-call"
