@@ -18,15 +18,31 @@ import httpx
 from litestar import Litestar
 from litestar.datastructures import State
 
+from engine.diagnostics import Problem
+from engine.errors import ConfigError
 from engine.registry import MappingRegistry
 from server.config import Settings
 from server.errors import exception_handlers
 from server.gateway import Gateway, RegistryLike
-from server.routes import health, v1_router
+from server.routes import health, health_deployments, metrics, v1_router
 from server.stores import ResponseStore, open_store
+from server.telemetry import Telemetry
 from server.upstream import Upstream
 
 __all__ = ["create_app"]
+
+
+def _telemetry(settings: Settings) -> Telemetry:
+    """The `logging:` sinks, built at once so a bad entry stops start-up as a config error."""
+    try:
+        return Telemetry(
+            settings.logging,
+            env=settings.env,
+            extra_secrets=[settings.master_key] if settings.master_key else [],
+        )
+    except (ValueError, TypeError, ImportError, AttributeError) as exc:
+        where = settings.config_path or "<config>"
+        raise ConfigError([Problem(where, 1, 1, "logging", str(exc))]) from None
 
 
 def create_app(
@@ -39,6 +55,7 @@ def create_app(
     """Build the app. `registry`/`store`/`transport` replace the real ones (tests); a store
     passed in is not closed on shutdown, since the caller owns it."""
     mappings: RegistryLike = registry or MappingRegistry.load(settings.mappings_dir)
+    telemetry = _telemetry(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -46,17 +63,28 @@ def create_app(
         the_store = open_store(settings.store) if store is None else store
         upstream = Upstream(transport=transport)
         upstream.start()
-        app.state.gateway = Gateway(settings, mappings, the_store, upstream)
+        gateway = Gateway(settings, mappings, the_store, upstream)
+        app.state.gateway = gateway
+        # Started here, on the server's loop: sinks run worker tasks and HTTP clients.
+        await telemetry.start()
+        gateway.telemetry = telemetry
+        app.state.telemetry = telemetry
         try:
             yield
         finally:
+            await telemetry.aclose()
             await upstream.aclose()
             if owned:
                 await the_store.close()
 
     master_key = settings.master_key.encode() if settings.master_key else None
     return Litestar(
-        route_handlers=[v1_router(guarded=bool(settings.master_key)), health],
+        route_handlers=[
+            v1_router(guarded=bool(settings.master_key)),
+            health,
+            health_deployments,
+            metrics,
+        ],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         request_max_body_size=settings.limits.max_body_bytes,

@@ -67,6 +67,9 @@ class Deployment:
     region: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     credentials: dict[str, str] = field(default_factory=dict, repr=False)
+    timeout_s: float | None = None  # read timeout of this deployment (else the provider's)
+    # Dollars per million tokens for this deployment (server/pricing.py), None: the price data.
+    pricing: dict[str, Any] | None = None
 
     @property
     def provider(self) -> str:
@@ -95,6 +98,7 @@ class RouterSettings:
     timeout_s: float = 600.0
     cooldown_s: float = 5.0
     allowed_fails: int = 3
+    backoff_s: float = 0.5  # first retry wait of the same deployment; doubles, with jitter
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,8 @@ class ServerSettings:
 @dataclass(frozen=True)
 class LimitsSettings:
     max_body_bytes: int = 32 * 1024 * 1024
+    # A generated image larger than this fails the response with image_too_large.
+    max_image_bytes: int = 20 * 1024 * 1024
 
 
 def env_prefix(pid: str) -> str:
@@ -126,6 +132,8 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     mappings_dir: str = DEFAULT_MAPPINGS_DIR
     logging: list[dict[str, Any]] = field(default_factory=list)
+    # Price overrides by alias, provider/model or glob (server/pricing.py).
+    pricing: dict[str, dict[str, Any]] = field(default_factory=dict)
     config_path: str | None = None
     # The environment given to load_config (a snapshot), for the conventional variables.
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -154,7 +162,7 @@ class Settings:
                 **({"region": deployment.region} if deployment.region else {}),
                 **deployment.settings,
             },
-            timeout_s=base.timeout_s,
+            timeout_s=deployment.timeout_s or base.timeout_s,
             credentials={**base.credentials, **deployment.credentials},
         )
 
@@ -302,16 +310,19 @@ def _build(data: dict[str, Any], path: str, env: dict[str, str]) -> Settings:
             timeout_s=float(router.get("timeout_s", defaults_r.timeout_s)),
             cooldown_s=float(router.get("cooldown_s", defaults_r.cooldown_s)),
             allowed_fails=router.get("allowed_fails", defaults_r.allowed_fails),
+            backoff_s=float(router.get("backoff_s", defaults_r.backoff_s)),
         ),
         server=ServerSettings(
             host=server.get("host", defaults_s.host),
             port=server.get("port", defaults_s.port),
         ),
         limits=LimitsSettings(
-            max_body_bytes=limits.get("max_body_bytes", defaults_l.max_body_bytes)
+            max_body_bytes=limits.get("max_body_bytes", defaults_l.max_body_bytes),
+            max_image_bytes=limits.get("max_image_bytes", defaults_l.max_image_bytes),
         ),
         mappings_dir=mappings_dir,
         logging=[dict(entry) for entry in data.get("logging") or []],
+        pricing={k: dict(v) for k, v in (data.get("pricing") or {}).items()},
         config_path=path,
         env=env,
     )
@@ -328,4 +339,6 @@ def _deployment(d: dict[str, Any]) -> Deployment:
         region=_opt(d.get("region")),
         settings=dict(d.get("settings") or {}),
         credentials={k: str(v) for k, v in (d.get("credentials") or {}).items() if v},
+        timeout_s=_num(d.get("timeout_s")),
+        pricing=dict(d["pricing"]) if d.get("pricing") else None,
     )

@@ -23,10 +23,12 @@ it costs OpenAI clients nothing and makes the stream Open Responses conformant.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import anyio
@@ -43,7 +45,17 @@ from server.credentials import (
     resolve_settings,
     static_credentials,
 )
+from server.pricing import Price, PriceBook, UsageCounts, usage_counts
+from server.router import (
+    MAX_WAIT_S,
+    DeploymentState,
+    Router,
+    affinity_of,
+    is_context_window_error,
+    is_retryable,
+)
 from server.stores.base import ChainError, ResponseStore, StoredResponse
+from server.telemetry.hub import CURRENT, RequestContext, Telemetry
 from server.upstream import Upstream, UpstreamCall, UpstreamStream
 
 __all__ = [
@@ -137,16 +149,21 @@ class Target:
     deployment: str | None
     # Credentials still to fetch per request (OAuth tokens), by name.
     pending: tuple[str, ...] = ()
+    # The router's id of the alias deployment ("claude#0"); None for a direct provider/model.
+    deployment_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class JsonReply:
     response: dict[str, Any]
+    # Response headers (x-turnout-deployment, x-turnout-attempts): no keys, no URLs.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class StreamReply:
     chunks: AsyncIterator[bytes]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 _REPORTED_UNKNOWN: set[tuple[str, str]] = set()
@@ -176,6 +193,8 @@ class _Source:
         self._mapping = mapping
         self._ops = ops
         self._stream = stream
+        # Called once when the upstream reply is released (the router's in-flight count).
+        self.on_close: Callable[[], Any] | None = None
 
     async def batches(self) -> AsyncGenerator[list[dict[str, Any]], None]:
         if self._stream is None:
@@ -192,6 +211,19 @@ class _Source:
     async def aclose(self) -> None:
         if self._stream is not None:
             await self._stream.aclose()
+        if self.on_close is not None:
+            self.on_close()
+
+
+@dataclass(slots=True)
+class _Opened:
+    """The attempt that got a 2xx: where it went and the trail of attempts before it."""
+
+    target: Target
+    source: _Source
+    status: int
+    attempts: list[dict[str, Any]]
+    state: DeploymentState | None
 
 
 @dataclass(slots=True)
@@ -207,6 +239,8 @@ class _Run:
     store: bool
     upstream_status: int
     events: list[dict[str, Any]] = field(default_factory=list)
+    # One entry per upstream attempt: deployment, status, error code, latency (no secrets).
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Gateway:
@@ -232,27 +266,30 @@ class Gateway:
         # Keys are bounded (registry providers, configured deployments), never client strings.
         self._conns: dict[object, ProviderSettings] = {}
         self.google_tokens = GoogleTokens()
+        self.router = Router(settings.router, settings.models)
+        # Cost of every response (server/pricing.py); the telemetry hub is wired in by the app
+        # (server/app.py) and stays None for a bare Gateway (unit tests).
+        self.prices = PriceBook(settings.pricing)
+        self.telemetry: Telemetry | None = None
 
     # -- model resolution -------------------------------------------------------------------
 
     def pick_deployment(self, alias: str, spec: ModelAlias) -> Deployment:
-        """The deployment serving `alias`. The router replaces this with balancing and
-        fallbacks; until then the first deployment wins."""
-        return spec.deployments[0]
+        """The deployment the router would try first for `alias` (balancing, limits,
+        cooldowns); the first one when none is usable."""
+        state = self.router.pick(alias).state
+        return state.deployment if state is not None else spec.deployments[0]
 
     def resolve(self, model: str) -> Target:
         """`model` as an alias from `settings.models`, or `provider/model` with a provider the
-        registry knows; 400 `model_not_found` otherwise, 401 `missing_api_key` without a key."""
+        registry knows; 400 `model_not_found` otherwise, 401 `missing_api_key` without a key.
+        For an alias this is the router's first choice; `create` walks the attempts itself."""
         spec = self.settings.models.get(model)
         if spec is not None and spec.deployments:
-            dep = self.pick_deployment(model, spec)
-            mapping = self._mapping(dep.provider, dep.provider_model)
-            if mapping is None:  # config names a provider with no mapping file
-                raise self._unknown_model(model)
-            conn = self._conns.get(id(dep))
-            if conn is None:
-                conn = self._conns[id(dep)] = self.settings.for_deployment(dep)
-            return self._target(mapping, dep.provider_model, conn, dep.model)
+            state = self.router.pick(model).state
+            if state is None:
+                state = self.router.groups[model][0]
+            return self._deployment_target(state, model)
         provider, sep, upstream_model = model.partition("/")
         mapping = self._mapping(provider, upstream_model) if sep and upstream_model else None
         if mapping is None:
@@ -261,6 +298,18 @@ class Gateway:
         if conn is None:
             conn = self._conns[provider] = self.settings.provider(provider)
         return self._target(mapping, upstream_model, conn, None)
+
+    def _deployment_target(self, state: DeploymentState, model: str) -> Target:
+        """The target of one alias deployment: its own mapping (a Chat-Completions deployment
+        gets the chat mapping even as a fallback of a Responses one: anchor-failures 11)."""
+        dep = state.deployment
+        mapping = self._mapping(dep.provider, dep.provider_model)
+        if mapping is None:  # config names a provider with no mapping file
+            raise self._unknown_model(model)
+        conn = self._conns.get(id(dep))
+        if conn is None:
+            conn = self._conns[id(dep)] = self.settings.for_deployment(dep)
+        return self._target(mapping, dep.provider_model, conn, dep.model, state.id)
 
     def _mapping(self, provider: str, model: str) -> MappingLike | None:
         # A provider may serve some models through a variant mapping (Claude on Vertex).
@@ -285,6 +334,7 @@ class Gateway:
         model: str,
         conn: ProviderSettings,
         deployment: str | None,
+        deployment_id: str | None = None,
     ) -> Target:
         defaults = mapping.defaults
         env = self.settings.env
@@ -309,6 +359,7 @@ class Gateway:
             timeout_s=conn.timeout_s or self.settings.router.timeout_s,
             deployment=deployment,
             pending=tuple(pending),
+            deployment_id=deployment_id,
         )
 
     async def _fetch_pending(self, target: Target) -> dict[str, str]:
@@ -351,10 +402,13 @@ class Gateway:
 
     async def history(self, previous_response_id: str | None) -> list[dict[str, Any]]:
         """Input + output items of the chain, oldest first (instructions are not carried)."""
+        return _items(await self._chain(previous_response_id))
+
+    async def _chain(self, previous_response_id: str | None) -> list[StoredResponse]:
         if previous_response_id is None:
             return []
         try:
-            chain = await self.store.chain(previous_response_id)
+            return await self.store.chain(previous_response_id)
         except ChainError:
             raise RequestError(
                 404,
@@ -362,11 +416,6 @@ class Gateway:
                 param="previous_response_id",
                 code="previous_response_not_found",
             ) from None
-        items: list[dict[str, Any]] = []
-        for record in chain:
-            items.extend(record.input_items)
-            items.extend(record.response.get("output") or [])
-        return items
 
     # -- create -----------------------------------------------------------------------------
 
@@ -383,16 +432,10 @@ class Gateway:
                 param="previous_response_id",
                 code="invalid_type",
             )
-        canon = normalize(body, await self.history(prev))
-        target = self.resolve(canon.model)
-        call = target.mapping.build_request(
-            canon,
-            model=target.model,
-            api_base=target.api_base,
-            credentials=await self._fetch_pending(target),
-            settings=target.settings,
-        )
-        source, status = await self._open(call, target)
+        chain = await self._chain(prev)
+        canon = normalize(body, _items(chain))
+        opened = await self._attempt(canon, chain)
+        target = opened.target
         builder = ResponseBuilder(
             self.ids.response(),
             int(time.time()),
@@ -401,26 +444,155 @@ class Gateway:
             canon.model,
             ids=self.ids,
             provider=target.provider,
+            max_image_bytes=self.settings.limits.max_image_bytes,
         )
+        if opened.state is not None:
+            # Released when the upstream reply is (or, if the client never read it, at GC).
+            opened.source.on_close = weakref.finalize(
+                opened.source, _release, self.router, opened.state, builder
+            )
         run = _Run(
             canon=canon,
             target=target,
             builder=builder,
-            source=source,
+            source=opened.source,
             # The body minus input (kept as input_items); it holds no credentials.
             request={k: v for k, v in body.items() if k != "input"},
             previous_response_id=prev,
             store=bool(canon.view.get("store", True)),
-            upstream_status=status,
+            upstream_status=opened.status,
+            attempts=opened.attempts,
         )
+        headers = {
+            "x-turnout-deployment": target.deployment or canon.model,
+            "x-turnout-attempts": str(len(opened.attempts)),
+        }
         if canon.stream:
-            return StreamReply(self._sse(run))
+            return StreamReply(self._sse(run), headers)
         async with aclosing(self._stored_events(run)) as events:
             async for _ in events:
                 pass
-        return JsonReply(builder.response)
+        return JsonReply(builder.response, headers)
+
+    async def _call(self, canon: CanonicalRequest, target: Target) -> UpstreamCall:
+        return target.mapping.build_request(
+            canon,
+            model=target.model,
+            api_base=target.api_base,
+            credentials=await self._fetch_pending(target),
+            settings=target.settings,
+        )
+
+    async def _attempt(self, canon: CanonicalRequest, chain: list[StoredResponse]) -> _Opened:
+        """Open the upstream reply: one attempt for `provider/model`; for an alias, the router's
+        attempts (retries, cooldowns, fallbacks, context-window fallbacks) until one answers
+        2xx. Nothing has reached the client yet, so failing over here is always safe."""
+        spec = self.settings.models.get(canon.model)
+        if spec is None or not spec.deployments:
+            target = self.resolve(canon.model)
+            started = time.monotonic()
+            source, status = await self._open(await self._call(canon, target), target)
+            return _Opened(target, source, status, [_entry(target, None, status, started)], None)
+
+        router, rs = self.router, self.settings.router
+        deadline = time.monotonic() + rs.timeout_s
+        affinity = affinity_of(canon.view.get("entries") or [], chain)
+        queue = router.plan(canon.model)
+        attempts: list[dict[str, Any]] = []
+        last_upstream: UpstreamError | None = None
+        first_refusal: RequestError | None = None
+        limited: list[float] = []
+        cooling: list[float] = []
+        switched = False
+        i = 0
+        while i < len(queue):
+            alias = queue[i]
+            i += 1
+            tried: dict[str, int] = {}
+            excluded: set[str] = set()
+            group = router.groups.get(alias, [])
+            for _ in range(max(rs.retries + 1, len(group))):
+                pick = router.pick(alias, tried=tried, affinity=affinity, exclude=excluded)
+                state = pick.state
+                if state is None:
+                    if pick.retry_after is not None:
+                        (limited if pick.reason == "limited" else cooling).append(pick.retry_after)
+                    break
+                remaining = deadline - time.monotonic()
+                if pick.wait > MAX_WAIT_S or pick.wait >= remaining:
+                    break  # not worth waiting for: on to the fallbacks
+                if pick.wait > 0:
+                    await anyio.sleep(pick.wait)
+                    remaining = deadline - time.monotonic()
+                started = time.monotonic()
+                router.begin(state)
+                try:
+                    target = self._deployment_target(state, alias)
+                    timeout = min(target.timeout_s or remaining, remaining)
+                    target = replace(target, timeout_s=timeout)
+                    source, status = await self._open(await self._call(canon, target), target)
+                except RequestError as exc:
+                    # This deployment cannot serve the request (a parameter its provider cannot
+                    # honour, no key configured): another one may.
+                    router.finished(state)
+                    attempts.append(_entry(state, state, exc.status, started, exc.code))
+                    excluded.add(state.id)
+                    first_refusal = first_refusal or exc
+                    continue
+                except UpstreamError as exc:
+                    router.failed(state, exc, time.monotonic() - started)
+                    router.finished(state)
+                    attempts.append(_entry(state, state, exc.status, started, exc.code))
+                    log.info(
+                        "attempt %d on %s failed: %s %s",
+                        len(attempts), state.id, exc.status, exc.code,
+                    )  # fmt: skip
+                    if is_context_window_error(exc) and not switched:
+                        switched = True
+                        bigger = router.plan(alias, context_window=True) or router.plan(
+                            canon.model, context_window=True
+                        )
+                        done = queue[:i]
+                        queue = done + [a for a in bigger if a not in done]
+                        if len(queue) > i:
+                            last_upstream = exc
+                            break
+                    if not is_retryable(exc):
+                        raise
+                    tried[state.id] = tried.get(state.id, 0) + 1
+                    last_upstream = exc
+                    continue
+                except BaseException:
+                    router.finished(state)  # cancelled (client left) or a bug: release it
+                    raise
+                router.succeeded(state, time.monotonic() - started)
+                attempts.append(_entry(state, state, status, started))
+                return _Opened(target, source, status, attempts, state)
+        if last_upstream is not None:
+            raise last_upstream
+        if first_refusal is not None:
+            raise first_refusal
+        if limited:
+            raise UpstreamError(
+                429,
+                f"Every deployment of '{canon.model}' is at its rate limit (rpm/tpm); "
+                f"retry after {math.ceil(min(limited))}s.",
+                code="rate_limit_exceeded",
+                type="requests",
+                retry_after=min(limited),
+            )
+        raise UpstreamError(
+            503,
+            f"No deployment of '{canon.model}' is available: all are cooling down after "
+            "repeated failures.",
+            code="no_healthy_deployment",
+            type="server_error",
+            retry_after=min(cooling) if cooling else None,
+        )
 
     async def _open(self, call: UpstreamCall, target: Target) -> tuple[_Source, int]:
+        """Send the request; returns once a 2xx status arrived (the whole body when not
+        streaming), raising `UpstreamError` before anything reached the client."""
         if call.stream:
             stream = await self.upstream.open_stream(
                 call, target.mapping, read_timeout_s=target.timeout_s
@@ -479,13 +651,28 @@ class Gateway:
             yield DONE
 
     async def _store(self, run: _Run) -> None:
+        """Price the response, hand the telemetry its facts, then write the record. With
+        `store: false` nothing is written (the client's choice: spend queries do not see that
+        response); its cost still reaches the logs and metrics."""
+        response = run.builder.response
+        created_at = int(response.get("created_at") or time.time())
+        counts = usage_counts(response.get("usage"))
+        price = self._cost(run, counts, created_at)
+        usage = response.get("usage")
+        if isinstance(usage, dict):
+            # In the body as `usage.cost` (US dollars, null when unknown): an extra key that the
+            # SDK's strict validation and OpenAI's schema accept. Set before the terminal event
+            # leaves, so the stored Response, the terminal event and the JSON reply agree.
+            usage["cost"] = None if price is None else price.cost
+        tags = _tags(run.request.get("metadata"))
+        ctx = CURRENT.get()
+        self._notify(ctx, run, counts, price, tags)
         if not run.store:
             return
-        response = run.builder.response
         await self.store.put(
             StoredResponse(
                 id=str(response["id"]),
-                created_at=int(response.get("created_at") or time.time()),
+                created_at=created_at,
                 model=str(response.get("model") or run.canon.model),
                 provider=run.target.provider,
                 status=str(response.get("status")),
@@ -495,13 +682,122 @@ class Gateway:
                 request=run.request,
                 previous_response_id=run.previous_response_id,
                 deployment=run.target.deployment,
-                attempts=[
-                    {
-                        "provider": run.target.provider,
-                        "model": run.target.model,
-                        "status": run.upstream_status,
-                    }
-                ],
-                cost=None,
+                attempts=run.attempts,
+                cost=None if price is None else price.cost,
+                input_tokens=counts.input_tokens,
+                cached_tokens=counts.cached_tokens,
+                cache_write_tokens=counts.cache_write_tokens,
+                output_tokens=counts.output_tokens,
+                reasoning_tokens=counts.reasoning_tokens,
+                api_key_id=ctx.api_key_id if ctx is not None else None,
+                tags=tags,
             )
         )
+
+    def _cost(self, run: _Run, counts: UsageCounts, created_at: int) -> Price | None:
+        """The response's price, or None (counted as an unknown price, never an error)."""
+        target = run.target
+        pricing = None
+        if target.deployment_id is not None:
+            state = self.router.state(target.deployment_id)
+            pricing = state.deployment.pricing if state is not None else None
+        try:
+            price = self.prices.cost(
+                target.provider, target.model, counts, alias=run.canon.model,
+                deployment_pricing=pricing, created_at=created_at,
+            )  # fmt: skip
+        except Exception:  # pricing must never fail a response
+            log.exception("pricing %s/%s failed", target.provider, target.model)
+            price = None
+        if price is None and self.telemetry is not None:
+            self.telemetry.unknown_price(target.provider, target.model)
+        return price
+
+    def _notify(
+        self,
+        ctx: RequestContext | None,
+        run: _Run,
+        counts: UsageCounts,
+        price: Price | None,
+        tags: dict[str, str],
+    ) -> None:
+        """What only the gateway knows, for the request's telemetry record (emitted by the
+        route once the reply is over: `Telemetry.finish`)."""
+        if ctx is None:
+            return
+        response = run.builder.response
+        ctx.response_id = str(response.get("id"))
+        ctx.status = str(response.get("status"))
+        ctx.provider = run.target.provider
+        ctx.upstream_model = run.target.model
+        ctx.response_model = str(response.get("model") or run.canon.model)
+        ctx.deployment = run.target.deployment
+        ctx.attempts = list(run.attempts)
+        ctx.usage = {
+            "input_tokens": counts.input_tokens,
+            "cached_tokens": counts.cached_tokens,
+            "cache_write_tokens": counts.cache_write_tokens,
+            "output_tokens": counts.output_tokens,
+            "reasoning_tokens": counts.reasoning_tokens,
+        }
+        ctx.cost = None if price is None else price.cost
+        ctx.cost_source = None if price is None else price.source
+        ctx.metadata = tags
+        error = response.get("error")
+        if isinstance(error, dict):
+            ctx.error = {**error, "type": "response.failed"}
+        telemetry = self.telemetry
+        if telemetry is not None and telemetry.capture_prompts:
+            ctx.captured["instructions"] = response.get("instructions")
+            ctx.captured["input"] = run.canon.input_items
+        if telemetry is not None and telemetry.capture_outputs:
+            ctx.captured["output"] = response.get("output")
+
+
+def _tags(metadata: Any) -> dict[str, str]:
+    """The request's `metadata` as spend tags (OpenAI allows 16 string pairs; anything else
+    is not a tag)."""
+    if not isinstance(metadata, dict):
+        return {}
+    return {str(k): str(v) for k, v in list(metadata.items())[:16] if isinstance(v, str | int)}
+
+
+def _items(chain: Sequence[StoredResponse]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for record in chain:
+        items.extend(record.input_items)
+        items.extend(record.response.get("output") or [])
+    return items
+
+
+def _entry(
+    where: Target | DeploymentState,
+    state: DeploymentState | None,
+    status: int,
+    started: float,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """One attempt in the stored trail: which deployment, how it ended, how long it took."""
+    if isinstance(where, DeploymentState):
+        deployment, provider = where.model, where.provider
+    else:
+        deployment, provider = where.deployment or f"{where.provider}/{where.model}", where.provider
+    return {
+        "deployment": deployment,
+        "deployment_id": state.id if state is not None else None,
+        "provider": provider,
+        "status": status,
+        "code": code,
+        "ok": 200 <= status < 300,
+        "latency_ms": round((time.monotonic() - started) * 1000, 1),
+    }
+
+
+def _release(router: Router, state: DeploymentState, builder: ResponseBuilder) -> None:
+    """The upstream reply of `state` is over: count it out of in-flight, its tokens in tpm."""
+    try:
+        usage = builder._usage_obj()  # usage as fed so far (finish() may not have run yet)
+        tokens = int(usage.get("total_tokens") or 0)
+    except Exception:  # never let accounting break a reply
+        tokens = 0
+    router.finished(state, tokens)

@@ -7,9 +7,12 @@ store, and shape the reply. Query parameters are read by hand so that both `incl
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
+import anyio
 import orjson
 from litestar import Request, Response, Router, delete, get, post
 from litestar.connection import ASGIConnection
@@ -21,9 +24,18 @@ from litestar.response import Stream
 
 from engine.errors import RequestError
 from server.gateway import Gateway, JsonReply, replay_sse
-from server.stores.base import StoredResponse, UnknownCursorError
+from server.stores.base import SpendQuery, StoredResponse, UnknownCursorError
+from server.telemetry import CONTENT_TYPE_LATEST, CURRENT, RequestContext, Telemetry
 
-__all__ = ["SSE_HEADERS", "health", "v1_router"]
+__all__ = [
+    "SSE_HEADERS",
+    "api_key_id",
+    "format_cost",
+    "health",
+    "health_deployments",
+    "metrics",
+    "v1_router",
+]
 
 SSE_HEADERS = {
     "cache-control": "no-cache",
@@ -113,10 +125,68 @@ async def create_response(request: Request[Any, Any, Any]) -> Response[Any]:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise RequestError(400, _INVALID_JSON, code="invalid_json") from None
-    reply = await _gateway(request).create(body)
+    telemetry: Telemetry | None = getattr(request.app.state, "telemetry", None)
+    if telemetry is None:
+        reply = await _gateway(request).create(body)
+    else:
+        # One telemetry record per request, emitted once the reply is over (or failed).
+        ctx = telemetry.begin(
+            stream=isinstance(body, dict) and body.get("stream") is True,
+            model=str(body.get("model")) if isinstance(body, dict) else None,
+            api_key_id=api_key_id(request.headers.get("authorization", "")),
+        )
+        try:
+            reply = await _gateway(request).create(body)
+        except Exception as exc:
+            telemetry.finish(ctx, error=exc)
+            raise
+        except BaseException:
+            telemetry.finish(ctx)
+            raise
     if isinstance(reply, JsonReply):
-        return _json(reply.response)
-    return Stream(reply.chunks, media_type="text/event-stream", headers=SSE_HEADERS)
+        response = _json(reply.response)
+        response.headers.update(reply.headers)
+        if telemetry is not None:
+            if ctx.cost is not None:
+                response.headers["x-turnout-cost"] = format_cost(ctx.cost)
+            telemetry.finish(ctx)
+        return response
+    chunks = reply.chunks if telemetry is None else _watched(telemetry, ctx, reply.chunks)
+    return Stream(chunks, media_type="text/event-stream", headers={**SSE_HEADERS, **reply.headers})
+
+
+def api_key_id(authorization: str) -> str | None:
+    """`key_` + 24 hex digits of the bearer token's SHA-256: groups spend by key without ever
+    storing the key (API keys are long random strings, so the hash cannot be walked back)."""
+    scheme, _sep, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return "key_" + hashlib.sha256(token.encode()).hexdigest()[:24]
+
+
+def format_cost(cost: float) -> str:
+    """US dollars, plain decimal notation (never 1e-05), trailing zeros dropped."""
+    return f"{cost:.10f}".rstrip("0").rstrip(".") or "0"
+
+
+async def _watched(
+    telemetry: Telemetry, ctx: RequestContext, chunks: AsyncIterator[bytes]
+) -> AsyncGenerator[bytes, None]:
+    """The SSE chunks, timing the first byte and closing the request's telemetry after the
+    last one (or when the client goes away). The cost of a stream is only known at its end,
+    so it is not a header: it is in the terminal event's `usage.cost`, the store and the logs."""
+    CURRENT.set(ctx)  # the stream may run in another task than the handler did
+    try:
+        async for chunk in chunks:
+            telemetry.mark_first_byte(ctx)
+            yield chunk
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            with anyio.CancelScope(shield=True):
+                await close()
+        telemetry.finish(ctx)
 
 
 @get("/responses/{response_id:str}")
@@ -199,6 +269,80 @@ async def list_input_items(
     )
 
 
+def _model(model_id: str, owned_by: str, created: int) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
+
+
+def _models(gateway: Gateway) -> list[dict[str, Any]]:
+    """Aliases first (owned by turnout), then one `provider/*` pattern per loaded mapping."""
+    created = gateway.router.created
+    data = [_model(alias, "turnout", created) for alias in gateway.settings.models]
+    data.extend(_model(f"{pid}/*", pid, created) for pid in gateway.registry.providers)
+    return data
+
+
+@get("/models")
+async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """OpenAI's model list: the aliases and the direct `provider/<model>` patterns."""
+    return _json({"object": "list", "data": _models(_gateway(request))})
+
+
+@get("/models/{model_id:path}")
+async def retrieve_model(
+    request: Request[Any, Any, Any], model_id: FromPath[str]
+) -> Response[bytes]:
+    gateway = _gateway(request)
+    name = model_id.lstrip("/")
+    created = gateway.router.created
+    if name in gateway.settings.models:
+        return _json(_model(name, "turnout", created))
+    provider, sep, rest = name.partition("/")
+    if sep and rest and provider in gateway.registry.providers:
+        return _json(_model(name, provider, created))
+    raise RequestError(
+        404, f"The model '{name}' does not exist.", param="model", code="model_not_found"
+    )
+
+
+@get("/health/deployments", guards=[require_master_key])
+async def health_deployments(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Each alias deployment's live state: healthy or cooling down, in flight, latency, usage."""
+    gateway = _gateway(request)
+    return _json(
+        {"strategy": gateway.settings.router.strategy, "deployments": gateway.router.snapshot()}
+    )
+
+
+@get("/spend")
+async def spend(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Totals from the store: `group_by=model|deployment|provider|api_key|metadata:<key>`,
+    `start`/`end` (unix seconds, `[start, end)`), optional `model` filter."""
+    query = request.query_params
+    group_by = query.get("group_by") or "model"
+    start = _int(query, "start", None, 0, 2**62)
+    end = _int(query, "end", None, 0, 2**62)
+    try:
+        spec = SpendQuery(group_by=group_by, start=start, end=end, model=query.get("model"))
+    except ValueError as exc:
+        raise RequestError(400, str(exc), param="group_by", code="invalid_value") from None
+    report = await _gateway(request).store.spend(spec)
+    return _json(report.as_json())
+
+
+@get("/metrics", guards=[require_master_key])
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus text exposition; on when `logging:` lists `{type: prometheus}`."""
+    telemetry: Telemetry | None = getattr(request.app.state, "telemetry", None)
+    if telemetry is None or not telemetry.metrics_enabled:
+        raise RequestError(
+            404, "Metrics are off: add {type: prometheus} to `logging` in the config.",
+            code="not_found",
+        )  # fmt: skip
+    return Response(
+        content=telemetry.metrics.render(), status_code=200, media_type=CONTENT_TYPE_LATEST
+    )
+
+
 @get("/health")
 async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Liveness plus store reachability (a lookup of an id that never exists)."""
@@ -219,6 +363,9 @@ def v1_router(*, guarded: bool = True) -> Router:
             delete_response,
             cancel_response,
             list_input_items,
+            list_models,
+            retrieve_model,
+            spend,
         ],
         guards=[require_master_key] if guarded else [],
     )

@@ -166,3 +166,36 @@ def test_images_are_stored_and_sent_back_for_an_edit(
     )
     listed = client.responses.input_items.list(again.id, order="asc")
     assert [i.type for i in listed.data] == ["image_generation_call", "message"]
+
+
+@pytest.fixture
+def small_image_gateway(provider_sim_session: Simulator, tmp_path: Path) -> Any:
+    from tests.conftest import gateway_env, start_gateway, stop_gateway
+
+    config = tmp_path / "turnout.yaml"
+    config.write_text("store: memory://\nlimits: {max_image_bytes: 40}\n", encoding="utf-8")
+    gw = start_gateway(config, gateway_env(provider_sim_session), tmp_path / "gateway.log")
+    yield gw
+    stop_gateway(gw)
+
+
+def test_an_image_over_the_size_limit_fails_clearly(
+    small_image_gateway: Gateway, provider_sim_session: Simulator
+) -> None:
+    provider_sim_session.reset()
+    provider_sim_session.script("openai", Image())
+    events: list[dict[str, Any]] = []
+    with httpx.stream(
+        "POST", f"{small_image_gateway.url}/v1/responses", timeout=30,
+        json={"model": "openai/gpt-4.1", "input": "Draw", "tools": [IMAGE_TOOL], "stream": True},
+    ) as reply:  # fmt: skip
+        for line in reply.iter_lines():
+            if line.startswith("data: {"):
+                events.append(orjson.loads(line[6:]))
+    for event in events:
+        oas.validate_event(event)
+    assert events[-1]["type"] == "response.failed"
+    error = events[-1]["response"]["error"]
+    assert error["code"] == "image_too_large"
+    assert "max_image_bytes" in error["message"]
+    assert not any("partial_image_b64" in e for e in events)  # nothing oversized went out

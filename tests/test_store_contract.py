@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,11 +27,13 @@ from server.stores import (
     MemoryStore,
     MissingChainLinkError,
     ResponseStore,
+    SpendQuery,
     SQLiteStore,
     StoredResponse,
     UnknownCursorError,
     open_store,
 )
+from server.stores.base import aggregate_spend
 from server.stores.sqlite import SCHEMA_VERSION
 
 pytestmark = pytest.mark.anyio
@@ -434,3 +437,152 @@ def test_stores_are_constructible_without_a_loop(tmp_path: Path) -> None:
     for make in factories:
         s = make()
         asyncio.run(s.close())
+
+
+# -- spend (issue 5) ----------------------------------------------------------------------------
+
+
+def priced(rid: str, **changes: Any) -> StoredResponse:
+    defaults: dict[str, Any] = {
+        "input_tokens": 100, "cached_tokens": 40, "cache_write_tokens": 5, "output_tokens": 20,
+        "reasoning_tokens": 8, "api_key_id": "key_a", "tags": {"team": "search"},
+    }  # fmt: skip
+    defaults.update(changes)
+    return record(rid, **defaults)
+
+
+SPEND_ROWS = [
+    priced("s1", created_at=100, cost=1.0),
+    priced("s2", created_at=200, cost=2.0, tags={"team": "ads"}, api_key_id="key_b"),
+    priced("s3", created_at=300, cost=None, model="gpt-x", provider="openai", deployment=None),
+    priced("s4", created_at=400, cost=0.5, model="gpt-x", provider="openai", tags={}),
+]
+
+
+async def test_accounting_fields_round_trip(store: ResponseStore) -> None:
+    rec = SPEND_ROWS[1]
+    await store.put(rec)
+    got = await store.get(rec.id)
+    assert got is not None and same_record(got, rec)
+
+
+async def test_spend_groups_filters_and_counts_tombstones(store: ResponseStore) -> None:
+    for rec in SPEND_ROWS:
+        await store.put(rec)
+    assert await store.delete("s1")  # a deleted response was still paid for
+    report = await store.spend(SpendQuery())
+    rows = {r.key: r for r in report.data}
+    assert rows["claude-sonnet-4"].requests == 2 and rows["claude-sonnet-4"].cost == 3.0
+    assert rows["gpt-x"].requests == 2 and rows["gpt-x"].cost == 0.5
+    assert rows["gpt-x"].unpriced_requests == 1
+    assert [r.key for r in report.data] == ["claude-sonnet-4", "gpt-x"]  # by cost
+    total = report.total
+    assert (total.requests, total.input_tokens, total.cached_tokens, total.cache_write_tokens,
+            total.output_tokens, total.reasoning_tokens) == (4, 400, 160, 20, 80, 32)  # fmt: skip
+    assert total.cost == pytest.approx(3.5)
+
+    def keyed(r: Any) -> dict[Any, tuple[int, Any]]:
+        return {row.key: (row.requests, row.cost) for row in r.data}
+
+    assert keyed(await store.spend(SpendQuery("provider"))) == {
+        "anthropic": (2, 3.0), "openai": (2, 0.5)
+    }  # fmt: skip
+    assert keyed(await store.spend(SpendQuery("deployment"))) == {
+        "anthropic-eu": (3, 3.5), None: (1, None)
+    }  # fmt: skip
+    assert keyed(await store.spend(SpendQuery("api_key"))) == {
+        "key_a": (3, 1.5), "key_b": (1, 2.0)
+    }  # fmt: skip
+    assert keyed(await store.spend(SpendQuery("metadata:team"))) == {
+        "search": (2, 1.0), "ads": (1, 2.0), None: (1, 0.5)
+    }  # fmt: skip
+    # [start, end) and the model filter.
+    assert keyed(await store.spend(SpendQuery("model", start=200, end=400))) == {
+        "claude-sonnet-4": (1, 2.0), "gpt-x": (1, None)
+    }  # fmt: skip
+    only = await store.spend(SpendQuery("provider", model="gpt-x", start=350))
+    assert keyed(only) == {"openai": (1, 0.5)}
+    empty = await store.spend(SpendQuery(start=10_000))
+    assert empty.data == [] and empty.total.requests == 0 and empty.total.cost is None
+    body = report.as_json()
+    assert body["object"] == "spend" and body["group_by"] == "model"
+    assert set(body["data"][0]) == {
+        "key", "requests", "input_tokens", "cached_tokens", "cache_write_tokens",
+        "output_tokens", "reasoning_tokens", "cost", "unpriced_requests",
+    }  # fmt: skip
+    assert "key" not in body["total"]
+
+
+async def test_native_spend_equals_the_reference_aggregation(store: ResponseStore) -> None:
+    for rec in SPEND_ROWS:
+        await store.put(rec)
+    for group_by in ("model", "deployment", "provider", "api_key", "metadata:team"):
+        for start, end in ((None, None), (150, 350), (300, None)):
+            query = SpendQuery(group_by, start=start, end=end)
+            native = await store.spend(query)
+            reference = aggregate_spend(query, await store.accounting(query))
+            assert native == reference
+
+
+@pytest.mark.parametrize(
+    "group_by", ["colour", "metadata:", 'metadata:a"b', "metadata:a\\b", "metadata:" + "k" * 65]
+)
+def test_spend_query_rejects_bad_group_by(group_by: str) -> None:
+    with pytest.raises(ValueError, match="group_by"):
+        SpendQuery(group_by)
+
+
+_V1_TABLE = """
+CREATE TABLE responses (
+    id TEXT PRIMARY KEY NOT NULL, created_at INTEGER NOT NULL, model TEXT NOT NULL,
+    provider TEXT, status TEXT NOT NULL, previous_response_id TEXT, deployment TEXT, cost REAL,
+    deleted INTEGER NOT NULL, response BLOB NOT NULL, input_items BLOB NOT NULL, events BLOB,
+    request BLOB NOT NULL, attempts BLOB NOT NULL
+) STRICT
+"""
+
+
+async def test_sqlite_migrates_a_version_1_database(tmp_path: Path) -> None:
+    db = tmp_path / "v1.db"
+    conn = sqlite3.connect(db)
+    conn.execute(_V1_TABLE)
+    usage = {
+        "input_tokens": 50, "input_tokens_details": {"cached_tokens": 10, "cache_write_tokens": 2},
+        "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 3},
+    }  # fmt: skip
+    insert = "INSERT INTO responses VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    for rid, deleted, response, request in (
+        ("old1", 0, {"id": "old1", "usage": usage}, {"metadata": {"team": "x"}}),
+        ("old2", 0, {"id": "old2", "usage": None}, {"model": "m"}),
+        ("old3", 1, {}, {}),
+    ):
+        conn.execute(
+            insert,
+            (rid, 5, "m", "anthropic", "completed", None, None, 0.25, deleted,
+             orjson.dumps(response), b"[]", None, orjson.dumps(request), b"[]"),
+        )  # fmt: skip
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+
+    store = SQLiteStore(db)
+    try:
+        old1 = await store.get("old1")
+        assert old1 is not None
+        assert (old1.input_tokens, old1.cached_tokens, old1.cache_write_tokens,
+                old1.output_tokens, old1.reasoning_tokens) == (50, 10, 2, 7, 3)  # fmt: skip
+        assert old1.tags == {"team": "x"} and old1.api_key_id is None
+        old2 = await store.get("old2")
+        assert old2 is not None and old2.input_tokens == 0 and old2.tags == {}
+        report = await store.spend(SpendQuery("metadata:team"))
+        assert {r.key: r.requests for r in report.data} == {"x": 1, None: 2}
+        assert report.total.cost == pytest.approx(0.75) and report.total.input_tokens == 50
+        await store.put(priced("new1"))  # and the migrated table takes new rows
+        assert (await store.get("new1")) == priced("new1")
+    finally:
+        await store.close()
+    with sqlite3.connect(db) as check:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        indexes = {row[1] for row in check.execute("PRAGMA index_list(responses)")}
+        assert {"responses_created_at", "responses_model_created_at"} <= indexes
+    check.close()

@@ -8,35 +8,47 @@ Decisions that every backend honours (the contract suite checks them):
 
 * ``put`` inserts or replaces the whole record and is durable when it returns.
 * ``delete`` leaves a tombstone: the row keeps its metadata (id, created_at, model, provider,
-  status, deployment, attempts, cost) for accounting, but the content the user asked us to
-  forget (response, input_items, events, request) is dropped. ``get`` never returns a
-  tombstone, and deleting it again returns ``False``.
+  status, deployment, attempts, cost, token counts, api_key_id, tags) for accounting, but the
+  content the user asked us to forget (response, input_items, events, request) is dropped.
+  ``get`` never returns a tombstone, and deleting it again returns ``False``.
 * Records are JSON all the way down (backends copy through ``orjson``), so what ``get``
   returns never aliases what was ``put``; integers must fit in 64 bits (an orjson limit).
 * ``chain`` raises :class:`MissingChainLinkError` when any link is missing or deleted and
   :class:`ChainCycleError` on a cycle. It raises rather than returning a partial history
   because answering from half a conversation would be silently wrong; the route turns the
   error into OpenAI's 404 ``Previous response with id '...' not found``.
+* ``spend`` totals the accounting fields of every record, tombstones included (a deleted
+  response was still paid for), over ``created_at`` in ``[start, end)``. Backends answer it
+  from an iteration of :class:`AccountingRow` (``accounting``) or natively (SQLite: one
+  ``GROUP BY``); both give the same numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
 __all__ = [
+    "GROUP_BY_COLUMNS",
+    "AccountingRow",
     "ChainCycleError",
     "ChainError",
     "ItemPage",
     "MissingChainLinkError",
     "Order",
     "ResponseStore",
+    "SpendQuery",
+    "SpendReport",
+    "SpendRow",
     "StoredResponse",
     "UnknownCursorError",
+    "aggregate_spend",
     "page_items",
     "record_from_json",
     "record_to_json",
@@ -64,6 +76,14 @@ class StoredResponse:
     attempts: list[dict[str, Any]]  # one entry per upstream attempt (provider, status, ...)
     cost: float | None
     deleted: bool = False
+    # Accounting, kept by tombstones too (usage totals as OpenAI counts them).
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    api_key_id: str | None = None  # "key_" + a hash of the bearer token, never the key
+    tags: dict[str, str] = field(default_factory=dict)  # the request's metadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +94,155 @@ class ItemPage:
     first_id: str | None
     last_id: str | None
     has_more: bool
+
+
+# group_by value -> the StoredResponse attribute it groups on ("metadata:<key>" aside).
+GROUP_BY_COLUMNS = {
+    "model": "model",
+    "deployment": "deployment",
+    "provider": "provider",
+    "api_key": "api_key_id",
+}
+# OpenAI caps metadata keys at 64 characters; quotes and backslashes are refused so the key can
+# sit inside a JSON path.
+_TAG_KEY = re.compile(r'[^"\\\x00-\x1f]{1,64}')
+
+
+@dataclass(frozen=True, slots=True)
+class SpendQuery:
+    """Totals grouped by ``group_by`` over ``created_at`` in ``[start, end)``."""
+
+    group_by: str = "model"
+    start: int | None = None
+    end: int | None = None
+    model: str | None = None  # only records of this model
+
+    def __post_init__(self) -> None:
+        if self.group_by in GROUP_BY_COLUMNS:
+            return
+        key = self.tag_key
+        if key is None or not _TAG_KEY.fullmatch(key):
+            raise ValueError(
+                "group_by must be model, deployment, provider, api_key or metadata:<key>"
+            )
+
+    @property
+    def tag_key(self) -> str | None:
+        prefix, sep, key = self.group_by.partition(":")
+        return key if prefix == "metadata" and sep else None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountingRow:
+    """What spend needs of one record."""
+
+    created_at: int
+    model: str
+    provider: str | None
+    deployment: str | None
+    api_key_id: str | None
+    tags: dict[str, str]
+    input_tokens: int
+    cached_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    cost: float | None
+
+    @classmethod
+    def of(cls, r: StoredResponse) -> AccountingRow:
+        return cls(
+            r.created_at, r.model, r.provider, r.deployment, r.api_key_id, r.tags,
+            r.input_tokens, r.cached_tokens, r.cache_write_tokens, r.output_tokens,
+            r.reasoning_tokens, r.cost,
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
+class SpendRow:
+    """One group's totals. ``cost`` is the sum over priced records (None when none was
+    priced); ``unpriced_requests`` counts those whose price was unknown."""
+
+    key: str | None
+    requests: int = 0
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: float | None = None
+    unpriced_requests: int = 0
+
+    def add(self, other: SpendRow) -> None:
+        self.requests += other.requests
+        self.input_tokens += other.input_tokens
+        self.cached_tokens += other.cached_tokens
+        self.cache_write_tokens += other.cache_write_tokens
+        self.output_tokens += other.output_tokens
+        self.reasoning_tokens += other.reasoning_tokens
+        self.unpriced_requests += other.unpriced_requests
+        if other.cost is not None:
+            self.cost = other.cost + (self.cost or 0.0)
+
+    def as_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if self.cost is not None:
+            data["cost"] = round(self.cost, 10)
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class SpendReport:
+    query: SpendQuery
+    data: list[SpendRow]  # sorted by cost, highest first, then key
+    total: SpendRow
+
+    def as_json(self) -> dict[str, Any]:
+        """The documented `GET /v1/spend` body."""
+        total = self.total.as_json()
+        del total["key"]
+        return {
+            "object": "spend",
+            "group_by": self.query.group_by,
+            "start": self.query.start,
+            "end": self.query.end,
+            "data": [row.as_json() for row in self.data],
+            "total": total,
+        }
+
+
+def finish_report(query: SpendQuery, rows: Iterable[SpendRow]) -> SpendReport:
+    data = sorted(rows, key=lambda r: (-(r.cost or 0.0), r.key is None, r.key or ""))
+    total = SpendRow(key=None)
+    for row in data:
+        total.add(row)
+    return SpendReport(query, data, total)
+
+
+def aggregate_spend(query: SpendQuery, rows: Iterable[AccountingRow]) -> SpendReport:
+    """The reference implementation of ``spend`` over an iteration of rows."""
+    groups: dict[str | None, SpendRow] = {}
+    tag = query.tag_key
+    column = GROUP_BY_COLUMNS.get(query.group_by, "")
+    for r in rows:
+        if query.start is not None and r.created_at < query.start:
+            continue
+        if query.end is not None and r.created_at >= query.end:
+            continue
+        if query.model is not None and r.model != query.model:
+            continue
+        key = r.tags.get(tag) if tag is not None else getattr(r, column)
+        key = None if key is None else str(key)
+        row = groups.get(key)
+        if row is None:
+            row = groups[key] = SpendRow(key=key)
+        row.add(
+            SpendRow(
+                key, 1, r.input_tokens, r.cached_tokens, r.cache_write_tokens, r.output_tokens,
+                r.reasoning_tokens, r.cost, 1 if r.cost is None else 0,
+            )
+        )  # fmt: skip
+    return finish_report(query, groups.values())
 
 
 class ChainError(LookupError):
@@ -213,3 +382,12 @@ class ResponseStore(ABC):
             current = record.previous_response_id
         newest_first.reverse()
         return newest_first
+
+    async def accounting(self, query: SpendQuery) -> Iterable[AccountingRow]:
+        """Every record's accounting row (tombstones included) that ``query`` may count; a
+        backend may return more rows than match (``aggregate_spend`` filters again)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list records for spend")
+
+    async def spend(self, query: SpendQuery) -> SpendReport:
+        """Totals of requests, tokens and cost grouped as ``query`` says."""
+        return aggregate_spend(query, await self.accounting(query))

@@ -8,8 +8,17 @@ in tests instead of first in production, and ``get`` always hands out a fresh co
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
-from .base import ResponseStore, StoredResponse, record_from_json, record_to_json, tombstone
+from .base import (
+    AccountingRow,
+    ResponseStore,
+    SpendQuery,
+    StoredResponse,
+    record_from_json,
+    record_to_json,
+    tombstone,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -53,6 +62,13 @@ class MemoryStore(ResponseStore):
                 return False
             self._rows[response_id] = record_to_json(tombstone(record))
             return True
+
+    async def accounting(self, query: SpendQuery) -> Iterable[AccountingRow]:
+        self._check_open()
+        with self._lock:
+            rows = list(self._rows.values())
+        # A scan: the memory store is for tests and development, not for months of traffic.
+        return [AccountingRow.of(record_from_json(data)) for data in rows]
 
     async def close(self) -> None:
         self._closed = True

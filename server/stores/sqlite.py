@@ -20,6 +20,12 @@ time) and decoded on the worker (parsing a 1 MB event list should not stall the 
 
 One statement per write: ``put`` is a single ``INSERT OR REPLACE`` and ``delete`` a single
 ``UPDATE``, each its own implicit transaction (the connection is in autocommit mode).
+
+Schema versions (``PRAGMA user_version``): 1 is the original table; 2 adds the accounting
+columns (token counts, ``api_key_id``, ``tags`` as JSON text so ``json_extract`` can group on a
+metadata key) and the ``created_at`` indexes spend queries range over. A version-1 file is
+migrated in place at open, in one transaction, backfilling the counts from the stored Response's
+``usage`` and the tags from the request's ``metadata`` (tombstones have neither: zeros).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import asyncio
 import functools
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,12 +42,18 @@ from typing import Any, TypeVar
 import orjson
 
 from .base import (
+    GROUP_BY_COLUMNS,
+    AccountingRow,
     ChainCycleError,
     ItemPage,
     MissingChainLinkError,
     Order,
     ResponseStore,
+    SpendQuery,
+    SpendReport,
+    SpendRow,
     StoredResponse,
+    finish_report,
     page_items,
 )
 
@@ -49,7 +61,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # STRICT makes SQLite reject e.g. a float created_at instead of silently storing it.
 _CREATE = """
@@ -67,17 +79,54 @@ CREATE TABLE responses (
     input_items          BLOB NOT NULL,
     events               BLOB,
     request              BLOB NOT NULL,
-    attempts             BLOB NOT NULL
+    attempts             BLOB NOT NULL,
+    input_tokens         INTEGER NOT NULL DEFAULT 0,
+    cached_tokens        INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens   INTEGER NOT NULL DEFAULT 0,
+    output_tokens        INTEGER NOT NULL DEFAULT 0,
+    reasoning_tokens     INTEGER NOT NULL DEFAULT 0,
+    api_key_id           TEXT,
+    tags                 TEXT NOT NULL DEFAULT '{}'
 ) STRICT
 """
+# Version 1 -> 2: the accounting columns, exactly as _CREATE declares them.
+_ADD_V2 = (
+    "ALTER TABLE responses ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE responses ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE responses ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE responses ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE responses ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE responses ADD COLUMN api_key_id TEXT",
+    "ALTER TABLE responses ADD COLUMN tags TEXT NOT NULL DEFAULT '{}'",
+)
+# The BLOB columns hold orjson text; CAST so SQLite >= 3.45 does not read them as JSONB.
+_BACKFILL_V2 = """
+UPDATE responses SET
+    input_tokens = coalesce(json_extract(CAST(response AS TEXT), '$.usage.input_tokens'), 0),
+    cached_tokens = coalesce(json_extract(CAST(response AS TEXT),
+        '$.usage.input_tokens_details.cached_tokens'), 0),
+    cache_write_tokens = coalesce(json_extract(CAST(response AS TEXT),
+        '$.usage.input_tokens_details.cache_write_tokens'), 0),
+    output_tokens = coalesce(json_extract(CAST(response AS TEXT), '$.usage.output_tokens'), 0),
+    reasoning_tokens = coalesce(json_extract(CAST(response AS TEXT),
+        '$.usage.output_tokens_details.reasoning_tokens'), 0),
+    tags = CASE WHEN json_type(CAST(request AS TEXT), '$.metadata') = 'object'
+                THEN json_extract(CAST(request AS TEXT), '$.metadata') ELSE '{}' END
+WHERE deleted = 0 AND json_valid(CAST(response AS TEXT)) AND json_valid(CAST(request AS TEXT))
+"""
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at)",
+    "CREATE INDEX IF NOT EXISTS responses_model_created_at ON responses (model, created_at)",
+)
 
 _COLUMNS = (
     "id, created_at, model, provider, status, previous_response_id, deployment, cost, "
-    "deleted, response, input_items, events, request, attempts"
+    "deleted, response, input_items, events, request, attempts, input_tokens, cached_tokens, "
+    "cache_write_tokens, output_tokens, reasoning_tokens, api_key_id, tags"
 )
 _SELECT_LIVE = f"SELECT {_COLUMNS} FROM responses WHERE id = ? AND deleted = 0"
 _SELECT_ITEMS = "SELECT input_items FROM responses WHERE id = ? AND deleted = 0"
-_UPSERT = f"INSERT OR REPLACE INTO responses ({_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+_UPSERT = f"INSERT OR REPLACE INTO responses ({_COLUMNS}) VALUES ({', '.join('?' * 21)})"
 # Tombstone: keep the metadata for accounting, erase the user's content.
 _DELETE = (
     "UPDATE responses SET deleted = 1, response = x'7b7d', input_items = x'5b5d', "
@@ -102,6 +151,13 @@ def _row_params(record: StoredResponse) -> tuple[Any, ...]:
         None if record.events is None else dumps(record.events),
         dumps(record.request),
         dumps(record.attempts),
+        record.input_tokens,
+        record.cached_tokens,
+        record.cache_write_tokens,
+        record.output_tokens,
+        record.reasoning_tokens,
+        record.api_key_id,
+        dumps(record.tags).decode(),
     )
 
 
@@ -122,7 +178,42 @@ def _from_row(row: tuple[Any, ...]) -> StoredResponse:
         events=None if row[11] is None else loads(row[11]),
         request=loads(row[12]),
         attempts=loads(row[13]),
+        input_tokens=row[14],
+        cached_tokens=row[15],
+        cache_write_tokens=row[16],
+        output_tokens=row[17],
+        reasoning_tokens=row[18],
+        api_key_id=row[19],
+        tags=loads(row[20]),
     )
+
+
+_SPEND_SUMS = (
+    "COUNT(*), SUM(input_tokens), SUM(cached_tokens), SUM(cache_write_tokens), "
+    "SUM(output_tokens), SUM(reasoning_tokens), SUM(cost), SUM(cost IS NULL)"
+)
+
+
+def _spend_sql(query: SpendQuery) -> tuple[str, list[Any]]:
+    params: list[Any] = []
+    tag = query.tag_key
+    if tag is not None:
+        key = "json_extract(tags, ?)"
+        params.append(f'$."{tag}"')  # SpendQuery refuses quotes and backslashes in tag keys
+    else:
+        key = GROUP_BY_COLUMNS[query.group_by]  # a fixed column name, never client text
+    where: list[str] = []
+    if query.start is not None:
+        where.append("created_at >= ?")
+        params.append(query.start)
+    if query.end is not None:
+        where.append("created_at < ?")
+        params.append(query.end)
+    if query.model is not None:
+        where.append("model = ?")
+        params.append(query.model)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    return f"SELECT {key} AS k, {_SPEND_SUMS} FROM responses{clause} GROUP BY k", params
 
 
 class SQLiteStore(ResponseStore):
@@ -178,6 +269,15 @@ class SQLiteStore(ResponseStore):
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version == 0:
                 conn.execute(_CREATE)
+                for statement in _INDEXES:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version == 1:
+                for statement in _ADD_V2:
+                    conn.execute(statement)
+                conn.execute(_BACKFILL_V2)
+                for statement in _INDEXES:
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise RuntimeError(
@@ -241,6 +341,44 @@ class SQLiteStore(ResponseStore):
             current = record.previous_response_id
         newest_first.reverse()
         return newest_first
+
+    def _spend(self, query: SpendQuery) -> SpendReport:
+        sql, params = _spend_sql(query)
+        rows = []
+        for k, n, inp, cached, written, out, reasoning, cost, unpriced in self._db().execute(
+            sql, params
+        ):
+            rows.append(
+                SpendRow(
+                    None if k is None else str(k), n, inp or 0, cached or 0, written or 0,
+                    out or 0, reasoning or 0, cost, unpriced or 0,
+                )
+            )  # fmt: skip
+        return finish_report(query, rows)
+
+    def _accounting(self, query: SpendQuery) -> list[AccountingRow]:
+        sql = (
+            "SELECT created_at, model, provider, deployment, api_key_id, tags, input_tokens, "
+            "cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost "
+            "FROM responses"
+        )
+        return [
+            AccountingRow(
+                created_at=row[0],
+                model=row[1],
+                provider=row[2],
+                deployment=row[3],
+                api_key_id=row[4],
+                tags=orjson.loads(row[5]),
+                input_tokens=row[6],
+                cached_tokens=row[7],
+                cache_write_tokens=row[8],
+                output_tokens=row[9],
+                reasoning_tokens=row[10],
+                cost=row[11],
+            )
+            for row in self._db().execute(sql)
+        ]
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -306,6 +444,12 @@ class SQLiteStore(ResponseStore):
 
     async def chain(self, response_id: str) -> list[StoredResponse]:
         return await self._run(self._chain, response_id)
+
+    async def spend(self, query: SpendQuery) -> SpendReport:
+        return await self._run(self._spend, query)
+
+    async def accounting(self, query: SpendQuery) -> Iterable[AccountingRow]:
+        return await self._run(self._accounting, query)
 
     async def close(self) -> None:
         if self._closed:

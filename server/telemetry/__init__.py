@@ -1,0 +1,23 @@
+"""Telemetry: per-request records to pluggable sinks, and Prometheus metrics."""
+
+from __future__ import annotations
+
+from server.telemetry import sinks as _sinks  # registers the built-in sink types
+from server.telemetry.base import SINK_TYPES, QueueSink, Sink, SinkContext, register_sink
+from server.telemetry.hub import CURRENT, RequestContext, Telemetry
+from server.telemetry.metrics import CONTENT_TYPE_LATEST, Metrics
+
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "CURRENT",
+    "SINK_TYPES",
+    "Metrics",
+    "QueueSink",
+    "RequestContext",
+    "Sink",
+    "SinkContext",
+    "Telemetry",
+    "register_sink",
+]
+
+del _sinks
