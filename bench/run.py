@@ -340,7 +340,7 @@ def _scenarios() -> list[Scenario]:
                     "/v1/responses",
                     {"model": "openai/gpt-4o-mini", "input": q, "stream": stream},
                     {},
-                ),  # fmt: skip
+                ),
                 "The capital of France is Paris.",
             )
         )
@@ -359,12 +359,12 @@ def _scenarios() -> list[Scenario]:
                 stream,
                 http_post(
                     "/v1/messages", native, {"x-api-key": "x", "anthropic-version": "2023-06-01"}
-                ),  # fmt: skip
+                ),
                 http_post(
                     "/v1/responses",
                     {"model": "anthropic/claude-sonnet-4-5", "input": q, "stream": stream},
                     {},
-                ),  # fmt: skip
+                ),
                 "2",
             )
         )
@@ -543,11 +543,8 @@ def summarize_collapsed(path: Path, top: int = 25) -> str:
             continue
         count = int(count_s)
         frames = [f for f in stack.split(";") if f]
-        if (
-            (frames
-            and frames[0].startswith("process "))
-            or (frames
-            and frames[0].startswith("thread "))
+        if (frames and frames[0].startswith("process ")) or (
+            frames and frames[0].startswith("thread ")
         ):
             frames = frames[1:]
         if not frames:
@@ -590,8 +587,21 @@ async def profile(
         secs = max(2, int(args.duration))
         # --gil: only samples where a thread holds the GIL, i.e. Python CPU, not waits (an
         # fsync on the SQLite worker would otherwise look like work).
-        cmd = [spy, "record", "-p", str(gw_pid), "-d", str(secs), "-r", str(args.profile_rate),
-               "-f", "raw", "-o", str(raw), "--nonblocking"]  # fmt: skip
+        cmd = [
+            spy,
+            "record",
+            "-p",
+            str(gw_pid),
+            "-d",
+            str(secs),
+            "-r",
+            str(args.profile_rate),
+            "-f",
+            "raw",
+            "-o",
+            str(raw),
+            "--nonblocking",
+        ]
         if args.profile_mode == "gil":
             cmd.append("--gil")
         proc = subprocess.Popen(
@@ -625,7 +635,8 @@ def report(results: list[Result], meta: dict[str, Any]) -> str:
         f"{meta['store']}, gateway via `{meta['gateway_cmd']}`)"
     )
     out.append(
-        f"latency: {meta['n']} sequential requests at concurrency 1 after {meta['warmup']} warm-up; "
+        f"latency: {meta['n']} sequential requests at concurrency 1 "
+        f"after {meta['warmup']} warm-up; "
         f"throughput: {meta['concurrency']} connections for {meta['duration']} s "
         f"(direct: 2 s; the simulator shares its core with the load generator)"
     )
@@ -694,9 +705,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Turnout gateway benchmark")
     p.add_argument("--quick", action="store_true", help="fewer requests, shorter runs (~30 s)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--store", choices=["sqlite", "sqlite-normal", "memory"], default="sqlite",
-                   help="gateway store (default sqlite, the embedded default, fsync per commit; "
-                        "sqlite-normal: WAL without fsync per commit)")  # fmt: skip
+    p.add_argument(
+        "--store",
+        choices=["sqlite", "sqlite-normal", "memory"],
+        default="sqlite",
+        help="gateway store (default sqlite, the embedded default, fsync per commit; "
+        "sqlite-normal: WAL without fsync per commit)",
+    )
     p.add_argument("--n", type=int, help="requests per latency run (default 1000, quick 300)")
     p.add_argument("--duration", type=float, help="seconds per throughput run (5, quick 2)")
     p.add_argument("--concurrency", type=int, default=16)
@@ -728,8 +743,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-async def _main_async(args: argparse.Namespace, up_port: int, gw_port: int, gw_pid: int,
-                      cores_load: set[int] | None) -> tuple[list[Result], dict[str, str]]:  # fmt: skip
+async def _main_async(
+    args: argparse.Namespace, up_port: int, gw_port: int, gw_pid: int, cores_load: set[int] | None
+) -> tuple[list[Result], dict[str, str]]:
     results = await measure(args, up_port, gw_port, gw_pid)
     summaries: dict[str, str] = {}
     if args.profile:
@@ -754,15 +770,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     tmp = Path(tempfile.mkdtemp(prefix="turnout-bench-"))
     try:
-        up_proc, up_port = start_upstream(cores_load)
+        _up_proc, up_port = start_upstream(cores_load)
         config = write_config(tmp, up_port, args.store)
         gw_port = free_port()
         gw, how, startup = start_gateway(config, gw_port, cores_gw, tmp / "gateway.log")
         if cores_gw:
             _pin_all_threads(gw.pid, cores_gw)
         rss_start = proc_status(gw.pid)["VmRSS"]
-        print(f"bench: upstream :{up_port}, gateway :{gw_port} (pid {gw.pid}, {pinning})",
-              flush=True)  # fmt: skip
+        print(
+            f"bench: upstream :{up_port}, gateway :{gw_port} (pid {gw.pid}, {pinning})", flush=True
+        )
         try:
             import uvloop
 
@@ -805,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
                         "targets": {"added_p50_ms": TARGET_ADDED_P50_MS, "rps": TARGET_RPS},
                     },
                     indent=2,
-                )  # fmt: skip
+                )
             )
         log_tail = (tmp / "gateway.log").read_text()[-2000:]
         if log_tail.strip():

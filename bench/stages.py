@@ -121,13 +121,23 @@ async def asgi_call(app: Any, body: bytes) -> bytes:
                 finished.set()
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/v1/responses", "raw_path": b"/v1/responses",
-        "root_path": "", "query_string": b"", "server": ("127.0.0.1", 4000),
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/responses",
+        "raw_path": b"/v1/responses",
+        "root_path": "",
+        "query_string": b"",
+        "server": ("127.0.0.1", 4000),
         "client": ("127.0.0.1", 5555),
-        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())],
-    }  # fmt: skip
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }
     await app(scope, receive, send)
     return b"".join(chunks)
 
@@ -177,8 +187,13 @@ async def run(n: int) -> list[tuple[str, str, float]]:
             m = target.mapping
 
             def build() -> Any:
-                return m.build_request(canon, model=target.model, api_base=target.api_base,
-                                       credentials=target.credentials, settings=target.settings)  # fmt: skip
+                return m.build_request(
+                    canon,
+                    model=target.model,
+                    api_base=target.api_base,
+                    credentials=target.credentials,
+                    settings=target.settings,
+                )
 
             add("mapping.build_request", timeit(build, n))
             upstream = bodies[(provider, stream)]
@@ -197,22 +212,30 @@ async def run(n: int) -> list[tuple[str, str, float]]:
             add("make_echo", timeit(lambda: make_echo(body), n))
 
             def build_reply() -> tuple[ResponseBuilder, list[dict[str, Any]]]:
-                b = ResponseBuilder(ids.response(), int(time.time()), make_echo(body),
-                                    m.finish_reasons, canon.model, ids=ids, provider=provider)  # fmt: skip
+                b = ResponseBuilder(
+                    ids.response(),
+                    int(time.time()),
+                    make_echo(body),
+                    m.finish_reasons,
+                    canon.model,
+                    ids=ids,
+                    provider=provider,
+                )
                 ev = b.start() + b.feed(ops) + b.finish()
                 return b, ev
 
             add("ResponseBuilder start+feed+finish", timeit(build_reply, n))
             b, events = build_reply()
             if stream:
-                add("encode_sse (all events)",
-                    timeit(lambda: [encode_sse(e) for e in events], n))  # fmt: skip
+                add("encode_sse (all events)", timeit(lambda: [encode_sse(e) for e in events], n))
             else:
                 add("orjson.dumps(response)", timeit(lambda: orjson.dumps(b.response), n))
             rec = _record(b, canon, events, body)
             add("store: _row_params (orjson)", timeit(lambda: _row_params(rec), n))
-            add("store: SQLiteStore.put (thread + fsync)",
-                await atimeit(lambda: store.put(_record(b, canon, events, body)), max(50, n // 10)))  # fmt: skip
+            add(
+                "store: SQLiteStore.put (thread + fsync)",
+                await atimeit(lambda: store.put(_record(b, canon, events, body)), max(50, n // 10)),
+            )
             add("events kept for store (count)", float(len(events)))
 
     # The whole app over ASGI (Litestar + gateway + httpx with a socket-free transport).
@@ -221,8 +244,10 @@ async def run(n: int) -> list[tuple[str, str, float]]:
         object.__setattr__(settings2, "store", store_url)
         app = create_app(settings2, transport=FakeTransport(bodies))
         async with _lifespan(app):
-            for provider, model in (("openai", "openai/gpt-4o-mini"),
-                                    ("anthropic", "anthropic/claude-sonnet-4-5")):  # fmt: skip
+            for provider, model in (
+                ("openai", "openai/gpt-4o-mini"),
+                ("anthropic", "anthropic/claude-sonnet-4-5"),
+            ):
                 for stream in (False, True):
                     label = f"{provider} {'stream' if stream else 'json'}"
                     raw = orjson.dumps({"model": model, "input": "hi", "stream": stream})
@@ -257,12 +282,20 @@ def _record(
 
     r = b.response
     return StoredResponse(
-        id=str(r["id"]), created_at=int(r["created_at"]), model=str(r["model"]),
-        provider="x", status=str(r["status"]), response=r, input_items=canon.input_items,
-        events=events, request={k: v for k, v in body.items() if k != "input"},
-        previous_response_id=None, deployment=None,
-        attempts=[{"provider": "x", "model": "m", "status": 200}], cost=None,
-    )  # fmt: skip
+        id=str(r["id"]),
+        created_at=int(r["created_at"]),
+        model=str(r["model"]),
+        provider="x",
+        status=str(r["status"]),
+        response=r,
+        input_items=canon.input_items,
+        events=events,
+        request={k: v for k, v in body.items() if k != "input"},
+        previous_response_id=None,
+        deployment=None,
+        attempts=[{"provider": "x", "model": "m", "status": 200}],
+        cost=None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
