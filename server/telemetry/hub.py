@@ -144,6 +144,8 @@ class Telemetry:
             return None
         ctx.finished = True
         self.metrics.in_flight.dec()
+        if not self.sinks:
+            return None  # nobody listens: building the record would be wasted work per request
         try:
             record = self._record(ctx, error, cancelled)
         except Exception:
