@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Any
 
 from jinja2 import ChainableUndefined, TemplateSyntaxError, Undefined, nodes
@@ -70,6 +71,19 @@ def is_expression(text: str) -> bool:
 _MISSING = object()
 
 
+# Dialects repeat the same expressions in every provider that extends them: compile each
+# distinct source once per process (compiling is ~1 ms; the functions are pure).
+@lru_cache(maxsize=8192)
+def _compiled_expression(body: str) -> Callable[[Context], Any]:
+    compiled = _ENV.compile_expression(body, undefined_to_none=True)
+    return compiled._template.root_render_func
+
+
+@lru_cache(maxsize=8192)
+def _compiled_text(source: str) -> Callable[[Context], Any]:
+    return _ENV.from_string(source).root_render_func
+
+
 def _dict_path(parts: tuple[str, ...]) -> Callable[[Mapping[str, Any]], Any]:
     """A getter for ``a.b.c`` over plain dicts; ``_MISSING`` when it meets anything else."""
     head, rest = parts[0], parts[1:]
@@ -104,10 +118,9 @@ class Expression:
         self.source = source
         body = match.group("body")
         try:
-            compiled = _ENV.compile_expression(body, undefined_to_none=True)
+            self._root: Callable[[Context], Any] = _compiled_expression(body)
         except TemplateSyntaxError as exc:
             raise ValueError(f"expression {source!r} does not parse: {exc.message}") from None
-        self._root: Callable[[Context], Any] = compiled._template.root_render_func
         self._fast: Callable[[Mapping[str, Any]], Any] | None = None
         simple = _SIMPLE.match(body)
         if simple is not None:
@@ -161,10 +174,9 @@ class TextTemplate:
     def __init__(self, source: str) -> None:
         self.source = source
         try:
-            template = _ENV.from_string(source)
+            self._root: Callable[[Context], Any] = _compiled_text(source)
         except TemplateSyntaxError as exc:
             raise ValueError(f"template {source!r} does not parse: {exc.message}") from None
-        self._root: Callable[[Context], Any] = template.root_render_func
         # URLs and auth headers are plain placeholders in text: join them without Jinja.
         self._parts = _plain_parts(source)
 

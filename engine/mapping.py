@@ -282,12 +282,25 @@ def _as_seconds(value: Any) -> float | None:
         return None
 
 
-def _read(path: Path, display: str) -> LoadedYaml:
+_CHECKED: dict[tuple[str, str, int, int], tuple[LoadedYaml, list[Problem]]] = {}
+
+
+def _read_checked(path: Path, display: str) -> tuple[LoadedYaml, list[Problem]]:
+    """A file parsed and schema-checked once per content: every provider that extends a
+    dialect would otherwise parse it again (start-up time grows with the provider count)."""
     try:
+        stat = path.stat()
+        key = (str(path.resolve()), display, stat.st_mtime_ns, stat.st_size)
+        found = _CHECKED.get(key)
+        if found is not None:
+            return found
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise MappingError([Problem(display, 1, 1, "", f"cannot read: {exc.strerror}")]) from None
-    return load_yaml(text, display)
+    loaded = load_yaml(text, display)
+    result = (loaded, check(loaded, load_schema("mapping"), loaded.filename))
+    _CHECKED[key] = result
+    return result
 
 
 def _display(path: Path) -> str:
@@ -298,9 +311,8 @@ def _display(path: Path) -> str:
 
 
 def _load_chain(path: Path, root: Path, problems: list[Problem]) -> tuple[Any, list[LoadedYaml]]:
-    loaded = _read(path, _display(path))
-    schema = load_schema("mapping")
-    problems.extend(check(loaded, schema, loaded.filename))
+    loaded, found = _read_checked(path, _display(path))
+    problems.extend(found)
     data = loaded.data if isinstance(loaded.data, dict) else {}
     parent_name = data.get("extends")
     if not parent_name:
