@@ -25,6 +25,19 @@ from tests.simulators import Image, Simulator
 IMAGE_TOOL: Any = {"type": "image_generation", "partial_images": 2, "size": "1024x1024"}
 
 
+def draw_streamed(gateway: Gateway) -> list[dict[str, Any]]:
+    """A streamed image request as raw SSE; every event checked against OpenAI's schema."""
+    events: list[dict[str, Any]] = []
+    body = {"model": "openai/gpt-4.1", "input": "Draw", "tools": [IMAGE_TOOL], "stream": True}
+    with httpx.stream("POST", f"{gateway.url}/v1/responses", json=body, timeout=30) as reply:
+        for line in reply.iter_lines():
+            if line.startswith("data: {"):
+                events.append(orjson.loads(line[6:]))
+    for event in events:
+        oas.validate_event(event)
+    return events
+
+
 def check_png(data: bytes) -> tuple[int, int]:
     """Parse a PNG by the spec (signature, chunk CRCs, IHDR, IDAT size): (width, height)."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
@@ -79,16 +92,8 @@ def test_streamed_partial_images_decode_to_valid_files(
 
 def test_image_event_order_and_numbering(gateway: Gateway, sim: Simulator) -> None:
     sim.script("openai", Image())
-    events: list[dict[str, Any]] = []
-    with httpx.stream(
-        "POST", f"{gateway.url}/v1/responses", timeout=30,
-        json={"model": "openai/gpt-4.1", "input": "Draw", "tools": [IMAGE_TOOL], "stream": True},
-    ) as reply:  # fmt: skip
-        for line in reply.iter_lines():
-            if line.startswith("data: {"):
-                events.append(orjson.loads(line[6:]))
+    events = draw_streamed(gateway)
     for event in events:
-        oas.validate_event(event)
         oas.validate_event_sdk(event)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     image_events = [e for e in events if e["type"].startswith("response.image_generation_call")]
@@ -184,16 +189,7 @@ def test_an_image_over_the_size_limit_fails_clearly(
 ) -> None:
     provider_sim_session.reset()
     provider_sim_session.script("openai", Image())
-    events: list[dict[str, Any]] = []
-    with httpx.stream(
-        "POST", f"{small_image_gateway.url}/v1/responses", timeout=30,
-        json={"model": "openai/gpt-4.1", "input": "Draw", "tools": [IMAGE_TOOL], "stream": True},
-    ) as reply:  # fmt: skip
-        for line in reply.iter_lines():
-            if line.startswith("data: {"):
-                events.append(orjson.loads(line[6:]))
-    for event in events:
-        oas.validate_event(event)
+    events = draw_streamed(small_image_gateway)
     assert events[-1]["type"] == "response.failed"
     error = events[-1]["response"]["error"]
     assert error["code"] == "image_too_large"
