@@ -992,6 +992,10 @@ class ResponseBuilder:
     def _close_tool(self, blk: _Block, out: list[Event], status: str) -> None:
         if blk.call_given:
             self._closed_calls.add(blk.call_id)
+        if not blk.buf and status == "completed":
+            # A call without arguments (Anthropic streams no input for `{}`) still carries a
+            # JSON object: clients json.loads() the arguments, and "" is not JSON.
+            self._args_delta(blk, "{}", out)
         args = "".join(blk.buf)
         out.append(
             {

@@ -366,7 +366,11 @@ def test_random_op_sequences_make_valid_streams(ops: list[Op]) -> None:
             args_sent[cid] = args_sent.get(cid, "") + o["text"]
     for it in final["output"]:
         if it["type"] == "function_call" and it["call_id"] in args_sent:
-            assert it["arguments"] == args_sent[it["call_id"]]
+            # A completed call with no argument text carries "{}" (valid JSON), never "".
+            expected = args_sent[it["call_id"]]
+            if expected == "" and it["status"] == "completed":
+                expected = "{}"
+            assert it["arguments"] == expected
     assert b.dropped_deltas == 0
 
     # status follows the ending
