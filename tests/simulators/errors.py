@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["BEDROCK_ERRORS", "Dialect", "Invalid", "default_error_headers", "error_body"]
+__all__ = [
+    "BEDROCK_ERRORS",
+    "Dialect",
+    "Invalid",
+    "default_error_headers",
+    "error_body",
+    "require_bearer",
+]
 
 # The wire dialects the simulator speaks; a URL path picks one.
 Dialect = str  # "anthropic" | "gemini" | "chat" | "responses" | "bedrock"
@@ -100,6 +108,18 @@ BEDROCK_ERRORS = {
     500: ("InternalServerException", "The server encountered an internal error."),
     503: ("ServiceUnavailableException", "Bedrock is unable to process your request."),
 }
+
+
+def require_bearer(headers: Mapping[str, str]) -> None:
+    """OpenAI's own 401 for a request without `Authorization: Bearer <key>` (Chat and
+    Responses APIs alike)."""
+    auth = headers.get("authorization", "")
+    if not auth.startswith("Bearer ") or not auth[7:].strip():
+        raise Invalid(
+            "You didn't provide an API key. You need to provide your API key in an "
+            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            status=401,
+        )
 
 
 def anthropic_request_id() -> str:

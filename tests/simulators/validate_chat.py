@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import Invalid
+from .errors import Invalid, require_bearer
 
 __all__ = ["validate_chat"]
 
@@ -46,13 +46,7 @@ def _is_num(value: Any) -> bool:
 
 
 def validate_chat(headers: Mapping[str, str], body: Any) -> None:
-    auth = headers.get("authorization", "")
-    if not auth.startswith("Bearer ") or not auth[7:].strip():
-        raise Invalid(
-            "You didn't provide an API key. You need to provide your API key in an "
-            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-            status=401,
-        )
+    require_bearer(headers)
     if not isinstance(body, dict):
         raise _error("We could not parse the JSON body of your request.")
     for key in body:

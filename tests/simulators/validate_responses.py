@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import Invalid
+from .errors import Invalid, require_bearer
 
 __all__ = ["validate_responses"]
 
@@ -66,13 +66,7 @@ def _range(body: dict[str, Any], key: str, low: float, high: float | None, integ
 
 
 def validate_responses(headers: Mapping[str, str], body: Any) -> None:
-    auth = headers.get("authorization", "")
-    if not auth.startswith("Bearer ") or not auth[7:].strip():
-        raise Invalid(
-            "You didn't provide an API key. You need to provide your API key in an "
-            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-            status=401,
-        )
+    require_bearer(headers)
     if not isinstance(body, dict):
         raise Invalid("We could not parse the JSON body of your request.")
     for key in body:
