@@ -29,6 +29,7 @@ An unknown price is `None` (and counted by the caller), never an exception.
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import logging
 from collections import OrderedDict
@@ -192,6 +193,7 @@ class PriceBook:
             else:
                 self._exact[key] = price
         self._lookups: OrderedDict[tuple[str, str], tuple[Any, Any] | None] = OrderedDict()
+        self._affine = AffinePrices()
 
     def override(
         self, provider: str, model: str, alias: str | None, deployment: Mapping[str, Any] | None
@@ -228,21 +230,13 @@ class PriceBook:
         if found is None:
             return None
         gp_provider, gp_model = found
+        when = datetime.fromtimestamp(created_at, UTC) if created_at else datetime.now(tz=UTC)
         try:
-            from genai_prices import Usage
-
-            calc = gp_model.calc_price(
-                Usage(**_genai_usage(usage)),
-                gp_provider,
-                genai_request_timestamp=datetime.fromtimestamp(created_at, UTC)
-                if created_at
-                else datetime.now(tz=UTC),
-                auto_update_timestamp=None,
-            )
+            total = self._affine.price(gp_provider, gp_model, _genai_usage(usage), when)
         except Exception:  # price data we cannot apply is an unknown price, not a failure
             log.warning("genai-prices could not price %s/%s", provider, model, exc_info=True)
             return None
-        return Price(_to_float(Decimal(calc.total_price)), "genai-prices")
+        return Price(_to_float(total), "genai-prices")
 
     def _lookup(self, provider: str, model: str) -> tuple[Any, Any] | None:
         gp_id = GENAI_PROVIDERS.get(provider)
@@ -267,6 +261,145 @@ class PriceBook:
         if len(cache) > _CACHE_SIZE:
             cache.popitem(last=False)
         return found
+
+
+def _calc_price(
+    gp_provider: Any, gp_model: Any, values: Mapping[str, int], when: datetime
+) -> Decimal:
+    """genai-prices' own computation (about 0.25 ms: it re-derives the unit tree every call)."""
+    from genai_prices import Usage
+
+    calc = gp_model.calc_price(
+        Usage(**values), gp_provider, genai_request_timestamp=when, auto_update_timestamp=None
+    )
+    return Decimal(calc.total_price)
+
+
+@dataclass(frozen=True, slots=True)
+class _Fit:
+    """calc_price as an affine function of the reported counts, for one resolved ModelPrice and
+    one set of non-zero keys; `rates` is None when that set must always take the slow path."""
+
+    model_price: Any  # held so its id() in the cache key cannot be reused while cached
+    constant: Decimal
+    rates: Mapping[str, Decimal] | None
+
+
+# Partitions of each total (see _genai_usage): a usage whose partitions exceed their total is
+# one genai-prices rejects, so it goes the slow path and gets genai-prices' own error.
+_INPUT_PARTS = ("cache_read_tokens", "cache_write_tokens", "input_image_tokens")
+_OUTPUT_PARTS = ("output_reasoning_tokens", "output_image_tokens")
+
+
+class AffinePrices:
+    """genai-prices' `calc_price`, memoised as the piecewise affine function it is.
+
+    The price is linear in the leaf counts genai-prices derives (each a difference of reported
+    counts) plus a per-request constant, at rates that depend only on which tier band the input
+    total falls in (tiers are cliffs on `input_tokens`: every token is billed at the tier's
+    rate). So for one resolved ModelPrice, one set of non-zero keys (which decides what
+    genai-prices infers or refuses) and one band, it is `constant + sum(rate[k] * count[k])`.
+    Each such piece is measured once: calc_price at a base point in the band and at that point
+    plus one of each key, then checked at a second, distant point of the band. A piece that does
+    not fit, a key set genai-prices rejects, or a usage outside the valid region takes
+    calc_price itself. Decimal arithmetic keeps both paths equal to the last digit
+    (tests/test_pricing.py checks it over the whole price snapshot)."""
+
+    def __init__(self, max_entries: int = _CACHE_SIZE) -> None:
+        self._fits: OrderedDict[tuple[int, frozenset[str], int], _Fit] = OrderedDict()
+        self._tier_starts: dict[int, tuple[Any, tuple[int, ...]]] = {}
+        self._max = max_entries
+
+    def price(
+        self, gp_provider: Any, gp_model: Any, values: Mapping[str, int], when: datetime
+    ) -> Decimal:
+        model_price = gp_model.get_prices(when)
+        starts = self._starts(model_price)
+        band = bisect.bisect_left(starts, values.get("input_tokens", 0)) if starts else 0
+        key = (id(model_price), frozenset(values), band)
+        fit = self._fits.get(key)
+        if fit is None or fit.model_price is not model_price:
+            fit = self._fit(gp_provider, gp_model, model_price, key[1], starts, band, when)
+            self._fits[key] = fit
+            if len(self._fits) > self._max:
+                self._fits.popitem(last=False)
+        rates = fit.rates
+        if rates is None or not _within_totals(values):
+            return _calc_price(gp_provider, gp_model, values, when)
+        total = fit.constant
+        for name, count in values.items():
+            total += rates[name] * count
+        return total
+
+    def _starts(self, model_price: Any) -> tuple[int, ...]:
+        """The input totals where some rate changes (a rate applies above its tier's start)."""
+        known = self._tier_starts.get(id(model_price))
+        if known is not None and known[0] is model_price:
+            return known[1]
+        from genai_prices.types import TieredPrices
+
+        starts = tuple(
+            sorted(
+                {
+                    tier.start
+                    for value in vars(model_price).values()
+                    if isinstance(value, TieredPrices)
+                    for tier in value.tiers
+                }
+            )
+        )
+        if len(self._tier_starts) >= self._max:
+            self._tier_starts.clear()
+        self._tier_starts[id(model_price)] = (model_price, starts)
+        return starts
+
+    @staticmethod
+    def _fit(
+        gp_provider: Any,
+        gp_model: Any,
+        model_price: Any,
+        keys: frozenset[str],
+        starts: tuple[int, ...],
+        band: int,
+        when: datetime,
+    ) -> _Fit:
+        slow = _Fit(model_price, Decimal(0), None)
+        # Band b holds input totals n with starts[b-1] < n <= starts[b].
+        low = starts[band - 1] + 1 if band > 0 else 0
+        high = starts[band] if band < len(starts) else low + 10_000_000
+        if high - low < 4:  # too narrow to place the probes: always the slow path
+            return slow
+
+        def point(total_in: int, total_out: int, part: int) -> dict[str, int]:
+            return {
+                k: part
+                if k in _INPUT_PARTS or k in _OUTPUT_PARTS
+                else (total_in if k == "input_tokens" else total_out)
+                for k in keys
+            }
+
+        try:
+            base = point(low + 3, 1000, 1)  # three input partitions of 1 fit in low + 3
+            at_base = _calc_price(gp_provider, gp_model, base, when)
+            rates = {
+                k: _calc_price(gp_provider, gp_model, {**base, k: base[k] + 1}, when) - at_base
+                for k in keys
+            }
+            constant = at_base - sum((rates[k] * base[k] for k in keys), Decimal(0))
+            check = point(high, 7_654_321, min(12_345, high // 3))
+            predicted = constant + sum((rates[k] * check[k] for k in keys), Decimal(0))
+            if predicted != _calc_price(gp_provider, gp_model, check, when):
+                return slow
+        except Exception:  # genai-prices refuses this key set: let it say so per request
+            return slow
+        return _Fit(model_price, constant, rates)
+
+
+def _within_totals(values: Mapping[str, int]) -> bool:
+    get = values.get
+    return sum(get(k, 0) for k in _INPUT_PARTS) <= get("input_tokens", 0) and sum(
+        get(k, 0) for k in _OUTPUT_PARTS
+    ) <= get("output_tokens", 0)
 
 
 def _genai_usage(u: UsageCounts) -> dict[str, int]:

@@ -175,3 +175,107 @@ def test_recorded_stream_cost_is_independent_of_chunking(
     provider: str, fixture: str, chunks: list[int]
 ) -> None:
     assert _fixture_cost(provider, fixture, chunks) == _fixture_cost(provider, fixture, None)
+
+
+# -- the memoised affine form of calc_price against genai-prices itself ----------------------
+
+
+def _snapshot_models() -> list[tuple[Any, Any]]:
+    from genai_prices import data_snapshot
+
+    return [(p, m) for p in data_snapshot.get_snapshot().providers for m in p.models]
+
+
+SNAPSHOT_MODELS = _snapshot_models()
+_COUNT = st.integers(min_value=0, max_value=3_000_000)
+
+
+@given(
+    index=st.integers(min_value=0, max_value=len(SNAPSHOT_MODELS) - 1),
+    counts=st.tuples(*[_COUNT] * 7),
+    created_at=st.integers(min_value=1_600_000_000, max_value=1_900_000_000),
+)
+@settings(max_examples=400, deadline=None)
+def test_affine_prices_equal_genai_prices_for_every_model(
+    index: int, counts: tuple[int, ...], created_at: int
+) -> None:
+    """Any model of the snapshot, any usage (valid or not), any date: the fast path gives
+    calc_price's figure to the last digit, or fails exactly where calc_price fails."""
+    from datetime import UTC, datetime
+
+    from server.pricing import AffinePrices, _calc_price, _genai_usage
+
+    gp_provider, gp_model = SNAPSHOT_MODELS[index]
+    usage = UsageCounts(*counts)
+    values = _genai_usage(usage)
+    when = datetime.fromtimestamp(created_at, UTC)
+    affine = AffinePrices()
+    for _ in range(2):  # the first call fits, the second uses the fit
+        try:
+            expected: Decimal | type[Exception] = _calc_price(gp_provider, gp_model, values, when)
+        except Exception as exc:
+            expected = type(exc)
+        try:
+            got: Decimal | type[Exception] = affine.price(gp_provider, gp_model, values, when)
+        except Exception as exc:
+            got = type(exc)
+        assert got == expected
+
+
+def test_affine_prices_reuse_one_fit_per_price_and_key_set() -> None:
+    """The point of the cache: after the first response, other counts with the same non-zero
+    keys are priced from the fit, not by calling genai-prices again."""
+    from unittest import mock
+
+    import server.pricing as pricing
+
+    book = PriceBook()
+    first = book.cost("openai", "gpt-4o", UsageCounts(input_tokens=100, output_tokens=10))
+    assert first is not None
+    with mock.patch.object(pricing, "_calc_price", side_effect=AssertionError("slow path")):
+        price = book.cost("openai", "gpt-4o", UsageCounts(input_tokens=2000, output_tokens=77))
+    assert price is not None
+    assert price.cost == pytest.approx(
+        by_hand(RATES["openai", "gpt-4o"], UsageCounts(input_tokens=2000, output_tokens=77))
+    )
+
+
+def _tiered_models() -> list[tuple[Any, Any, int]]:
+    from genai_prices.types import ModelPrice, TieredPrices
+
+    out = []
+    for gp_provider, gp_model in SNAPSHOT_MODELS:
+        prices = gp_model.prices
+        for price in [prices] if isinstance(prices, ModelPrice) else [c.prices for c in prices]:
+            for value in vars(price).values():
+                if isinstance(value, TieredPrices):
+                    out.extend((gp_provider, gp_model, tier.start) for tier in value.tiers)
+    return out
+
+
+TIERED = _tiered_models()
+
+
+def test_affine_prices_switch_rates_exactly_at_every_tier_start() -> None:
+    """Every tier start of the snapshot: just below, at and just above it, the fast path gives
+    calc_price's figure (a tier applies once the input total exceeds its start)."""
+    from datetime import UTC, datetime
+
+    from server.pricing import AffinePrices, _calc_price
+
+    assert len(TIERED) > 50  # the snapshot has tiered prices to check
+    when = datetime(2026, 11, 1, tzinfo=UTC)
+    affine = AffinePrices()
+    for gp_provider, gp_model, start in TIERED:
+        for n in (start - 1, start, start + 1, start + 2, 2 * start + 5):
+            values = {"input_tokens": n, "cache_read_tokens": n // 3, "output_tokens": 321}
+            try:
+                expected: Any = _calc_price(gp_provider, gp_model, values, when)
+            except Exception as exc:
+                expected = type(exc)
+            for _ in range(2):
+                try:
+                    got: Any = affine.price(gp_provider, gp_model, values, when)
+                except Exception as exc:
+                    got = type(exc)
+                assert got == expected, (gp_provider.id, gp_model.id, n)
