@@ -469,8 +469,8 @@ class Gateway:
         }
         if canon.stream:
             return StreamReply(self._sse(run), headers)
-        async with aclosing(self._stored_events(run)) as events:
-            async for _ in events:
+        async with aclosing(self._stored_groups(run)) as groups:
+            async for _ in groups:
                 pass
         return JsonReply(builder.response, headers)
 
@@ -602,18 +602,20 @@ class Gateway:
         ops = target.mapping.parse_response(response.content)
         return _Source(target.mapping, ops, None), response.status_code
 
-    async def _events(self, run: _Run) -> AsyncGenerator[dict[str, Any], None]:
-        """The builder's events for the whole reply; failures after the start become
-        `response.failed` carrying the upstream code and message (anchor-failures 6)."""
+    async def _event_groups(self, run: _Run) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """The builder's events for the whole reply, one list per upstream batch (so a stream
+        writes each batch's events with one send, never holding one back for the next batch);
+        failures after the start become `response.failed` carrying the upstream code and
+        message (anchor-failures 6)."""
         b = run.builder
         failure: tuple[str, str] | None = None
         try:
-            for event in b.start():
-                yield event
+            yield b.start()
             async with aclosing(run.source.batches()) as batches:
                 async for ops in batches:
-                    for event in b.feed(ops):
-                        yield event
+                    events = b.feed(ops)
+                    if events:
+                        yield events
                     if b.terminal:
                         break
         except UpstreamError as exc:
@@ -629,25 +631,38 @@ class Gateway:
             with anyio.CancelScope(shield=True):
                 await run.source.aclose()
         tail = b.fail(*failure) if failure is not None else ([] if b.terminal else b.finish())
-        for event in tail:
-            yield event
+        if tail:
+            yield tail
 
-    async def _stored_events(self, run: _Run) -> AsyncGenerator[dict[str, Any], None]:
-        """`_events`, with the store write awaited just before the terminal event leaves."""
+    async def _stored_groups(self, run: _Run) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """`_event_groups`, with the store write awaited just before the terminal event leaves
+        (the events before it in its group go out first, without waiting for the write)."""
         # aclosing: `async for` does not close an inner generator when the outer one is closed
         # (client disconnect), and the upstream must be released now, not at GC time.
-        async with aclosing(self._events(run)) as events:
-            async for event in events:
-                run.events.append(event)
-                if event.get("type") in TERMINAL_EVENTS:
-                    await self._store(run)
-                yield event
+        async with aclosing(self._event_groups(run)) as groups:
+            async for group in groups:
+                run.events.extend(group)
+                cut = next(
+                    (i for i, e in enumerate(group) if e.get("type") in TERMINAL_EVENTS), None
+                )
+                if cut is None:
+                    yield group
+                    continue
+                if cut:
+                    yield group[:cut]
+                await self._store(run)
+                yield group[cut:]
 
     async def _sse(self, run: _Run) -> AsyncGenerator[bytes, None]:
-        async with aclosing(self._stored_events(run)) as events:
-            async for event in events:
-                yield encode_sse(event)
-        if self.done_marker:
+        ended = False
+        async with aclosing(self._stored_groups(run)) as groups:
+            async for group in groups:
+                data = b"".join([encode_sse(event) for event in group])
+                if self.done_marker and group[-1].get("type") in TERMINAL_EVENTS:
+                    data += DONE  # nothing follows a terminal event: one send for both
+                    ended = True
+                yield data
+        if self.done_marker and not ended:
             yield DONE
 
     async def _store(self, run: _Run) -> None:

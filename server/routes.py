@@ -17,13 +17,14 @@ import orjson
 from litestar import Request, Response, Router, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import MultiDict
-from litestar.enums import MediaType
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath
-from litestar.response import Stream
+from litestar.types import ASGIApp
 
 from engine.errors import RequestError
-from server.gateway import Gateway, JsonReply, replay_sse
+from server.gateway import Gateway, replay_sse
+from server.gateway import JsonReply as GatewayJson
+from server.replies import EventStream, JsonReply, json_reply
 from server.stores.base import SpendQuery, StoredResponse, UnknownCursorError
 from server.telemetry import CONTENT_TYPE_LATEST, CURRENT, RequestContext, Telemetry
 
@@ -52,8 +53,8 @@ def _gateway(request: Request[Any, Any, Any]) -> Gateway:
     return cast(Gateway, request.app.state.gateway)
 
 
-def _json(data: Any, status: int = 200) -> Response[bytes]:
-    return Response(content=orjson.dumps(data), status_code=status, media_type=MediaType.JSON)
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> JsonReply:
+    return json_reply(data, status, headers)
 
 
 def _not_found(response_id: str) -> RequestError:
@@ -117,7 +118,7 @@ async def _record(request: Request[Any, Any, Any], response_id: str) -> StoredRe
 
 
 @post("/responses", status_code=200)
-async def create_response(request: Request[Any, Any, Any]) -> Response[Any]:
+async def create_response(request: Request[Any, Any, Any]) -> ASGIApp:
     # The raw body parsed with orjson: faster than Litestar's decoding, and malformed JSON gets
     # OpenAI's 400 instead of a framework error.
     raw = await request.body()
@@ -143,16 +144,15 @@ async def create_response(request: Request[Any, Any, Any]) -> Response[Any]:
         except BaseException:
             telemetry.finish(ctx)
             raise
-    if isinstance(reply, JsonReply):
-        response = _json(reply.response)
-        response.headers.update(reply.headers)
+    if isinstance(reply, GatewayJson):
+        headers = reply.headers
         if telemetry is not None:
             if ctx.cost is not None:
-                response.headers["x-turnout-cost"] = format_cost(ctx.cost)
+                headers = {**headers, "x-turnout-cost": format_cost(ctx.cost)}
             telemetry.finish(ctx)
-        return response
+        return _json(reply.response, headers=headers)
     chunks = reply.chunks if telemetry is None else _watched(telemetry, ctx, reply.chunks)
-    return Stream(chunks, media_type="text/event-stream", headers={**SSE_HEADERS, **reply.headers})
+    return EventStream(chunks, {**SSE_HEADERS, **reply.headers})
 
 
 def _authorization(scope: Any) -> str:
@@ -199,9 +199,7 @@ async def _watched(
 
 
 @get("/responses/{response_id:str}")
-async def get_response(
-    request: Request[Any, Any, Any], response_id: FromPath[str]
-) -> Response[Any]:
+async def get_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> ASGIApp:
     # `include` / `include[]` are accepted and ignored: every stored field is always returned.
     query = request.query_params
     stream = _flag(query, "stream")
@@ -214,26 +212,20 @@ async def get_response(
             400, f"Response '{response_id}' has no stored events to replay.", param="stream"
         )
     gateway = _gateway(request)
-    return Stream(
-        replay_sse(record.events, starting_after, done_marker=gateway.done_marker),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
+    return EventStream(
+        replay_sse(record.events, starting_after, done_marker=gateway.done_marker), SSE_HEADERS
     )
 
 
 @delete("/responses/{response_id:str}", status_code=200)
-async def delete_response(
-    request: Request[Any, Any, Any], response_id: FromPath[str]
-) -> Response[bytes]:
+async def delete_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> ASGIApp:
     if not await _gateway(request).store.delete(response_id):
         raise _not_found(response_id)
     return _json({"id": response_id, "object": "response", "deleted": True})
 
 
 @post("/responses/{response_id:str}/cancel", status_code=200)
-async def cancel_response(
-    request: Request[Any, Any, Any], response_id: FromPath[str]
-) -> Response[bytes]:
+async def cancel_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> ASGIApp:
     # Only background responses can be cancelled (OpenAI's rule), and Turnout answers every
     # response before its create call returns: a known id is a 400, an unknown one a 404.
     if await _gateway(request).store.get(response_id) is None:
@@ -247,9 +239,7 @@ async def cancel_response(
 
 
 @get("/responses/{response_id:str}/input_items")
-async def list_input_items(
-    request: Request[Any, Any, Any], response_id: FromPath[str]
-) -> Response[bytes]:
+async def list_input_items(request: Request[Any, Any, Any], response_id: FromPath[str]) -> ASGIApp:
     query = request.query_params
     limit = _int(query, "limit", 20, 1, 100) or 20
     order = query.get("order") or "desc"
@@ -291,15 +281,13 @@ def _models(gateway: Gateway) -> list[dict[str, Any]]:
 
 
 @get("/models")
-async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
+async def list_models(request: Request[Any, Any, Any]) -> ASGIApp:
     """OpenAI's model list: the aliases and the direct `provider/<model>` patterns."""
     return _json({"object": "list", "data": _models(_gateway(request))})
 
 
 @get("/models/{model_id:path}")
-async def retrieve_model(
-    request: Request[Any, Any, Any], model_id: FromPath[str]
-) -> Response[bytes]:
+async def retrieve_model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> ASGIApp:
     gateway = _gateway(request)
     name = model_id.lstrip("/")
     created = gateway.router.created
@@ -314,7 +302,7 @@ async def retrieve_model(
 
 
 @get("/health/deployments", guards=[require_master_key])
-async def health_deployments(request: Request[Any, Any, Any]) -> Response[bytes]:
+async def health_deployments(request: Request[Any, Any, Any]) -> ASGIApp:
     """Each alias deployment's live state: healthy or cooling down, in flight, latency, usage."""
     gateway = _gateway(request)
     return _json(
@@ -323,7 +311,7 @@ async def health_deployments(request: Request[Any, Any, Any]) -> Response[bytes]
 
 
 @get("/spend")
-async def spend(request: Request[Any, Any, Any]) -> Response[bytes]:
+async def spend(request: Request[Any, Any, Any]) -> ASGIApp:
     """Totals from the store: `group_by=model|deployment|provider|api_key|metadata:<key>`,
     `start`/`end` (unix seconds, `[start, end)`), optional `model` filter."""
     query = request.query_params
@@ -353,7 +341,7 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 @get("/health")
-async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
+async def health(request: Request[Any, Any, Any]) -> ASGIApp:
     """Liveness plus store reachability (a lookup of an id that never exists)."""
     try:
         await _gateway(request).store.get("resp_health_probe")

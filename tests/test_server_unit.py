@@ -412,21 +412,25 @@ async def test_stream_framing(client: AsyncTestClient[Litestar]) -> None:
     assert len({e["response"]["id"] for e in events if "response" in e}) == 1
 
 
-async def test_one_event_per_chunk_and_store_before_terminal(env: Env) -> None:
+async def test_chunks_hold_whole_events_and_store_before_terminal(env: Env) -> None:
+    """One chunk per upstream batch (whole events only), and the store write lands after every
+    event before the terminal one and before the terminal event (with [DONE]) is sent."""
     reply = await env.gateway().create({"model": "fake/x", "input": "hi", "stream": True})
     assert isinstance(reply, StreamReply)
     chunks = []
     async for chunk in reply.chunks:
         chunks.append(chunk)
-        if chunk != DONE:
-            assert chunk.count(b"\n\n") == 1 and chunk.endswith(b"\n\n")
-            (event,) = sse_events(chunk.decode())
+        env.log.append("chunk")
+        assert chunk.endswith(b"\n\n")
+        for event in sse_events(chunk.decode()):
             env.log.append(f"event:{event['type']}")
-    assert chunks[-1] == DONE
+    assert len(chunks) >= 3  # the start events leave before the upstream is read
+    assert sse_events(chunks[0].decode())[-1]["type"] == "response.in_progress"
+    assert chunks[-1].endswith(b"\n\n" + DONE)
+    assert sse_events(chunks[-1].decode())[0]["type"] == "response.completed"
     puts = [i for i, entry in enumerate(env.log) if entry.startswith("put:")]
     assert len(puts) == 1  # written once
-    assert env.log[puts[0] + 1] == "event:response.completed"
-    assert env.log[-1] == "event:response.completed"
+    assert env.log[puts[0] + 1 :] == ["chunk", "event:response.completed"]
 
 
 async def test_client_disconnect_closes_upstream_and_stores_nothing(env: Env) -> None:

@@ -1,0 +1,93 @@
+"""Replies as plain ASGI callables, for the routes on the request path.
+
+Litestar passes a handler's return value straight to the server when the handler is annotated
+`-> ASGIApp`, so these skip its Response -> ASGIResponse conversion (header objects, cookie and
+background-task handling none of these routes use). Errors still go through Litestar's
+exception handlers (server/errors.py), since they are raised, not returned.
+
+`EventStream` also replaces Litestar's streaming reply, which runs every stream in an anyio task
+group of two tasks. Here the chunks are sent from the handler's own task inside a cancel scope,
+and one small task waits for `http.disconnect` and cancels that scope: a client that goes away
+still stops the upstream read at once (the server's `send` ignores a gone client rather than
+raising, so the disconnect must be watched), at the cost of one task instead of a task group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import anyio
+import orjson
+from litestar.types import Receive, Scope, Send
+
+__all__ = ["EventStream", "JsonReply", "json_reply"]
+
+_JSON = (b"content-type", b"application/json")
+_SSE = (b"content-type", b"text/event-stream; charset=utf-8")
+
+
+def _encode(headers: Mapping[str, str] | None) -> list[tuple[bytes, bytes]]:
+    if not headers:
+        return []
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+class JsonReply:
+    """A complete JSON body with its status and extra headers."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, body: bytes, status: int = 200, headers: Mapping[str, str] | None = None):
+        self.body = body
+        self.status = status
+        self.headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = [_JSON, (b"content-length", str(len(self.body)).encode()), *_encode(self.headers)]
+        await send({"type": "http.response.start", "status": self.status, "headers": raw})
+        await send({"type": "http.response.body", "body": self.body, "more_body": False})
+
+
+def json_reply(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> JsonReply:
+    return JsonReply(orjson.dumps(data), status, headers)
+
+
+class EventStream:
+    """`text/event-stream` from an async iterator of already-encoded chunks, one send each."""
+
+    __slots__ = ("chunks", "headers")
+
+    def __init__(self, chunks: AsyncIterator[bytes], headers: Mapping[str, str] | None = None):
+        self.chunks = chunks
+        self.headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [_SSE, *_encode(self.headers)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        with anyio.CancelScope() as cancel_scope:
+            watcher = asyncio.get_running_loop().create_task(
+                _cancel_on_disconnect(cancel_scope, receive)
+            )
+            try:
+                async for chunk in self.chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                watcher.cancel()
+        if cancel_scope.cancelled_caught:
+            # The client left: the iterator was interrupted mid-await; close it now so its
+            # cleanup (releasing the upstream, closing telemetry) does not wait for GC.
+            close = getattr(self.chunks, "aclose", None)
+            if close is not None:
+                with anyio.CancelScope(shield=True):
+                    await close()
+
+
+async def _cancel_on_disconnect(cancel_scope: anyio.CancelScope, receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            cancel_scope.cancel()
+            return
