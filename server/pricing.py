@@ -45,6 +45,7 @@ __all__ = [
     "PriceBook",
     "PriceOverride",
     "UsageCounts",
+    "load_price_data",
     "usage_counts",
 ]
 
@@ -261,6 +262,13 @@ class PriceBook:
         if len(cache) > _CACHE_SIZE:
             cache.popitem(last=False)
         return found
+
+
+def load_price_data() -> None:
+    """Load genai-prices' snapshot now (the first lookup would otherwise pay for it)."""
+    from genai_prices import data_snapshot
+
+    data_snapshot.get_snapshot()
 
 
 def _calc_price(

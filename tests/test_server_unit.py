@@ -624,3 +624,23 @@ class _restore_logging:
         root = logging.getLogger()
         root.handlers[:], level = self._state
         root.setLevel(level)
+
+
+def test_serve_freezes_the_start_up_heap_with_the_price_data_loaded() -> None:
+    """`turnout serve` moves the start-up objects (mappings, price data) out of the collector's
+    reach before it accepts requests; run in a child so this process's GC is left alone."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gc, sys\n"
+        "from server.cli import _settle_heap\n"
+        "_settle_heap()\n"
+        "from genai_prices import data_snapshot\n"
+        "snapshot = data_snapshot.get_snapshot()\n"
+        "assert gc.get_freeze_count() > 10_000, gc.get_freeze_count()\n"
+        "frozen = snapshot.providers\n"
+        "assert gc.is_tracked(frozen) and all(o is not frozen for o in gc.get_objects())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
