@@ -362,6 +362,8 @@ class ResponseBuilder:
         self._echo = merged
         self._seq = 0
         self._started = False
+        # Background responses start "queued"; response.in_progress follows once work begins.
+        self._status = "in_progress"
         self._final: dict[str, Any] | None = None
         self._open: dict[tuple[str, Hashable], _Block] = {}  # insertion order = open order
         self._output: list[dict[str, Any] | None] = []  # None while the item is in flight
@@ -410,20 +412,53 @@ class ResponseBuilder:
         that an in-progress snapshot whose output holds the items already done."""
         if self._final is not None:
             return self._final
-        return self._snapshot("in_progress", [it for it in self._output if it is not None])
+        return self._snapshot(self._status, [it for it in self._output if it is not None])
 
     def start(self) -> list[Event]:
+        """response.created and response.in_progress; after `queue()`, response.in_progress."""
+        out: list[Event] = []
+        self._ensure_started(out)
+        return out
+
+    def queue(self) -> list[Event]:
+        """A background response's opening: response.created and response.queued, both with
+        status "queued". The next call of any other method emits response.in_progress first."""
         out: list[Event] = []
         if not self._started:
-            self._start(out)
+            self._started = True
+            self._status = "queued"
+            for typ in ("response.created", "response.queued"):
+                out.append(
+                    {
+                        "type": typ,
+                        "sequence_number": self._next(),
+                        "response": self._snapshot("queued", []),
+                    }
+                )
         return out
+
+    def route(self, finish_reasons: Mapping[str, str], provider: str | None) -> None:
+        """Name the mapping that will answer, once it is known (a background response is
+        queued before its upstream attempt picks a deployment)."""
+        self._finish_reasons = finish_reasons
+        self.provider = provider
+
+    def cancel(self) -> dict[str, Any]:
+        """End a background response as "cancelled" (there is no event for it: clients see it
+        through GET or the cancel call). Items still in flight are left out."""
+        if self._final is None:
+            resp = self._snapshot("cancelled", [it for it in self._output if it is not None])
+            if self._usage:
+                resp["usage"] = self._usage_obj()
+            self._open.clear()
+            self._final = resp
+        return self._final
 
     def feed(self, ops: Iterable[_Op]) -> list[Event]:
         out: list[Event] = []
         if self._final is not None:
             return out  # ops after the terminal event cannot change a finished response
-        if not self._started:
-            self._start(out)  # keep the grammar valid even if the caller skipped start()
+        self._ensure_started(out)  # keep the grammar valid even if the caller skipped start()
         handlers = self._handlers
         try:
             for op in ops:
@@ -451,8 +486,7 @@ class ResponseBuilder:
         out: list[Event] = []
         if self._final is not None:
             return out
-        if not self._started:
-            self._start(out)
+        self._ensure_started(out)
         self._emit_call_state(out)
         outcome = self._outcome
         if self._error is not None:
@@ -492,8 +526,7 @@ class ResponseBuilder:
         out: list[Event] = []
         if self._final is not None:
             return out
-        if not self._started:
-            self._start(out)
+        self._ensure_started(out)
         self._terminate(out, "failed", response_error(code, message))
         return out
 
@@ -540,6 +573,19 @@ class ResponseBuilder:
         if e["user"] is not None:
             snapshot["user"] = e["user"]
         return snapshot
+
+    def _ensure_started(self, out: list[Event]) -> None:
+        if not self._started:
+            self._start(out)
+        elif self._status == "queued":
+            self._status = "in_progress"
+            out.append(
+                {
+                    "type": "response.in_progress",
+                    "sequence_number": self._next(),
+                    "response": self._snapshot("in_progress", []),
+                }
+            )
 
     def _start(self, out: list[Event]) -> None:
         self._started = True

@@ -551,11 +551,11 @@ def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> 
     include = _expect(body, "include", (list,), "an array") or []
     _expect(body, "previous_response_id", (str,), "a string")
     _expect(body, "user", (str,), "a string")
-    if body.get("background"):
+    if body.get("background") and body.get("store") is False:
         raise _bad(
-            "background mode is not supported by this gateway yet.",
+            "Background mode requires store=true: the response is only reachable through GET.",
             "background",
-            "unsupported_parameter",
+            "invalid_value",
         )
     if body.get("conversation") is not None:
         raise _bad(

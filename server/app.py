@@ -72,6 +72,7 @@ def create_app(
         try:
             yield
         finally:
+            await gateway.aclose()  # background responses stop and are recorded first
             await telemetry.aclose()
             await upstream.aclose()
             if owned:

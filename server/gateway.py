@@ -22,6 +22,7 @@ it costs OpenAI clients nothing and makes the stream Open Responses conformant.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -30,6 +31,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import anyio
 import orjson
@@ -38,6 +40,7 @@ from engine.builder import ResponseBuilder, make_echo
 from engine.canonical import CanonicalRequest, normalize
 from engine.errors import RequestError, UpstreamError
 from engine.ids import IdFactory
+from server.background import BackgroundResponses, LiveResponse
 from server.config import Deployment, ModelAlias, ProviderSettings, Settings, env_prefix
 from server.credentials import (
     GoogleTokens,
@@ -75,6 +78,8 @@ log = logging.getLogger("turnout.gateway")
 
 DONE = b"data: [DONE]\n\n"
 TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
+# Statuses of a background response still at work: nothing can continue from it yet.
+UNFINISHED = frozenset({"queued", "in_progress"})
 _GENERIC_FAILURE = "The server had an error while processing your request."
 
 
@@ -158,12 +163,15 @@ class JsonReply:
     response: dict[str, Any]
     # Response headers (x-turnout-deployment, x-turnout-attempts): no keys, no URLs.
     headers: dict[str, str] = field(default_factory=dict)
+    # A background response: its work (and its telemetry record) outlives this reply.
+    detached: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class StreamReply:
     chunks: AsyncIterator[bytes]
     headers: dict[str, str] = field(default_factory=dict)
+    detached: bool = False
 
 
 _REPORTED_UNKNOWN: set[tuple[str, str]] = set()
@@ -233,7 +241,7 @@ class _Run:
     canon: CanonicalRequest
     target: Target
     builder: ResponseBuilder
-    source: _Source
+    source: _Source | None  # None until the upstream answered (a queued background response)
     request: dict[str, Any]
     previous_response_id: str | None
     store: bool
@@ -271,6 +279,7 @@ class Gateway:
         # (server/app.py) and stays None for a bare Gateway (unit tests).
         self.prices = PriceBook(settings.pricing)
         self.telemetry: Telemetry | None = None
+        self.background = BackgroundResponses()
 
     # -- model resolution -------------------------------------------------------------------
 
@@ -408,7 +417,7 @@ class Gateway:
         if previous_response_id is None:
             return []
         try:
-            return await self.store.chain(previous_response_id)
+            chain = await self.store.chain(previous_response_id)
         except ChainError:
             raise RequestError(
                 404,
@@ -416,6 +425,15 @@ class Gateway:
                 param="previous_response_id",
                 code="previous_response_not_found",
             ) from None
+        if chain and chain[-1].status in UNFINISHED:
+            raise RequestError(
+                400,
+                f"Previous response with id '{previous_response_id}' is still "
+                f"{chain[-1].status}: wait until it has finished to continue from it.",
+                param="previous_response_id",
+                code="previous_response_not_finished",
+            )
+        return chain
 
     # -- create -----------------------------------------------------------------------------
 
@@ -434,8 +452,23 @@ class Gateway:
             )
         chain = await self._chain(prev)
         canon = normalize(body, _items(chain))
+        if body.get("background") is True:
+            return await self._create_background(body, canon, chain, prev)
         opened = await self._attempt(canon, chain)
-        target = opened.target
+        run = self._new_run(body, canon, prev, opened.target)
+        builder = run.builder
+        self._bind(run, opened)
+        headers = _reply_headers(run)
+        if canon.stream:
+            return StreamReply(self._sse(run), headers)
+        async with aclosing(self._stored_groups(run)) as groups:
+            async for _ in groups:
+                pass
+        return JsonReply(builder.response, headers)
+
+    def _new_run(
+        self, body: dict[str, Any], canon: CanonicalRequest, prev: str | None, target: Target
+    ) -> _Run:
         builder = ResponseBuilder(
             self.ids.response(),
             int(time.time()),
@@ -446,33 +479,131 @@ class Gateway:
             provider=target.provider,
             max_image_bytes=self.settings.limits.max_image_bytes,
         )
-        if opened.state is not None:
-            # Released when the upstream reply is (or, if the client never read it, at GC).
-            opened.source.on_close = weakref.finalize(
-                opened.source, _release, self.router, opened.state, builder
-            )
-        run = _Run(
+        return _Run(
             canon=canon,
             target=target,
             builder=builder,
-            source=opened.source,
+            source=None,
             # The body minus input (kept as input_items); it holds no credentials.
             request={k: v for k, v in body.items() if k != "input"},
             previous_response_id=prev,
             store=bool(canon.view.get("store", True)),
-            upstream_status=opened.status,
-            attempts=opened.attempts,
+            upstream_status=0,
         )
-        headers = {
-            "x-turnout-deployment": target.deployment or canon.model,
-            "x-turnout-attempts": str(len(opened.attempts)),
-        }
-        if canon.stream:
-            return StreamReply(self._sse(run), headers)
-        async with aclosing(self._stored_groups(run)) as groups:
-            async for _ in groups:
-                pass
-        return JsonReply(builder.response, headers)
+
+    def _bind(self, run: _Run, opened: _Opened) -> None:
+        """Attach the upstream reply that answered (and what it took to get it) to the run."""
+        run.target = opened.target
+        run.source = opened.source
+        run.upstream_status = opened.status
+        run.attempts = opened.attempts
+        run.builder.route(opened.target.mapping.finish_reasons, opened.target.provider)
+        if opened.state is not None:
+            # Released when the upstream reply is (or, if the client never read it, at GC).
+            opened.source.on_close = weakref.finalize(
+                opened.source, _release, self.router, opened.state, run.builder
+            )
+
+    # -- background responses ---------------------------------------------------------------
+
+    async def _create_background(
+        self,
+        body: dict[str, Any],
+        canon: CanonicalRequest,
+        chain: list[StoredResponse],
+        prev: str | None,
+    ) -> JsonReply | StreamReply:
+        """Store the response as queued, start the work, answer at once (server/background.py).
+        For a direct provider/model the request is built first, so an unknown model, a missing
+        key or a parameter the provider cannot honour is still this call's own 4xx."""
+        reply_stream = canon.stream
+        # The upstream always streams, so GET shows the output as it grows and followers get
+        # every delta, whether the create call itself asked for a stream or not.
+        canon = CanonicalRequest({**canon.view, "stream": True}, canon.input_items, canon.body)
+        spec = self.settings.models.get(canon.model)
+        target = self.resolve(canon.model)  # for an alias: the router's first choice, for now
+        call = None
+        if spec is None or not spec.deployments:
+            call = await self._call(canon, target)
+        run = self._new_run(body, canon, prev, target)
+        builder = run.builder
+        live = LiveResponse(builder)
+        queued = builder.queue()
+        run.events.extend(queued)
+        live.publish(queued)
+        await self.store.put(
+            self._record(run, UsageCounts(), None, CURRENT.get(), _tags(body.get("metadata")))
+        )
+        self.background.launch(live, self._run_background(live, run, chain, call))
+        headers = _reply_headers(run)
+        if reply_stream:
+            return StreamReply(self.follow_sse(live), headers, detached=True)
+        return JsonReply(builder.response, headers, detached=True)
+
+    async def _run_background(
+        self,
+        live: LiveResponse,
+        run: _Run,
+        chain: list[StoredResponse],
+        call: UpstreamCall | None,
+    ) -> None:
+        ctx = CURRENT.get()
+        try:
+            opening = run.builder.start()  # response.in_progress: the work has begun
+            run.events.extend(opening)
+            live.publish(opening)
+            try:
+                if call is not None:
+                    target, started = run.target, time.monotonic()
+                    source, status = await self._open(call, target)
+                    entry = _entry(target, None, status, started)
+                    opened = _Opened(target, source, status, [entry], None)
+                else:
+                    opened = await self._attempt(run.canon, chain)
+            except (RequestError, UpstreamError) as exc:
+                code = exc.code or ("invalid_request" if isinstance(exc, RequestError) else None)
+                await self._end(live, run, run.builder.fail(code or "server_error", exc.message))
+                return
+            self._bind(run, opened)
+            async with aclosing(self._stored_groups(run)) as groups:
+                async for group in groups:
+                    live.publish(group)
+        except asyncio.CancelledError:
+            # The cancel call, or the gateway shutting down (then it is a failure: the work was
+            # not finished, and a poller must not wait on it forever).
+            with anyio.CancelScope(shield=True):
+                if self.background.stopping:
+                    message = "The gateway shut down before this background response finished."
+                    await self._end(live, run, run.builder.fail("server_error", message))
+                else:
+                    run.builder.cancel()
+                    await self._end(live, run, [])
+        except Exception:
+            log.exception("background response %s failed", run.builder.response_id)
+            with anyio.CancelScope(shield=True):
+                await self._end(live, run, run.builder.fail("server_error", _GENERIC_FAILURE))
+        finally:
+            if self.telemetry is not None and ctx is not None:
+                self.telemetry.finish(ctx)
+
+    async def _end(self, live: LiveResponse, run: _Run, events: list[dict[str, Any]]) -> None:
+        """Store the final record, then let the followers see the events they have not seen
+        (a cancel can land between the store write and the terminal event's publication)."""
+        run.events.extend(events)
+        await self._store(run)
+        live.publish(run.events[len(live.events) :])
+
+    async def follow_sse(
+        self, live: LiveResponse, starting_after: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """A running background response as SSE: its events so far, then the new ones."""
+        async for group in live.follow(starting_after):
+            yield b"".join([encode_sse(event) for event in group])
+        if self.done_marker:
+            yield DONE
+
+    async def aclose(self) -> None:
+        await self.background.aclose()
 
     async def _call(self, canon: CanonicalRequest, target: Target) -> UpstreamCall:
         return target.mapping.build_request(
@@ -608,16 +739,24 @@ class Gateway:
         failures after the start become `response.failed` carrying the upstream code and
         message (anchor-failures 6)."""
         b = run.builder
+        source = run.source
+        assert source is not None, "the upstream is opened before the events are read"
         failure: tuple[str, str] | None = None
+        last: list[dict[str, Any]] = []
         try:
-            yield b.start()
-            async with aclosing(run.source.batches()) as batches:
+            opening = b.start()
+            if opening:  # empty when a background response already announced its start
+                yield opening
+            async with aclosing(source.batches()) as batches:
                 async for ops in batches:
                     events = b.feed(ops)
+                    if b.terminal:
+                        # Held until the upstream is released below: once the terminal event
+                        # is out, the client may act on it (the deployment must be free).
+                        last = events
+                        break
                     if events:
                         yield events
-                    if b.terminal:
-                        break
         except UpstreamError as exc:
             failure = (exc.code or "server_error", exc.message)
         except Exception:
@@ -629,10 +768,10 @@ class Gateway:
             # Shielded: on a client disconnect the task is cancelled, and an unshielded await
             # here would be cancelled too, leaking the upstream connection until GC.
             with anyio.CancelScope(shield=True):
-                await run.source.aclose()
+                await source.aclose()
         tail = b.fail(*failure) if failure is not None else ([] if b.terminal else b.finish())
-        if tail:
-            yield tail
+        if last or tail:
+            yield last + tail
 
     async def _stored_groups(self, run: _Run) -> AsyncGenerator[list[dict[str, Any]], None]:
         """`_event_groups`, with the store write awaited just before the terminal event leaves
@@ -684,29 +823,38 @@ class Gateway:
         self._notify(ctx, run, counts, price, tags)
         if not run.store:
             return
-        await self.store.put(
-            StoredResponse(
-                id=str(response["id"]),
-                created_at=created_at,
-                model=str(response.get("model") or run.canon.model),
-                provider=run.target.provider,
-                status=str(response.get("status")),
-                response=response,
-                input_items=run.canon.input_items,
-                events=run.events,
-                request=run.request,
-                previous_response_id=run.previous_response_id,
-                deployment=run.target.deployment,
-                attempts=run.attempts,
-                cost=None if price is None else price.cost,
-                input_tokens=counts.input_tokens,
-                cached_tokens=counts.cached_tokens,
-                cache_write_tokens=counts.cache_write_tokens,
-                output_tokens=counts.output_tokens,
-                reasoning_tokens=counts.reasoning_tokens,
-                api_key_id=ctx.api_key_id if ctx is not None else None,
-                tags=tags,
-            )
+        await self.store.put(self._record(run, counts, price, ctx, tags))
+
+    @staticmethod
+    def _record(
+        run: _Run,
+        counts: UsageCounts,
+        price: Price | None,
+        ctx: RequestContext | None,
+        tags: dict[str, str],
+    ) -> StoredResponse:
+        response = run.builder.response
+        return StoredResponse(
+            id=str(response["id"]),
+            created_at=int(response.get("created_at") or time.time()),
+            model=str(response.get("model") or run.canon.model),
+            provider=run.target.provider,
+            status=str(response.get("status")),
+            response=response,
+            input_items=run.canon.input_items,
+            events=run.events,
+            request=run.request,
+            previous_response_id=run.previous_response_id,
+            deployment=run.target.deployment,
+            attempts=run.attempts,
+            cost=None if price is None else price.cost,
+            input_tokens=counts.input_tokens,
+            cached_tokens=counts.cached_tokens,
+            cache_write_tokens=counts.cache_write_tokens,
+            output_tokens=counts.output_tokens,
+            reasoning_tokens=counts.reasoning_tokens,
+            api_key_id=ctx.api_key_id if ctx is not None else None,
+            tags=tags,
         )
 
     def _cost(self, run: _Run, counts: UsageCounts, created_at: int) -> Price | None:
@@ -783,6 +931,16 @@ def _items(chain: Sequence[StoredResponse]) -> list[dict[str, Any]]:
         items.extend(record.input_items)
         items.extend(record.response.get("output") or [])
     return items
+
+
+def _reply_headers(run: _Run) -> dict[str, str]:
+    # The model string is the client's own text: percent-encode what a header cannot carry
+    # (non-ASCII, control characters) rather than fail the reply after it was stored.
+    deployment = run.target.deployment or run.canon.model
+    return {
+        "x-turnout-deployment": quote(deployment, safe="/:._-@+=~!$&'()*,;"),
+        "x-turnout-attempts": str(len(run.attempts)),
+    }
 
 
 def _entry(

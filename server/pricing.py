@@ -326,6 +326,8 @@ class AffinePrices:
         band = bisect.bisect_left(starts, values.get("input_tokens", 0)) if starts else 0
         key = (id(model_price), frozenset(values), band)
         fit = self._fits.get(key)
+        if fit is not None:
+            self._fits.move_to_end(key)  # least recently used goes first when full
         if fit is None or fit.model_price is not model_price:
             fit = self._fit(gp_provider, gp_model, model_price, key[1], starts, band, when)
             self._fits[key] = fit

@@ -15,6 +15,7 @@ raising, so the disconnect must be watched), at the cost of one task instead of 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -23,6 +24,8 @@ import orjson
 from litestar.types import Receive, Scope, Send
 
 __all__ = ["EventStream", "JsonReply", "json_reply"]
+
+log = logging.getLogger("turnout.replies")
 
 _JSON = (b"content-type", b"application/json")
 _SSE = (b"content-type", b"text/event-stream; charset=utf-8")
@@ -64,25 +67,35 @@ class EventStream:
         self.headers = headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [_SSE, *_encode(self.headers)]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        with anyio.CancelScope() as cancel_scope:
-            watcher = asyncio.get_running_loop().create_task(
-                _cancel_on_disconnect(cancel_scope, receive)
-            )
-            try:
-                async for chunk in self.chunks:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            finally:
-                watcher.cancel()
-        if cancel_scope.cancelled_caught:
-            # The client left: the iterator was interrupted mid-await; close it now so its
-            # cleanup (releasing the upstream, closing telemetry) does not wait for GC.
+        try:
+            headers = [_SSE, *_encode(self.headers)]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            with anyio.CancelScope() as cancel_scope:
+                watcher = asyncio.get_running_loop().create_task(
+                    _cancel_on_disconnect(cancel_scope, receive)
+                )
+                watcher.add_done_callback(_retrieve)
+                try:
+                    async for chunk in self.chunks:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                finally:
+                    watcher.cancel()
+        finally:
+            # On every way out (the end, a client that left, a send that raised): close the
+            # iterator now, so its cleanup (releasing the upstream, closing the request's
+            # telemetry) runs at once, not at GC or never. Closing a finished one is a no-op.
             close = getattr(self.chunks, "aclose", None)
             if close is not None:
                 with anyio.CancelScope(shield=True):
                     await close()
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    # A receive() that raised only means the disconnect is no longer watched: not an error of
+    # the reply, but never an "exception was never retrieved" warning either.
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("disconnect watcher ended: %r", task.exception())
 
 
 async def _cancel_on_disconnect(cancel_scope: anyio.CancelScope, receive: Receive) -> None:

@@ -146,12 +146,15 @@ async def create_response(request: Request[Any, Any, Any]) -> ASGIApp:
             raise
     if isinstance(reply, GatewayJson):
         headers = reply.headers
-        if telemetry is not None:
+        if telemetry is not None and not reply.detached:
             if ctx.cost is not None:
                 headers = {**headers, "x-turnout-cost": format_cost(ctx.cost)}
             telemetry.finish(ctx)
         return _json(reply.response, headers=headers)
-    chunks = reply.chunks if telemetry is None else _watched(telemetry, ctx, reply.chunks)
+    chunks = reply.chunks
+    if telemetry is not None and not reply.detached:
+        # A background response's record is closed by its task, not by this stream.
+        chunks = _watched(telemetry, ctx, chunks)
     return EventStream(chunks, {**SSE_HEADERS, **reply.headers})
 
 
@@ -204,6 +207,12 @@ async def get_response(request: Request[Any, Any, Any], response_id: FromPath[st
     query = request.query_params
     stream = _flag(query, "stream")
     starting_after = _int(query, "starting_after", None, -1, 2**62)
+    gateway = _gateway(request)
+    live = gateway.background.get(response_id)
+    if live is not None:  # a background response at work: its live state, its live events
+        if not stream:
+            return _json(live.response)
+        return EventStream(gateway.follow_sse(live, starting_after), SSE_HEADERS)
     record = await _record(request, response_id)
     if not stream:
         return _json(record.response)
@@ -211,7 +220,6 @@ async def get_response(request: Request[Any, Any, Any], response_id: FromPath[st
         raise RequestError(
             400, f"Response '{response_id}' has no stored events to replay.", param="stream"
         )
-    gateway = _gateway(request)
     return EventStream(
         replay_sse(record.events, starting_after, done_marker=gateway.done_marker), SSE_HEADERS
     )
@@ -219,17 +227,26 @@ async def get_response(request: Request[Any, Any, Any], response_id: FromPath[st
 
 @delete("/responses/{response_id:str}", status_code=200)
 async def delete_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> ASGIApp:
-    if not await _gateway(request).store.delete(response_id):
+    gateway = _gateway(request)
+    await gateway.background.cancel(response_id)  # else its final write would bring it back
+    if not await gateway.store.delete(response_id):
         raise _not_found(response_id)
     return _json({"id": response_id, "object": "response", "deleted": True})
 
 
 @post("/responses/{response_id:str}/cancel", status_code=200)
 async def cancel_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> ASGIApp:
-    # Only background responses can be cancelled (OpenAI's rule), and Turnout answers every
-    # response before its create call returns: a known id is a 400, an unknown one a 404.
-    if await _gateway(request).store.get(response_id) is None:
+    # Only background responses can be cancelled (OpenAI's rule). One still at work stops and
+    # is stored "cancelled"; a finished one is returned as it is (cancel is idempotent).
+    gateway = _gateway(request)
+    live = await gateway.background.cancel(response_id)
+    if live is not None:
+        return _json(live.response)
+    record = await gateway.store.get(response_id)
+    if record is None or record.deleted:
         raise _not_found(response_id)
+    if record.response.get("background") is True:
+        return _json(record.response)
     raise RequestError(
         400,
         "Only responses created with background: true can be cancelled.",

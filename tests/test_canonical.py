@@ -217,7 +217,7 @@ _BAD: list[tuple[str, Any, str]] = [
         _body(input=[{"type": "function_call", "call_id": "c", "arguments": "{}"}]),
         "input[0].name",
     ),
-    ("background true", _body(background=True), "background"),
+    ("background without store", _body(background=True, store=False), "background"),
     ("conversation", _body(conversation="conv_1"), "conversation"),
     ("item_reference unknown", _body(input=[{"type": "item_reference", "id": "msg_x"}]),
      "input[0].id"),

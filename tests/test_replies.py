@@ -84,17 +84,18 @@ async def test_a_client_that_leaves_stops_a_stalled_stream_and_its_cleanup_runs(
     assert [m.get("body") for m in wire.sent[1:]] == [b"data: first\n\n"]  # no end-of-body
 
 
+async def endless(closed: asyncio.Event) -> AsyncGenerator[bytes, None]:
+    try:
+        while True:
+            yield b"data: x\n\n"
+    finally:
+        closed.set()
+
+
 async def test_a_client_that_leaves_between_chunks_gets_the_iterator_closed() -> None:
     """Cancelled while in `send` (the iterator suspended at a yield): it is closed right away."""
     closed = asyncio.Event()
     wire = Wire()
-
-    async def chunks() -> AsyncGenerator[bytes, None]:
-        try:
-            while True:
-                yield b"data: x\n\n"
-        finally:
-            closed.set()
 
     async def slow_send(message: dict[str, Any]) -> None:
         wire.sent.append(message)
@@ -102,5 +103,37 @@ async def test_a_client_that_leaves_between_chunks_gets_the_iterator_closed() ->
             wire.leave()
             await asyncio.sleep(3600)  # a send blocked on a full socket buffer
 
-    await asyncio.wait_for(EventStream(chunks())({}, wire.receive, slow_send), timeout=5)
+    await asyncio.wait_for(EventStream(endless(closed))({}, wire.receive, slow_send), timeout=5)
     assert closed.is_set()
+
+
+async def test_a_send_that_raises_still_closes_the_iterator() -> None:
+    """A reply that fails mid-way (a header the server refuses, a broken socket) must still
+    run the iterator's cleanup at once: it releases the upstream and closes the telemetry."""
+    closed = asyncio.Event()
+
+    async def broken_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            raise OSError("connection reset")
+
+    wire = Wire()
+    with pytest.raises(OSError):
+        await EventStream(endless(closed))({}, wire.receive, broken_send)
+    assert closed.is_set()
+
+    never_started = asyncio.Event()
+
+    async def unstarted() -> AsyncGenerator[bytes, None]:
+        try:
+            yield b"data: x\n\n"
+        finally:
+            never_started.set()
+
+    async def refuses_start(message: dict[str, Any]) -> None:
+        raise RuntimeError("Invalid HTTP header value")
+
+    gen = unstarted()
+    await anext(gen)  # suspended at its yield: closing it runs its finally
+    with pytest.raises(RuntimeError):
+        await EventStream(gen)({}, wire.receive, refuses_start)
+    assert never_started.is_set()

@@ -644,3 +644,13 @@ def test_serve_freezes_the_start_up_heap_with_the_price_data_loaded() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+async def test_a_model_name_no_header_can_carry_is_percent_encoded(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    for stream in (False, True):
+        body = {"model": "fake/模型\u0007", "input": "hi", "stream": stream}
+        resp = await client.post("/v1/responses", json=body)
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-turnout-deployment"] == "fake/%E6%A8%A1%E5%9E%8B%07"
