@@ -90,12 +90,30 @@ class _Sources:
         return self.files[0].problem(path, message, hint)
 
 
+# Ops whose `text` is appended to the output: a provider sending a number or an object there
+# sent a reply of the wrong shape (502), not one the builder should fail on later.
+_TEXT_OPS = frozenset({"text_delta", "refusal_delta", "reasoning_delta", "tool_args_delta"})
+
+
+def _bad_shape(provider: str, op: str) -> UpstreamError:
+    return UpstreamError(
+        502,
+        f"{provider} answered with text of the wrong type ({op}); the reply is not usable",
+        code="upstream_bad_response",
+        type="server_error",
+        provider=provider,
+    )
+
+
 class StreamDecoder:
     """Bytes of one streamed reply → ops. One per upstream response."""
 
-    __slots__ = ("_ctx", "_dispatch", "_frames", "_saw_finish")
+    __slots__ = ("_ctx", "_dispatch", "_frames", "_saw_finish", "provider")
 
-    def __init__(self, frames: FrameDecoder, dispatch: rule_mod.Dispatch) -> None:
+    def __init__(
+        self, frames: FrameDecoder, dispatch: rule_mod.Dispatch, provider: str = "upstream"
+    ) -> None:
+        self.provider = provider
         self._frames = frames
         self._dispatch = dispatch
         self._ctx: dict[str, Any] = {}
@@ -114,8 +132,11 @@ class StreamDecoder:
                 for rule in rules:
                     rule.run(payload, ctx, out)
         for op in out:
-            if op["op"] in ("finish", "error"):
+            name = op["op"]
+            if name in ("finish", "error"):
                 self._saw_finish = True
+            elif name in _TEXT_OPS and not isinstance(op.get("text"), str):
+                raise _bad_shape(self.provider, name)
         return out
 
     def feed(self, chunk: bytes) -> list[Op]:
@@ -225,7 +246,22 @@ class CompiledMapping:
                 provider=self.provider,
             ) from None
         ctx: dict[str, Any] = {"root": payload, "event": None}
-        ops = rule_mod.run_rules(self._response, payload, ctx)
+        try:
+            ops = rule_mod.run_rules(self._response, payload, ctx)
+        except Exception as exc:
+            # JSON of the wrong shape (no usage, a number where text goes): the provider's
+            # fault, a 502 like any unreadable reply, never a 500 from inside a template.
+            raise UpstreamError(
+                502,
+                f"{self.provider} answered with a body of an unexpected shape "
+                f"({type(exc).__name__}); the reply is not usable",
+                code="upstream_bad_response",
+                type="server_error",
+                provider=self.provider,
+            ) from None
+        for op in ops:
+            if op["op"] in _TEXT_OPS and not isinstance(op.get("text"), str):
+                raise _bad_shape(self.provider, op["op"])
         if not any(op["op"] in ("finish", "error") for op in ops):
             raise UpstreamError(
                 502,
@@ -237,7 +273,7 @@ class CompiledMapping:
         return ops
 
     def stream_decoder(self) -> StreamDecoder:
-        return StreamDecoder(make_decoder(self._framing), self._stream)
+        return StreamDecoder(make_decoder(self._framing), self._stream, self.provider)
 
     def parse_error(
         self, status: int, body: bytes, headers: Mapping[str, str] | None = None

@@ -19,46 +19,14 @@ import argparse
 import importlib.util
 import logging
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 
 from engine.errors import ConfigError, MappingError
 from engine.registry import DEFAULT_MAPPINGS_DIR, lint_dir
+from server.redaction import redact, secret_values
 
 __all__ = ["RedactingFormatter", "configure_logging", "main", "redact"]
-
-_MASK = "***"
-# Compiled once; formatting a log record must not build regexes.
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"), "sk-" + _MASK),
-    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]+"), "Bearer " + _MASK),
-    (re.compile(r"\bAIza[0-9A-Za-z_\-]{20,}"), _MASK),  # Google API keys
-    (
-        re.compile(
-            r"(?i)\b(x-api-key|x-goog-api-key|api[-_]?key|master[-_]?key|secret|token|password)"
-            r"(['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"
-        ),
-        r"\1\2" + _MASK,
-    ),
-)
-_SECRET_ENV = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL)", re.IGNORECASE)
-
-
-def _secret_values(env: Mapping[str, str]) -> tuple[str, ...]:
-    # Short values would mask ordinary words; real keys are long. Longest first so a key that
-    # contains another is masked whole.
-    values = {v for k, v in env.items() if _SECRET_ENV.search(k) and len(v) >= 8}
-    return tuple(sorted(values, key=len, reverse=True))
-
-
-def redact(text: str, secrets: Sequence[str] = ()) -> str:
-    for value in secrets:
-        if value in text:
-            text = text.replace(value, _MASK)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 class RedactingFormatter(logging.Formatter):
@@ -67,7 +35,7 @@ class RedactingFormatter(logging.Formatter):
 
     def __init__(self, fmt: str | None = None, env: Mapping[str, str] | None = None) -> None:
         super().__init__(fmt or "%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self._secrets = _secret_values(os.environ if env is None else env)
+        self._secrets = secret_values(os.environ if env is None else env)
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record), self._secrets)

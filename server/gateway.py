@@ -49,6 +49,7 @@ from server.credentials import (
     static_credentials,
 )
 from server.pricing import Price, PriceBook, UsageCounts, usage_counts
+from server.redaction import redact, secret_values
 from server.router import (
     MAX_WAIT_S,
     DeploymentState,
@@ -197,10 +198,12 @@ class _Source:
         mapping: MappingLike,
         ops: list[dict[str, Any]] | None,
         stream: UpstreamStream | None,
+        secrets: Sequence[str] = (),
     ) -> None:
         self._mapping = mapping
         self._ops = ops
         self._stream = stream
+        self._secrets = secrets  # masked out of in-band error messages
         # Called once when the upstream reply is released (the router's in-flight count).
         self.on_close: Callable[[], Any] | None = None
 
@@ -209,11 +212,16 @@ class _Source:
             yield self._ops or []
             return
         decoder = self._mapping.stream_decoder()
-        async for chunk in self._stream.chunks():
-            ops = decoder.feed(chunk)
-            if ops:
-                yield ops
-        yield decoder.close()
+        secrets = self._secrets
+        try:
+            async for chunk in self._stream.chunks():
+                ops = decoder.feed(chunk)
+                if ops:
+                    yield _masked(ops, secrets)
+            yield _masked(decoder.close(), secrets)
+        except UpstreamError as exc:  # an exception frame, a cut stream: same masking
+            exc.message = redact(exc.message, secrets)
+            raise
         _report_unknown_events(self._mapping, getattr(decoder, "unknown_events", {}))
 
     async def aclose(self) -> None:
@@ -280,6 +288,9 @@ class Gateway:
         self.prices = PriceBook(settings.pricing)
         self.telemetry: Telemetry | None = None
         self.background = BackgroundResponses()
+        # Secret values known at start (secret-named environment variables): masked out of
+        # upstream error messages along with each call's own credentials.
+        self._secrets = secret_values(settings.env)
 
     # -- model resolution -------------------------------------------------------------------
 
@@ -724,14 +735,23 @@ class Gateway:
     async def _open(self, call: UpstreamCall, target: Target) -> tuple[_Source, int]:
         """Send the request; returns once a 2xx status arrived (the whole body when not
         streaming), raising `UpstreamError` before anything reached the client."""
-        if call.stream:
-            stream = await self.upstream.open_stream(
+        secrets = (*_call_secrets(call, target), *self._secrets)
+        try:
+            if call.stream:
+                stream = await self.upstream.open_stream(
+                    call, target.mapping, read_timeout_s=target.timeout_s
+                )
+                return _Source(target.mapping, None, stream, secrets), stream.status_code
+            response = await self.upstream.send(
                 call, target.mapping, read_timeout_s=target.timeout_s
             )
-            return _Source(target.mapping, None, stream), stream.status_code
-        response = await self.upstream.send(call, target.mapping, read_timeout_s=target.timeout_s)
-        ops = target.mapping.parse_response(response.content)
-        return _Source(target.mapping, ops, None), response.status_code
+            ops = target.mapping.parse_response(response.content)
+        except UpstreamError as exc:
+            # Providers quote keys back ("Incorrect API key provided: sk-..."): the message
+            # reaches the client, the store and the logs, so it is masked here, once.
+            exc.message = redact(exc.message, secrets)
+            raise
+        return _Source(target.mapping, _masked(ops, secrets), None, secrets), response.status_code
 
     async def _event_groups(self, run: _Run) -> AsyncGenerator[list[dict[str, Any]], None]:
         """The builder's events for the whole reply, one list per upstream batch (so a stream
@@ -931,6 +951,27 @@ def _items(chain: Sequence[StoredResponse]) -> list[dict[str, Any]]:
         items.extend(record.input_items)
         items.extend(record.response.get("output") or [])
     return items
+
+
+_AUTH_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "x-goog-api-key"})
+
+
+def _call_secrets(call: UpstreamCall, target: Target) -> tuple[str, ...]:
+    """The credentials this call carries: the target's, and what its auth headers hold
+    (tokens fetched for this request only exist there). Short values would mask words."""
+    values = {v for v in target.credentials.values() if isinstance(v, str)}
+    for name, value in call.headers.items():
+        if name.lower() in _AUTH_HEADERS:
+            values.add(value.partition(" ")[2] if value.lower().startswith("bearer ") else value)
+    return tuple(sorted((v for v in values if len(v) >= 8), key=len, reverse=True))
+
+
+def _masked(ops: list[dict[str, Any]], secrets: Sequence[str]) -> list[dict[str, Any]]:
+    """In-band error ops with their messages masked (every other op passes untouched)."""
+    for op in ops:
+        if op.get("op") == "error" and isinstance(op.get("message"), str):
+            op["message"] = redact(op["message"], secrets)
+    return ops
 
 
 def _reply_headers(run: _Run) -> dict[str, str]:

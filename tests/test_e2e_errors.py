@@ -21,6 +21,7 @@ from tests.conftest import (
     PROVIDERS,
     SLOW_TIMEOUT_PROVIDER,
     Gateway,
+    dialect,
     gateway_env,
     label_for,
     model_for,
@@ -333,3 +334,82 @@ def test_turnout_lint_reports_a_broken_mapping(tmp_path: Path) -> None:
     )  # fmt: skip
     assert ok.returncode == 0
     assert ok.stdout.startswith("ok: ")
+
+
+# Secrets the test gateway holds that no key-shape pattern would catch: only masking the exact
+# values of the call's own credentials hides them.
+_SECRETS = {
+    "vertex_ai": "ya29.test-vertex-token-secret-0123456789",
+    "bedrock": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+    "openai": "sk-test-openai-secret-0123456789",
+    "anthropic": "sk-test-anthropic-secret-0123456789",
+    "gemini": "sk-test-gemini-secret-0123456789",
+    "groq": "sk-test-groq-secret-0123456789",
+}
+
+
+def _native_error(dialect_name: str, message: str) -> dict[str, Any]:
+    if dialect_name == "anthropic":
+        return {"type": "error", "error": {"type": "authentication_error", "message": message}}
+    if dialect_name == "gemini":
+        return {"error": {"code": 401, "message": message, "status": "UNAUTHENTICATED"}}
+    if dialect_name == "bedrock":
+        return {"message": message}
+    return {"error": {"message": message, "type": "invalid_request_error", "code": "bad_key"}}
+
+
+@pytest.mark.parametrize("provider", sorted(_SECRETS))
+def test_a_key_quoted_back_by_the_provider_never_reaches_the_client(
+    gateway: Gateway, sim: Simulator, provider: str
+) -> None:
+    secret = _SECRETS[provider]
+    message = f"Incorrect API key provided: {secret} (request was signed with {secret})"
+    sim.script(
+        label_for(provider), Error(401, native_body=_native_error(dialect(provider), message))
+    )
+    reply = httpx.post(
+        f"{gateway.url}/v1/responses", json={"model": model_for(provider), "input": "hi"}
+    )
+    error = error_of(reply, reply.status_code)
+    assert reply.status_code >= 400
+    assert secret not in reply.text and "Incorrect API key provided: ***" in error["message"]
+
+
+# Providers whose mid-stream failures carry a message (Gemini's just drop the connection).
+@pytest.mark.parametrize("provider", ["bedrock", "anthropic", "openai"])
+def test_a_key_in_a_mid_stream_error_is_masked_in_the_event_and_the_store(
+    gateway: Gateway, sim: Simulator, provider: str
+) -> None:
+    secret = _SECRETS[provider]
+    sim.script(label_for(provider), MidStreamError(after_chunks=3, message=f"key {secret} bad"))
+    with httpx.stream(
+        "POST", f"{gateway.url}/v1/responses",
+        json={"model": model_for(provider), "input": "hi", "stream": True}, timeout=30,
+    ) as reply:  # fmt: skip
+        text = reply.read().decode()
+    assert "response.failed" in text and secret not in text
+    rid = orjson.loads(text.split("data: ", 2)[1].split("\n", 1)[0])["response"]["id"]
+    stored = httpx.get(f"{gateway.url}/v1/responses/{rid}")
+    assert stored.json()["status"] == "failed" and secret not in stored.text
+    assert "***" in stored.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("provider", "body"),
+    [
+        ("anthropic", {}),
+        ("anthropic", []),
+        ("anthropic", {"content": "x"}),
+        ("gemini", {"candidates": [{"content": {"parts": [{"text": 5}]}, "finishReason": "STOP"}]}),
+        ("openai", None),
+    ],
+)
+def test_a_2xx_body_of_the_wrong_shape_is_a_502_not_a_500(
+    gateway: Gateway, sim: Simulator, provider: str, body: Any
+) -> None:
+    sim.script(label_for(provider), Error(200, native_body=b"null" if body is None else body))
+    reply = httpx.post(
+        f"{gateway.url}/v1/responses", json={"model": model_for(provider), "input": "hi"}
+    )
+    error = error_of(reply, 502)
+    assert error["code"] == "upstream_bad_response"

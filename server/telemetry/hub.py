@@ -41,7 +41,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.cli import _secret_values
+from server.redaction import secret_values
 from server.telemetry.base import Sink, SinkContext, build_sink
 from server.telemetry.metrics import Metrics
 
@@ -91,7 +91,7 @@ class Telemetry:
     ) -> None:
         self.metrics = metrics or Metrics()
         secrets = tuple(
-            sorted({*_secret_values(env or {}), *(s for s in extra_secrets if len(s) >= 8)},
+            sorted({*secret_values(env or {}), *(s for s in extra_secrets if len(s) >= 8)},
                    key=len, reverse=True)
         )  # fmt: skip
         self.context = SinkContext(on_drop=self._dropped, secrets=secrets, metrics=self.metrics)

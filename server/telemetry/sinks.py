@@ -16,7 +16,7 @@ from typing import Any, TextIO
 import httpx
 import orjson
 
-from server.cli import redact
+from server.redaction import redact
 from server.telemetry.base import QueueSink, Record, Sink, SinkContext, register_sink
 
 __all__ = ["JsonlSink", "OtelSink", "PrometheusSink", "WebhookSink"]
