@@ -81,6 +81,15 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)  # fmt: skip
 
 
+# OpenAI's IncludeEnum. Turnout returns every stored field anyway; an unknown value is still
+# the client's mistake to hear about.
+INCLUDABLE = frozenset({
+    "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+    "message.input_image.image_url", "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs", "reasoning.encrypted_content", "message.output_text.logprobs",
+})  # fmt: skip
+
+
 def _expect(body: Mapping[str, Any], key: str, kinds: tuple[type, ...], what: str) -> Any:
     value = body.get(key)
     if value is None:
@@ -513,6 +522,78 @@ def _reasoning(body: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"effort": None if effort == "none" else effort, "summary": summary}
 
 
+def _model(body: Mapping[str, Any]) -> str:
+    model = body.get("model")
+    if model is None or model == "":
+        raise _bad("Missing required parameter: 'model'.", "model", "missing_required_parameter")
+    model = _expect(body, "model", (str,), "a string")
+    # It names a provider and goes into upstream URLs and a reply header: printable text only.
+    if len(model) > 256 or not model.isprintable() or model != model.strip():
+        raise _bad(
+            "Invalid 'model': expected a model name of up to 256 printable characters "
+            "without surrounding spaces.",
+            "model",
+            "invalid_value",
+        )
+    return str(model)
+
+
+# Settings the Response echoes back: a value OpenAI's schema refuses would make the echo invalid
+# for strict clients, so it is refused here, naming the parameter.
+_ENUMS: dict[str, tuple[str, ...]] = {
+    "truncation": ("auto", "disabled"),
+    "service_tier": ("auto", "default", "flex", "scale", "priority", "fast", "ultrafast"),
+    "prompt_cache_retention": ("in_memory", "24h"),
+}
+_VERBOSITY = ("low", "medium", "high")
+
+
+def _check_echoed(body: Mapping[str, Any]) -> None:
+    for key, allowed in _ENUMS.items():
+        value = _expect(body, key, (str,), "a string")
+        if value is not None and value not in allowed:
+            raise _bad(
+                f"Invalid value for '{key}': '{value}'. Supported values are: "
+                + ", ".join(f"'{a}'" for a in allowed)
+                + ".",
+                key,
+                "invalid_value",
+            )
+    _expect(body, "prompt_cache_key", (str,), "a string")
+    safety = _expect(body, "safety_identifier", (str,), "a string")
+    if safety is not None and len(safety) > 64:
+        raise _bad(
+            "Invalid 'safety_identifier': string too long (at most 64 characters).",
+            "safety_identifier",
+            "string_above_max_length",
+        )
+    max_tool_calls = _expect(body, "max_tool_calls", (int,), "an integer")
+    if max_tool_calls is not None and max_tool_calls < 0:
+        raise _bad(
+            "Invalid 'max_tool_calls': expected an integer >= 0.", "max_tool_calls",
+            "integer_below_min_value",
+        )  # fmt: skip
+    text = body.get("text")
+    verbosity = text.get("verbosity") if isinstance(text, Mapping) else None
+    if verbosity is not None and verbosity not in _VERBOSITY:
+        raise _bad(
+            "Invalid value for 'text.verbosity': expected 'low', 'medium' or 'high'.",
+            "text.verbosity",
+            "invalid_value",
+        )
+    include = body.get("include")
+    if isinstance(include, list):
+        for i, value in enumerate(include):
+            if value not in INCLUDABLE:
+                raise _bad(
+                    f"Invalid value for 'include[{i}]': {value!r}. Supported values are: "
+                    + ", ".join(f"'{v}'" for v in sorted(INCLUDABLE))
+                    + ".",
+                    f"include[{i}]",
+                    "invalid_value",
+                )
+
+
 def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> CanonicalRequest:
     """Validate a Responses create body and build the canonical request."""
     if not isinstance(body, dict):
@@ -520,9 +601,8 @@ def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> 
     unknown = [k for k in body if k not in KNOWN_FIELDS]
     if unknown:
         raise _bad(f"Unknown parameter: '{unknown[0]}'.", unknown[0], "unknown_parameter")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("Missing required parameter: 'model'.", "model", "missing_required_parameter")
+    model = _model(body)
+    _check_echoed(body)
     instructions = _expect(body, "instructions", (str,), "a string")
     for key in ("stream", "store", "background", "parallel_tool_calls"):
         _expect(body, key, (bool,), "a boolean")

@@ -153,6 +153,20 @@ _BAD: list[tuple[str, Any, str]] = [
     ("missing model", {"input": "hi"}, "model"),
     ("empty model", {"model": "", "input": "hi"}, "model"),
     ("model not a string", {"model": 4, "input": "hi"}, "model"),
+    ("model with a newline", {"model": "anthropic/c\r\nX: 1", "input": "hi"}, "model"),
+    ("model with a NUL", {"model": "anthropic/c\u0000", "input": "hi"}, "model"),
+    ("model too long", {"model": "openai/" + "m" * 300, "input": "hi"}, "model"),
+    ("truncation unknown", _body(truncation="x"), "truncation"),
+    ("service_tier unknown", _body(service_tier="x"), "service_tier"),
+    ("service_tier a list", _body(service_tier=["a"]), "service_tier"),
+    ("max_tool_calls a string", _body(max_tool_calls="abc"), "max_tool_calls"),
+    ("max_tool_calls negative", _body(max_tool_calls=-1), "max_tool_calls"),
+    ("verbosity unknown", _body(text={"verbosity": "loud"}), "text.verbosity"),
+    ("prompt_cache_key a number", _body(prompt_cache_key=5), "prompt_cache_key"),
+    ("safety_identifier a list", _body(safety_identifier=[1]), "safety_identifier"),
+    ("safety_identifier too long", _body(safety_identifier="x" * 65), "safety_identifier"),
+    ("cache retention unknown", _body(prompt_cache_retention="1h"), "prompt_cache_retention"),
+    ("include unknown", _body(include=["nope"]), "include[0]"),
     ("input a number", _body(input=42), "input"),
     ("input an object", _body(input={"role": "user"}), "input"),
     ("no input", {"model": "m"}, "input"),
@@ -240,6 +254,20 @@ def test_client_mistakes_are_400_naming_the_param(body: Any, param: str) -> None
 
 def test_unknown_parameter_code() -> None:
     assert _error(_body(frequency_penalty=1)).code == "unknown_parameter"
+
+
+def test_a_model_of_the_wrong_type_is_invalid_type_not_missing() -> None:
+    assert _error({"model": 5, "input": "hi"}).code == "invalid_type"
+    assert _error({"input": "hi"}).code == "missing_required_parameter"
+
+
+def test_the_echoed_settings_that_are_valid_pass() -> None:
+    body = _body(
+        truncation="auto", service_tier="flex", max_tool_calls=3, text={"verbosity": "low"},
+        prompt_cache_key="k", safety_identifier="u1", prompt_cache_retention="24h",
+        include=["reasoning.encrypted_content", "message.output_text.logprobs"],
+    )  # fmt: skip
+    assert normalize(body).view["truncation"] == "auto"
 
 
 def test_item_reference_to_history_is_replayed_once() -> None:

@@ -650,7 +650,7 @@ async def test_a_model_name_no_header_can_carry_is_percent_encoded(
     client: AsyncTestClient[Litestar],
 ) -> None:
     for stream in (False, True):
-        body = {"model": "fake/模型\u0007", "input": "hi", "stream": stream}
+        body = {"model": "fake/模型 ü", "input": "hi", "stream": stream}
         resp = await client.post("/v1/responses", json=body)
         assert resp.status_code == 200, resp.text
-        assert resp.headers["x-turnout-deployment"] == "fake/%E6%A8%A1%E5%9E%8B%07"
+        assert resp.headers["x-turnout-deployment"] == "fake/%E6%A8%A1%E5%9E%8B%20%C3%BC"

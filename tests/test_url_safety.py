@@ -21,7 +21,8 @@ TARGETS = [(p, "m") for p in REGISTRY.providers] + [("vertex_ai", "claude-x")]
 def _url(provider: str, model: str) -> str:
     mapping = REGISTRY.resolve(provider, model)
     assert mapping is not None
-    request = normalize({"model": f"{provider}/{model}", "input": "hi"})
+    # normalize refuses unprintable names; the mapping must be safe even without that check.
+    request = normalize({"model": f"{provider}/m", "input": "hi"})
     return mapping.build_request(
         request, model=model, api_base=BASE, credentials=CREDENTIALS, settings=SETTINGS
     ).url
