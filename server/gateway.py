@@ -429,12 +429,17 @@ class Gateway:
             return []
         try:
             chain = await self.store.chain(previous_response_id)
-        except ChainError:
+        except ChainError as exc:
+            # Name the link that broke: an ancestor deleted mid-chain is not the id the client
+            # sent, which GET still finds.
+            message = f"Previous response with id '{previous_response_id}' not found."
+            if exc.at_id != previous_response_id:
+                message = (
+                    f"The conversation before '{previous_response_id}' cannot be rebuilt: "
+                    + str(exc)
+                )
             raise RequestError(
-                404,
-                f"Previous response with id '{previous_response_id}' not found.",
-                param="previous_response_id",
-                code="previous_response_not_found",
+                404, message, param="previous_response_id", code="previous_response_not_found"
             ) from None
         if chain and chain[-1].status in UNFINISHED:
             raise RequestError(
@@ -509,6 +514,14 @@ class Gateway:
         run.upstream_status = opened.status
         run.attempts = opened.attempts
         run.builder.route(opened.target.mapping.finish_reasons, opened.target.provider)
+        ctx = CURRENT.get()
+        if ctx is not None:
+            # Known now: a reply the client abandons mid-stream still names its response.
+            ctx.response_id = run.builder.response_id
+            ctx.provider = opened.target.provider
+            ctx.upstream_model = opened.target.model
+            ctx.deployment = opened.target.deployment
+            ctx.attempts = list(opened.attempts)
         if opened.state is not None:
             # Released when the upstream reply is (or, if the client never read it, at GC).
             opened.source.on_close = weakref.finalize(

@@ -23,11 +23,10 @@ import anyio
 import orjson
 from litestar.types import Receive, Scope, Send
 
-__all__ = ["EventStream", "JsonReply", "json_reply"]
+__all__ = ["BodyReply", "EventStream", "json_reply"]
 
 log = logging.getLogger("turnout.replies")
 
-_JSON = (b"content-type", b"application/json")
 _SSE = (b"content-type", b"text/event-stream; charset=utf-8")
 
 
@@ -37,24 +36,35 @@ def _encode(headers: Mapping[str, str] | None) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
-class JsonReply:
-    """A complete JSON body with its status and extra headers."""
+class BodyReply:
+    """A complete body with its status, content type and extra headers."""
 
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("body", "content_type", "headers", "status")
 
-    def __init__(self, body: bytes, status: int = 200, headers: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        body: bytes,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        content_type: bytes = b"application/json",
+    ):
         self.body = body
         self.status = status
         self.headers = headers
+        self.content_type = content_type
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw = [_JSON, (b"content-length", str(len(self.body)).encode()), *_encode(self.headers)]
+        raw = [
+            (b"content-type", self.content_type),
+            (b"content-length", str(len(self.body)).encode()),
+            *_encode(self.headers),
+        ]
         await send({"type": "http.response.start", "status": self.status, "headers": raw})
         await send({"type": "http.response.body", "body": self.body, "more_body": False})
 
 
-def json_reply(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> JsonReply:
-    return JsonReply(orjson.dumps(data), status, headers)
+def json_reply(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> BodyReply:
+    return BodyReply(orjson.dumps(data), status, headers)
 
 
 class EventStream:

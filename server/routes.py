@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import anyio
 import orjson
-from litestar import Request, Response, Router, delete, get, post
+from litestar import Request, Router, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import MultiDict
 from litestar.handlers.base import BaseRouteHandler
@@ -22,9 +22,8 @@ from litestar.params import FromPath
 from litestar.types import ASGIApp
 
 from engine.errors import RequestError
-from server.gateway import Gateway, replay_sse
-from server.gateway import JsonReply as GatewayJson
-from server.replies import EventStream, JsonReply, json_reply
+from server.gateway import Gateway, JsonReply, replay_sse
+from server.replies import BodyReply, EventStream, json_reply
 from server.stores.base import SpendQuery, StoredResponse, UnknownCursorError
 from server.telemetry import CONTENT_TYPE_LATEST, CURRENT, RequestContext, Telemetry
 
@@ -53,7 +52,7 @@ def _gateway(request: Request[Any, Any, Any]) -> Gateway:
     return cast(Gateway, request.app.state.gateway)
 
 
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> JsonReply:
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> BodyReply:
     return json_reply(data, status, headers)
 
 
@@ -144,7 +143,7 @@ async def create_response(request: Request[Any, Any, Any]) -> ASGIApp:
         except BaseException:
             telemetry.finish(ctx)
             raise
-    if isinstance(reply, GatewayJson):
+    if isinstance(reply, JsonReply):
         headers = reply.headers
         if telemetry is not None and not reply.detached:
             if ctx.cost is not None:
@@ -344,7 +343,7 @@ async def spend(request: Request[Any, Any, Any]) -> ASGIApp:
 
 
 @get("/metrics", guards=[require_master_key])
-async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+async def metrics(request: Request[Any, Any, Any]) -> ASGIApp:
     """Prometheus text exposition; on when `logging:` lists `{type: prometheus}`."""
     telemetry: Telemetry | None = getattr(request.app.state, "telemetry", None)
     if telemetry is None or not telemetry.metrics_enabled:
@@ -352,9 +351,8 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
             404, "Metrics are off: add {type: prometheus} to `logging` in the config.",
             code="not_found",
         )  # fmt: skip
-    return Response(
-        content=telemetry.metrics.render(), status_code=200, media_type=CONTENT_TYPE_LATEST
-    )
+    # CONTENT_TYPE_LATEST carries its charset already (Litestar's Response added a second one).
+    return BodyReply(telemetry.metrics.render(), content_type=CONTENT_TYPE_LATEST.encode())
 
 
 @get("/health")

@@ -547,6 +547,23 @@ async def test_unknown_previous_response_is_404(client: AsyncTestClient[Litestar
     assert_error(resp, 404, "previous_response_not_found", "previous_response_id")
 
 
+async def test_a_deleted_ancestor_is_named_when_a_chain_breaks(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    ids: list[str] = []
+    for text in ("a", "b", "c"):
+        body: dict[str, Any] = {"model": "fake/x", "input": text}
+        if ids:
+            body["previous_response_id"] = ids[-1]
+        ids.append((await client.post("/v1/responses", json=body)).json()["id"])
+    assert (await client.delete(f"/v1/responses/{ids[1]}")).status_code == 200
+    resp = await client.post(
+        "/v1/responses", json={"model": "fake/x", "input": "d", "previous_response_id": ids[2]}
+    )
+    message = assert_error(resp, 404, "previous_response_not_found", "previous_response_id")
+    assert ids[1] in message and ids[2] in message
+
+
 async def test_chain_immediately_and_merge_idempotently(
     env: Env, client: AsyncTestClient[Litestar]
 ) -> None:

@@ -319,7 +319,12 @@ async def test_cost_everywhere_and_stream_equals_json(tmp_path: Path) -> None:
         log_text = (tmp_path / "requests.jsonl").read_text()
         assert "user-key-0123456789" not in log_text and KEY not in log_text
 
-        scraped = metric_samples((await client.get("/metrics")).text)
+        scrape = await client.get("/metrics")
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+        assert scrape.headers["content-type"] == CONTENT_TYPE_LATEST
+        assert scrape.headers["content-type"].count("charset") == 1
+        scraped = metric_samples(scrape.text)
         labels = (("deployment", ""), ("model", "fake/x"), ("provider", "fake"))
         assert scraped["turnout_cost_usd_total", labels] == pytest.approx(2 * FAKE_COST)
         assert scraped["turnout_tokens_total", (*labels[:2], ("provider", "fake"),
@@ -445,3 +450,20 @@ async def test_capture_puts_prompts_and_outputs_in_the_record(tmp_path: Path) ->
     assert KEY not in orjson.dumps(line).decode()  # captured, and still redacted
     assert line["output"][0]["content"][0]["text"] == "Hello there"
     assert line["cost"] is None and line["cost_source"] is None
+
+
+async def test_an_abandoned_stream_still_names_its_response_and_provider() -> None:
+    """A client that leaves mid-stream gets no stored record (nothing was completed), but its
+    telemetry record says which response and which upstream it was."""
+    from server.gateway import StreamReply
+    from server.telemetry import CURRENT, RequestContext
+
+    env = Env()
+    ctx = RequestContext(stream=True, model="fake/x", api_key_id=None)
+    CURRENT.set(ctx)
+    reply = await env.gateway().create({"model": "fake/x", "input": "hi", "stream": True})
+    assert isinstance(reply, StreamReply)
+    first = await anext(reply.chunks)  # type: ignore[call-overload]
+    await reply.chunks.aclose()  # type: ignore[attr-defined]
+    assert ctx.response_id == sse_events(first.decode())[0]["response"]["id"]
+    assert ctx.provider == "fake" and ctx.upstream_model == "x" and len(ctx.attempts) == 1
