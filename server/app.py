@@ -65,6 +65,7 @@ def create_app(
         upstream.start()
         gateway = Gateway(settings, mappings, the_store, upstream)
         app.state.gateway = gateway
+        await gateway.recover()
         # Started here, on the server's loop: sinks run worker tasks and HTTP clients.
         await telemetry.start()
         gateway.telemetry = telemetry

@@ -629,6 +629,35 @@ class Gateway:
     async def aclose(self) -> None:
         await self.background.aclose()
 
+    async def recover(self) -> int:
+        """At start-up: background responses a previous process left unfinished (it crashed,
+        or was killed) end as failed, so pollers get an answer. Returns how many."""
+        count = 0
+        for response_id in await self.store.unfinished():
+            if self.background.get(response_id) is not None:
+                continue
+            record = await self.store.get(response_id)
+            if record is None or record.status not in UNFINISHED:
+                continue
+            response = {
+                **record.response,
+                "status": "failed",
+                "error": {
+                    "code": "server_error",
+                    "message": "The gateway stopped before this background response finished.",
+                },
+            }
+            events = list(record.events or [])
+            seq = int(events[-1]["sequence_number"]) + 1 if events else 0
+            events.append({"type": "response.failed", "sequence_number": seq, "response": response})
+            await self.store.put(replace(record, status="failed", response=response, events=events))
+            count += 1
+        if count:
+            log.warning(
+                "%d background response(s) left unfinished by a previous run: failed", count
+            )
+        return count
+
     async def _call(self, canon: CanonicalRequest, target: Target) -> UpstreamCall:
         return target.mapping.build_request(
             canon,

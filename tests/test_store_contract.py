@@ -586,3 +586,45 @@ async def test_sqlite_migrates_a_version_1_database(tmp_path: Path) -> None:
         indexes = {row[1] for row in check.execute("PRAGMA index_list(responses)")}
         assert {"responses_created_at", "responses_model_created_at"} <= indexes
     check.close()
+
+
+# -- unfinished background responses ----------------------------------------------------------
+
+
+async def test_unfinished_lists_live_queued_and_in_progress_records_only(
+    store: ResponseStore,
+) -> None:
+    await store.put(record("r_done"))
+    await store.put(record("r_queued", status="queued"))
+    await store.put(record("r_running", status="in_progress"))
+    await store.put(record("r_gone", status="queued"))
+    await store.delete("r_gone")
+    assert sorted(await store.unfinished()) == ["r_queued", "r_running"]
+    await store.put(record("r_queued", status="completed"))  # finished meanwhile
+    assert await store.unfinished() == ["r_running"]
+
+
+async def test_a_restarted_gateway_fails_what_the_last_run_left_queued(
+    store: ResponseStore,
+) -> None:
+    from server.gateway import Gateway
+    from tests.test_server_unit import Env, FakeRegistry
+
+    env = Env()
+    queued = {"type": "response.created", "sequence_number": 0,
+              "response": {"id": "r_q", "status": "queued"}}  # fmt: skip
+    await store.put(record("r_q", status="queued", events=[queued]))
+    await store.put(record("r_done"))
+    gw = Gateway(env.settings, FakeRegistry(env.mapping), store, upstream=None)  # type: ignore[arg-type]
+    assert await gw.recover() == 1
+    failed = await store.get("r_q")
+    assert failed is not None and failed.status == "failed"
+    assert failed.response["status"] == "failed" and failed.response["error"]["code"]
+    assert failed.events is not None
+    assert [e["sequence_number"] for e in failed.events] == [0, 1]
+    assert failed.events[-1] == {
+        "type": "response.failed", "sequence_number": 1, "response": failed.response,
+    }  # fmt: skip
+    assert await store.unfinished() == [] and await gw.recover() == 0
+    done = await store.get("r_done")
+    assert done is not None and done.status == "completed"

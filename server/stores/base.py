@@ -325,6 +325,9 @@ def tombstone(record: StoredResponse) -> StoredResponse:
     )
 
 
+UNFINISHED_STATUSES = ("queued", "in_progress")
+
+
 class ResponseStore(ABC):
     """Async store of responses. Backends implement put/get/delete/close; the rest is derived."""
 
@@ -382,6 +385,11 @@ class ResponseStore(ABC):
             current = record.previous_response_id
         newest_first.reverse()
         return newest_first
+
+    async def unfinished(self) -> list[str]:
+        """Ids of the live records still `queued` or `in_progress` (background responses whose
+        process stopped before finishing them: the gateway fails them at start-up)."""
+        return []
 
     async def accounting(self, query: SpendQuery) -> Iterable[AccountingRow]:
         """Every record's accounting row (tombstones included) that ``query`` may count; a

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterable
 
 from .base import (
+    UNFINISHED_STATUSES,
     AccountingRow,
     ResponseStore,
     SpendQuery,
@@ -69,6 +70,13 @@ class MemoryStore(ResponseStore):
             rows = list(self._rows.values())
         # A scan: the memory store is for tests and development, not for months of traffic.
         return [AccountingRow.of(record_from_json(data)) for data in rows]
+
+    async def unfinished(self) -> list[str]:
+        self._check_open()
+        with self._lock:
+            rows = list(self._rows.values())
+        records = (record_from_json(data) for data in rows)
+        return [r.id for r in records if not r.deleted and r.status in UNFINISHED_STATUSES]
 
     async def close(self) -> None:
         self._closed = True

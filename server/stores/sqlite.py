@@ -118,6 +118,15 @@ _INDEXES = (
     "CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at)",
     "CREATE INDEX IF NOT EXISTS responses_model_created_at ON responses (model, created_at)",
 )
+# Partial: holds only the few rows still at work, so it costs nothing on the write path of
+# finished responses. Created at every open (a version-2 file may predate it).
+_UNFINISHED_INDEX = (
+    "CREATE INDEX IF NOT EXISTS responses_unfinished ON responses (status) "
+    "WHERE status IN ('queued', 'in_progress') AND deleted = 0"
+)
+_SELECT_UNFINISHED = (
+    "SELECT id FROM responses WHERE status IN ('queued', 'in_progress') AND deleted = 0"
+)
 
 _COLUMNS = (
     "id, created_at, model, provider, status, previous_response_id, deployment, cost, "
@@ -257,6 +266,7 @@ class SQLiteStore(ResponseStore):
             conn.execute(f"PRAGMA synchronous={self._synchronous}")  # see the module docstring
             conn.execute("PRAGMA busy_timeout=5000")  # another process (a CLI) may hold a lock
             self._migrate(conn)
+            conn.execute(_UNFINISHED_INDEX)
         except BaseException:
             conn.close()
             raise
@@ -380,6 +390,9 @@ class SQLiteStore(ResponseStore):
             for row in self._db().execute(sql)
         ]
 
+    def _unfinished(self) -> list[str]:
+        return [row[0] for row in self._db().execute(_SELECT_UNFINISHED)]
+
     def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -450,6 +463,9 @@ class SQLiteStore(ResponseStore):
 
     async def accounting(self, query: SpendQuery) -> Iterable[AccountingRow]:
         return await self._run(self._accounting, query)
+
+    async def unfinished(self) -> list[str]:
+        return await self._run(self._unfinished)
 
     async def close(self) -> None:
         if self._closed:
