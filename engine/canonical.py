@@ -584,7 +584,7 @@ def _check_echoed(body: Mapping[str, Any]) -> None:
     include = body.get("include")
     if isinstance(include, list):
         for i, value in enumerate(include):
-            if value not in INCLUDABLE:
+            if not isinstance(value, str) or value not in INCLUDABLE:
                 raise _bad(
                     f"Invalid value for 'include[{i}]': {value!r}. Supported values are: "
                     + ", ".join(f"'{v}'" for v in sorted(INCLUDABLE))
@@ -615,6 +615,11 @@ def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> 
             "integer_below_min_value",
         )
     top_logprobs = _expect(body, "top_logprobs", (int,), "an integer")
+    if top_logprobs is not None and not 0 <= top_logprobs <= 20:
+        raise _bad(
+            "Invalid 'top_logprobs': expected an integer between 0 and 20.", "top_logprobs",
+            "invalid_value",
+        )  # fmt: skip
     metadata = _expect(body, "metadata", (dict,), "an object")
     if metadata is not None and (
         len(metadata) > 16

@@ -15,6 +15,7 @@ that stops cancels them (recorded as failed, so a poller is not left waiting on 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
@@ -24,16 +25,20 @@ __all__ = ["BackgroundResponses", "LiveResponse"]
 
 Event = dict[str, Any]
 
+log = logging.getLogger("turnout.background")
+
 
 class LiveResponse:
     """A background response in the making: the builder and every event published so far."""
 
-    __slots__ = ("_wake", "builder", "done", "events", "task")
+    __slots__ = ("_wake", "builder", "done", "events", "started", "task")
 
     def __init__(self, builder: ResponseBuilder) -> None:
         self.builder = builder
         self.events: list[Event] = []
         self.done = False
+        # Set by the work's first step: a cancel before it would skip the final write.
+        self.started = False
         self.task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -84,14 +89,22 @@ class BackgroundResponses:
     def get(self, response_id: str) -> LiveResponse | None:
         return self._live.get(response_id)
 
+    def running(self) -> int:
+        return sum(1 for live in self._live.values() if not live.done)
+
     def launch(self, live: LiveResponse, work: Coroutine[Any, Any, None]) -> None:
         response_id = live.builder.response_id
         self._live[response_id] = live
         task = asyncio.get_running_loop().create_task(work, name=f"background {response_id}")
         live.task = task
 
-        def forget(_: asyncio.Task[None]) -> None:
+        def forget(task: asyncio.Task[None]) -> None:
             live.close()
+            if not task.cancelled() and task.exception() is not None:
+                # The final write failed (the store is down): keep serving the final state from
+                # here, since the store still says "queued".
+                log.error("background response %s: %r", response_id, task.exception())
+                return
             if self._live.get(response_id) is live:
                 del self._live[response_id]
 
@@ -102,15 +115,24 @@ class BackgroundResponses:
         live = self._live.get(response_id)
         if live is None or live.task is None:
             return None
-        live.task.cancel()
-        await asyncio.wait([live.task])
+        await _stop(live)
         return live
 
     async def aclose(self) -> None:
         """Shutdown: every running response is stopped and recorded as failed."""
         self.stopping = True
-        tasks = [live.task for live in self._live.values() if live.task is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        running = [live for live in self._live.values() if live.task is not None]
+        if running:
+            await asyncio.gather(*(_stop(live) for live in running))
+
+
+async def _stop(live: LiveResponse) -> None:
+    """Cancel the work once (a second cancel would cut its own final write short) and wait
+    for it; a task that has not taken its first step gets to, so its handler runs."""
+    task = live.task
+    assert task is not None
+    while not live.started and not task.done():
+        await asyncio.sleep(0)
+    if not task.done() and not task.cancelling():
+        task.cancel()
+    await asyncio.wait([task])

@@ -112,6 +112,9 @@ class LimitsSettings:
     max_body_bytes: int = 32 * 1024 * 1024
     # A generated image larger than this fails the response with image_too_large.
     max_image_bytes: int = 20 * 1024 * 1024
+    # Background responses running at once in this process; one more is a 429 (each holds an
+    # upstream stream, and the create call returns at once, so nothing else would bound them).
+    max_background: int = 256
 
 
 def env_prefix(pid: str) -> str:
@@ -319,6 +322,7 @@ def _build(data: dict[str, Any], path: str, env: dict[str, str]) -> Settings:
         limits=LimitsSettings(
             max_body_bytes=limits.get("max_body_bytes", defaults_l.max_body_bytes),
             max_image_bytes=limits.get("max_image_bytes", defaults_l.max_image_bytes),
+            max_background=limits.get("max_background", defaults_l.max_background),
         ),
         mappings_dir=mappings_dir,
         logging=[dict(entry) for entry in data.get("logging") or []],

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from engine.errors import RequestError, UpstreamError
+from server.redaction import redact
 
 __all__ = ["GoogleTokens", "declared_credentials", "resolve_settings", "static_credentials"]
 
@@ -176,7 +177,7 @@ class GoogleTokens:
                 raise UpstreamError(
                     502,
                     f"Could not get a Google access token for provider '{provider}': "
-                    f"{type(exc).__name__}: {str(exc)[:200]}",
+                    f"{type(exc).__name__}: {redact(str(exc)[:200])}",
                     code="credentials_unavailable",
                     type="server_error",
                     provider=provider,

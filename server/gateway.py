@@ -220,7 +220,7 @@ class _Source:
                     yield _masked(ops, secrets)
             yield _masked(decoder.close(), secrets)
         except UpstreamError as exc:  # an exception frame, a cut stream: same masking
-            exc.message = redact(exc.message, secrets)
+            _mask_error(exc, secrets)
             raise
         _report_unknown_events(self._mapping, getattr(decoder, "unknown_events", {}))
 
@@ -330,6 +330,18 @@ class Gateway:
         if conn is None:
             conn = self._conns[id(dep)] = self.settings.for_deployment(dep)
         return self._target(mapping, dep.provider_model, conn, dep.model, state.id)
+
+    def _placeholder_target(self, alias: str) -> Target:
+        """The alias's first deployment, without credentials: what a queued background
+        response names until an attempt answers (`_bind` replaces it)."""
+        dep = self.router.groups[alias][0].deployment
+        mapping = self._mapping(dep.provider, dep.provider_model)
+        if mapping is None:
+            raise self._unknown_model(alias)
+        return Target(
+            provider=dep.provider, mapping=mapping, model=dep.provider_model, api_base="",
+            credentials={}, settings={}, timeout_s=None, deployment=dep.model,
+        )  # fmt: skip
 
     def _mapping(self, provider: str, model: str) -> MappingLike | None:
         # A provider may serve some models through a variant mapping (Claude on Vertex).
@@ -540,15 +552,29 @@ class Gateway:
         """Store the response as queued, start the work, answer at once (server/background.py).
         For a direct provider/model the request is built first, so an unknown model, a missing
         key or a parameter the provider cannot honour is still this call's own 4xx."""
+        limit = self.settings.limits.max_background
+        if self.background.running() >= limit:
+            raise RequestError(
+                429,
+                f"Too many background responses at work ({limit}, limits.max_background): "
+                "retry once some have finished.",
+                param="background",
+                code="rate_limit_exceeded",
+                type="requests",
+            )
         reply_stream = canon.stream
         # The upstream always streams, so GET shows the output as it grows and followers get
         # every delta, whether the create call itself asked for a stream or not.
         canon = CanonicalRequest({**canon.view, "stream": True}, canon.input_items, canon.body)
         spec = self.settings.models.get(canon.model)
-        target = self.resolve(canon.model)  # for an alias: the router's first choice, for now
         call = None
         if spec is None or not spec.deployments:
+            target = self.resolve(canon.model)
             call = await self._call(canon, target)
+        else:
+            # The router picks (and fails over) when the work starts; a deployment without a key
+            # must not fail the create call when another one would answer.
+            target = self._placeholder_target(canon.model)
         run = self._new_run(body, canon, prev, target)
         builder = run.builder
         live = LiveResponse(builder)
@@ -571,6 +597,7 @@ class Gateway:
         chain: list[StoredResponse],
         call: UpstreamCall | None,
     ) -> None:
+        live.started = True
         ctx = CURRENT.get()
         try:
             opening = run.builder.start()  # response.in_progress: the work has begun
@@ -583,7 +610,7 @@ class Gateway:
                     entry = _entry(target, None, status, started)
                     opened = _Opened(target, source, status, [entry], None)
                 else:
-                    opened = await self._attempt(run.canon, chain)
+                    opened = await self._attempt(run.canon, chain, run.attempts)
             except (RequestError, UpstreamError) as exc:
                 code = exc.code or ("invalid_request" if isinstance(exc, RequestError) else None)
                 await self._end(live, run, run.builder.fail(code or "server_error", exc.message))
@@ -667,10 +694,16 @@ class Gateway:
             settings=target.settings,
         )
 
-    async def _attempt(self, canon: CanonicalRequest, chain: list[StoredResponse]) -> _Opened:
+    async def _attempt(
+        self,
+        canon: CanonicalRequest,
+        chain: list[StoredResponse],
+        attempts: list[dict[str, Any]] | None = None,
+    ) -> _Opened:
         """Open the upstream reply: one attempt for `provider/model`; for an alias, the router's
         attempts (retries, cooldowns, fallbacks, context-window fallbacks) until one answers
-        2xx. Nothing has reached the client yet, so failing over here is always safe."""
+        2xx. Nothing has reached the client yet, so failing over here is always safe. The trail
+        goes into `attempts` as it grows, so a caller still has it when every attempt failed."""
         spec = self.settings.models.get(canon.model)
         if spec is None or not spec.deployments:
             target = self.resolve(canon.model)
@@ -682,7 +715,7 @@ class Gateway:
         deadline = time.monotonic() + rs.timeout_s
         affinity = affinity_of(canon.view.get("entries") or [], chain)
         queue = router.plan(canon.model)
-        attempts: list[dict[str, Any]] = []
+        attempts = [] if attempts is None else attempts
         last_upstream: UpstreamError | None = None
         first_refusal: RequestError | None = None
         limited: list[float] = []
@@ -791,7 +824,7 @@ class Gateway:
         except UpstreamError as exc:
             # Providers quote keys back ("Incorrect API key provided: sk-..."): the message
             # reaches the client, the store and the logs, so it is masked here, once.
-            exc.message = redact(exc.message, secrets)
+            _mask_error(exc, secrets)
             raise
         return _Source(target.mapping, _masked(ops, secrets), None, secrets), response.status_code
 
@@ -1009,11 +1042,22 @@ def _call_secrets(call: UpstreamCall, target: Target) -> tuple[str, ...]:
 
 
 def _masked(ops: list[dict[str, Any]], secrets: Sequence[str]) -> list[dict[str, Any]]:
-    """In-band error ops with their messages masked (every other op passes untouched)."""
+    """In-band error ops with their message and code masked (the builder prints both; every
+    other op passes untouched)."""
     for op in ops:
-        if op.get("op") == "error" and isinstance(op.get("message"), str):
-            op["message"] = redact(op["message"], secrets)
+        if op.get("op") == "error":
+            for key in ("message", "code", "type"):
+                value = op.get(key)
+                if value is not None:
+                    op[key] = redact(value if isinstance(value, str) else str(value), secrets)
     return ops
+
+
+def _mask_error(exc: UpstreamError, secrets: Sequence[str]) -> None:
+    exc.message = redact(exc.message, secrets)
+    if exc.code is not None:
+        exc.code = redact(exc.code, secrets)
+    exc.args = (exc.message,)
 
 
 def _reply_headers(run: _Run) -> dict[str, str]:

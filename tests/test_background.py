@@ -13,6 +13,7 @@ import pytest
 from engine.builder import ResponseBuilder
 from server.background import LiveResponse
 from server.gateway import Gateway, JsonReply, StreamReply
+from server.stores import StoredResponse
 from server.upstream import Upstream
 from tests.oas import validate_event, validate_response
 from tests.test_server_unit import Env, FakeRegistry, sse_events
@@ -149,3 +150,106 @@ async def test_the_queued_record_is_there_before_create_returns() -> None:
 
 async def _collect(chunks: AsyncIterator[bytes]) -> bytes:
     return b"".join([chunk async for chunk in chunks])
+
+
+def alias_env(**env: str) -> Env:
+    from server.config import Deployment, ModelAlias, Settings
+    from tests.test_server_unit import KEY
+
+    e = Env()
+    e.settings = Settings(
+        store="memory://",
+        env=env,
+        models={
+            "primary": ModelAlias([Deployment(model="fake/a")], fallbacks=["backup"]),
+            "backup": ModelAlias(
+                [Deployment(model="fake/b", api_key=KEY), Deployment(model="fake/c", api_key=KEY)]
+            ),
+        },
+    )
+    return e
+
+
+async def finished(gw: Gateway, response_id: str) -> StoredResponse:
+    for _ in range(400):
+        if gw.background.get(response_id) is None:
+            break
+        await asyncio.sleep(0.005)
+    record = await gw.store.get(response_id)
+    assert record is not None
+    return record
+
+
+async def test_an_alias_fails_over_in_the_background_as_in_the_foreground() -> None:
+    """The first deployment has no key: the create call must not answer 401 for it when the
+    fallback would answer (the router picks when the work starts)."""
+    env = alias_env()
+    gw = env.gateway()
+    reply = await gw.create({"model": "primary", "input": "hi", "background": True})
+    assert isinstance(reply, JsonReply) and reply.response["status"] == "queued"
+    record = await finished(gw, reply.response["id"])
+    assert record.status == "completed"
+    assert [a["status"] for a in record.attempts] == [401, 200]
+    assert record.deployment in ("fake/b", "fake/c")
+
+
+async def test_a_background_response_that_no_deployment_answers_keeps_its_trail() -> None:
+    env = alias_env()
+    env.upstream.status = 500
+    gw = env.gateway()
+    reply = await gw.create({"model": "backup", "input": "hi", "background": True})
+    assert isinstance(reply, JsonReply)
+    record = await finished(gw, reply.response["id"])
+    assert record.status == "failed"
+    assert len(record.attempts) >= 2 and {a["status"] for a in record.attempts} == {500}
+
+
+async def test_a_cancel_before_the_work_took_its_first_step_still_records_it() -> None:
+    env = Env()
+    gw, _ = stalled_gateway(env)
+    reply = await gw.create({"model": "fake/x", "input": "hi", "background": True})
+    assert isinstance(reply, JsonReply)
+    ended = await gw.background.cancel(reply.response["id"])  # no await in between
+    assert ended is not None and ended.response["status"] == "cancelled"
+    stored = await env.store.get(reply.response["id"])
+    assert stored is not None and stored.status == "cancelled"
+
+
+async def test_a_store_that_fails_the_final_write_leaves_the_live_state_answering() -> None:
+    env = Env()
+    gw = env.gateway()
+    reply = await gw.create({"model": "fake/x", "input": "hi", "background": True})
+    assert isinstance(reply, JsonReply)
+    rid = reply.response["id"]
+
+    async def broken_put(record: StoredResponse) -> None:
+        raise OSError("disk full")
+
+    env.store.put = broken_put  # type: ignore[method-assign]
+    for _ in range(400):
+        live = gw.background.get(rid)
+        if live is None or live.done:
+            break
+        await asyncio.sleep(0.005)
+    live = gw.background.get(rid)
+    assert live is not None and live.done  # kept: the store would still say "queued"
+    assert live.response["status"] == "completed"
+
+
+async def test_background_responses_at_work_are_capped_with_a_429() -> None:
+    from dataclasses import replace
+
+    from engine.errors import RequestError
+
+    env = Env()
+    env.settings = replace(env.settings, limits=replace(env.settings.limits, max_background=1))
+    gw, _ = stalled_gateway(env)
+    first = await gw.create({"model": "fake/x", "input": "hi", "background": True})
+    assert isinstance(first, JsonReply)
+    with pytest.raises(RequestError) as refused:
+        await gw.create({"model": "fake/x", "input": "again", "background": True})
+    assert refused.value.status == 429 and refused.value.param == "background"
+    await gw.background.cancel(first.response["id"])
+    second = await gw.create({"model": "fake/x", "input": "again", "background": True})
+    assert isinstance(second, JsonReply)
+    await gw.aclose()

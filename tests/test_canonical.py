@@ -167,6 +167,8 @@ _BAD: list[tuple[str, Any, str]] = [
     ("safety_identifier too long", _body(safety_identifier="x" * 65), "safety_identifier"),
     ("cache retention unknown", _body(prompt_cache_retention="1h"), "prompt_cache_retention"),
     ("include unknown", _body(include=["nope"]), "include[0]"),
+    ("include an object", _body(include=[{"a": 1}]), "include[0]"),
+    ("top_logprobs above 20", _body(top_logprobs=99), "top_logprobs"),
     ("input a number", _body(input=42), "input"),
     ("input an object", _body(input={"role": "user"}), "input"),
     ("no input", {"model": "m"}, "input"),

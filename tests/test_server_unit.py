@@ -671,3 +671,17 @@ async def test_a_model_name_no_header_can_carry_is_percent_encoded(
         resp = await client.post("/v1/responses", json=body)
         assert resp.status_code == 200, resp.text
         assert resp.headers["x-turnout-deployment"] == "fake/%E6%A8%A1%E5%9E%8B%20%C3%BC"
+
+
+def test_in_band_error_ops_are_masked_whatever_their_types() -> None:
+    from server.gateway import _masked
+
+    ops = _masked(
+        [
+            {"op": "text_delta", "text": "sk-test-0123456789abcdef stays: it is the answer"},
+            {"op": "error", "message": {"detail": f"bad {KEY}"}, "code": f"key {KEY}"},
+        ],
+        (KEY,),
+    )
+    assert ops[0]["text"].startswith("sk-test")  # only errors are masked: output is data
+    assert KEY not in str(ops[1]) and "***" in ops[1]["message"] and "***" in ops[1]["code"]
