@@ -45,7 +45,7 @@ VIEW_FIELDS = frozenset(
         "parallel_tool_calls", "text_format", "reasoning", "max_output_tokens", "temperature",
         "top_p", "top_logprobs", "user", "metadata", "stream", "store", "include", "truncation",
         "service_tier", "raw", "has_reasoning", "previous_response_id", "file_refs",
-        "linked_media", "image_tool",
+        "linked_media", "image_tool", "prompt", "context_management", "moderation",
     }
 )  # fmt: skip
 
@@ -689,6 +689,10 @@ def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> 
         "truncation": body.get("truncation"),
         "service_tier": body.get("service_tier"),
         "previous_response_id": body.get("previous_response_id"),
+        # OpenAI-only features: the Responses dialect passes them on, the others refuse them.
+        "prompt": _expect(body, "prompt", (dict,), "an object"),
+        "context_management": _expect(body, "context_management", (list, dict), "an array"),
+        "moderation": _expect(body, "moderation", (dict,), "an object"),
         "has_reasoning": any(e["kind"] == "reasoning" for e in entries),
         # Facts mappings' rejects test, computed once here rather than by a filter per request:
         # media sent as an OpenAI file_id, and media only linked by URL (not inline bytes).
