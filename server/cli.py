@@ -86,6 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
         workers=1,
+        timeout_graceful_shutdown=settings.server.shutdown_timeout_s,
         access_log=False,
         log_level="warning",
         log_config=None,  # keep configure_logging's redacting handler

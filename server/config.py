@@ -105,6 +105,10 @@ class RouterSettings:
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 4000
+    # On SIGTERM, replies in flight get this long to finish before they are cut (a stream can
+    # last minutes); then shutdown runs (background responses are recorded as failed). Under
+    # the 30 s most process managers wait before SIGKILL, so that shutdown always happens.
+    shutdown_timeout_s: int = 25
 
 
 @dataclass(frozen=True)
@@ -318,6 +322,7 @@ def _build(data: dict[str, Any], path: str, env: dict[str, str]) -> Settings:
         server=ServerSettings(
             host=server.get("host", defaults_s.host),
             port=server.get("port", defaults_s.port),
+            shutdown_timeout_s=server.get("shutdown_timeout_s", defaults_s.shutdown_timeout_s),
         ),
         limits=LimitsSettings(
             max_body_bytes=limits.get("max_body_bytes", defaults_l.max_body_bytes),

@@ -8,7 +8,9 @@ validated against OpenAI's schema.
 
 from __future__ import annotations
 
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,8 +19,16 @@ import pytest
 from openai import BadRequestError, OpenAI
 
 from tests import oas
-from tests.conftest import PROVIDERS, Gateway, label_for, model_for
-from tests.simulators import Error, Simulator, Slow
+from tests.conftest import (
+    PROVIDERS,
+    Gateway,
+    gateway_env,
+    label_for,
+    model_for,
+    start_gateway,
+    stop_gateway,
+)
+from tests.simulators import Error, Hang, Simulator, Slow
 
 TERMINAL = {"completed", "failed", "incomplete", "cancelled"}
 
@@ -172,3 +182,48 @@ def test_background_needs_store_and_an_unfinished_response_cannot_be_continued(
         model="anthropic/claude-sonnet-4-5", input="second", previous_response_id=queued.id
     )
     assert follow_up.status == "completed"
+
+
+def test_stopping_the_gateway_fails_running_background_responses_within_the_timeout(
+    provider_sim_session: Simulator, sim: Simulator, tmp_path: Path
+) -> None:
+    """SIGTERM with a follower attached to a background response whose upstream never answers:
+    the follower gets `server.shutdown_timeout_s`, then the response is recorded as failed and
+    the process exits; the next process on the same store serves that record."""
+    config = tmp_path / "turnout.yaml"
+    config.write_text(
+        f"store: sqlite:///{tmp_path / 'store.db'}\nserver: {{shutdown_timeout_s: 1}}\n",
+        encoding="utf-8",
+    )
+    env = gateway_env(provider_sim_session)
+    gw = start_gateway(config, env, tmp_path / "gateway.log")
+    try:
+        sim.script("anthropic", Hang())
+        body = {"model": "anthropic/claude-sonnet-4-5", "input": "hi", "background": True}
+        rid = httpx.post(f"{gw.url}/v1/responses", json=body).json()["id"]
+        outcome: list[str] = []
+
+        def follow() -> None:
+            try:
+                httpx.get(f"{gw.url}/v1/responses/{rid}?stream=true", timeout=30)
+                outcome.append("ended")
+            except httpx.HTTPError:
+                outcome.append("cut")  # the shutdown timeout closes a reply still in flight
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        gw.process.terminate()
+        gw.process.wait(timeout=15)
+        assert time.monotonic() - started < 8
+        follower.join(timeout=5)
+        assert outcome in (["cut"], ["ended"])
+    finally:
+        stop_gateway(gw)
+    again = start_gateway(config, env, tmp_path / "gateway2.log")
+    try:
+        stored = again.client().responses.retrieve(rid)
+        assert stored.status == "failed" and stored.error is not None
+    finally:
+        stop_gateway(again)
