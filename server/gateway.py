@@ -585,7 +585,9 @@ class Gateway:
             self._record(run, UsageCounts(), None, CURRENT.get(), _tags(body.get("metadata")))
         )
         self.background.launch(live, self._run_background(live, run, chain, call))
-        headers = _reply_headers(run)
+        # For an alias no deployment has been tried yet: no x-turnout-* headers that would
+        # name a guess (the stored record and GET name the one that answered).
+        headers = _reply_headers(run) if call is not None else {}
         if reply_stream:
             return StreamReply(self.follow_sse(live), headers, detached=True)
         return JsonReply(builder.response, headers, detached=True)

@@ -187,6 +187,7 @@ async def test_an_alias_fails_over_in_the_background_as_in_the_foreground() -> N
     gw = env.gateway()
     reply = await gw.create({"model": "primary", "input": "hi", "background": True})
     assert isinstance(reply, JsonReply) and reply.response["status"] == "queued"
+    assert reply.headers == {}  # no deployment tried yet: no header naming a guess
     record = await finished(gw, reply.response["id"])
     assert record.status == "completed"
     assert [a["status"] for a in record.attempts] == [401, 200]
