@@ -50,6 +50,7 @@ VIEW_FIELDS = frozenset(
 )  # fmt: skip
 
 _MEDIA = ("image", "file")
+_DETAILS = ("low", "high", "auto", "original")
 _EFFORTS = {None, "none", "minimal", "low", "medium", "high", "xhigh", "max"}
 _SUMMARIES = {None, "auto", "concise", "detailed"}
 
@@ -183,6 +184,13 @@ def _image_entry(role: str, part: Mapping[str, Any], where: str) -> dict[str, An
         "role": role, "kind": "image", "url": None, "media_type": None, "data": None,
         "file_id": part.get("file_id"), "detail": part.get("detail") or "auto",
     }  # fmt: skip
+    if entry["detail"] not in _DETAILS:
+        raise _bad(
+            f"Invalid value for '{where}.detail': expected one of 'low', 'high', 'auto', "
+            "'original'.",
+            f"{where}.detail",
+            "invalid_value",
+        )
     url = part.get("image_url")
     if isinstance(url, str):
         if url.startswith("data:"):
@@ -320,8 +328,16 @@ class _Normalizer:
 
     def _function_call(self, item: dict[str, Any], where: str) -> dict[str, Any]:
         for key in ("call_id", "name", "arguments"):
-            if not isinstance(item.get(key), str):
+            value = item.get(key)
+            if value is None:
                 raise _bad(f"Missing required parameter: '{where}.{key}'.", f"{where}.{key}")
+            if not isinstance(value, str):
+                raise _bad(
+                    f"Invalid type for '{where}.{key}': expected a string, but got "
+                    f"{_type_name(value)} instead.",
+                    f"{where}.{key}",
+                    "invalid_type",
+                )
         call_id, name, arguments = item["call_id"], item["name"], item["arguments"]
         try:
             args = orjson.loads(arguments) if arguments.strip() else {}
@@ -464,6 +480,11 @@ def _tool_choice(body: Mapping[str, Any], names: set[str]) -> dict[str, Any] | N
         return {"mode": choice}
     if isinstance(choice, dict) and choice.get("type") == "function":
         name = choice.get("name")
+        if not isinstance(name, str):
+            raise _bad(
+                "Missing required parameter: 'tool_choice.name'.", "tool_choice.name",
+                "missing_required_parameter",
+            )  # fmt: skip
         if name not in names:
             raise _bad(f"Tool choice '{name}' not found in 'tools' parameter.", "tool_choice")
         return {"mode": "function", "name": name}
@@ -594,6 +615,17 @@ def _check_echoed(body: Mapping[str, Any]) -> None:
                 )
 
 
+def _context_management(body: Mapping[str, Any]) -> Any:
+    value = _expect(body, "context_management", (list,), "an array")
+    if value is not None and not value:
+        raise _bad(
+            "Invalid 'context_management': expected at least one entry.",
+            "context_management",
+            "invalid_value",
+        )
+    return value
+
+
 def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> CanonicalRequest:
     """Validate a Responses create body and build the canonical request."""
     if not isinstance(body, dict):
@@ -662,7 +694,7 @@ def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> 
             "invalid_type",
         )
     entries, stored, system = normalize_items(items, history or ())
-    if not entries:
+    if not entries and body.get("prompt") is None:  # a stored prompt may carry the input
         raise _bad("Missing required parameter: 'input'.", "input", "missing_required_parameter")
     functions, hosted = _tools(body)
     texts = ([instructions] if instructions else []) + system
@@ -691,7 +723,7 @@ def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> 
         "previous_response_id": body.get("previous_response_id"),
         # OpenAI-only features: the Responses dialect passes them on, the others refuse them.
         "prompt": _expect(body, "prompt", (dict,), "an object"),
-        "context_management": _expect(body, "context_management", (list, dict), "an array"),
+        "context_management": _context_management(body),
         "moderation": _expect(body, "moderation", (dict,), "an object"),
         "has_reasoning": any(e["kind"] == "reasoning" for e in entries),
         # Facts mappings' rejects test, computed once here rather than by a filter per request:

@@ -92,6 +92,16 @@ class BackgroundResponses:
     def running(self) -> int:
         return sum(1 for live in self._live.values() if not live.done)
 
+    def reserve(self, live: LiveResponse) -> None:
+        """Count the response as running from now (before its first await), so concurrent
+        creates cannot all pass the `max_background` check."""
+        self._live[live.builder.response_id] = live
+
+    def release(self, live: LiveResponse) -> None:
+        """Undo `reserve` when the response could not be started."""
+        if self._live.get(live.builder.response_id) is live:
+            del self._live[live.builder.response_id]
+
     def launch(self, live: LiveResponse, work: Coroutine[Any, Any, None]) -> None:
         response_id = live.builder.response_id
         self._live[response_id] = live

@@ -16,11 +16,13 @@ logs headers; this is defence in depth for the messages and tracebacks nobody fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from engine.errors import ConfigError, MappingError
 from engine.registry import DEFAULT_MAPPINGS_DIR, lint_dir
@@ -77,8 +79,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
-    _settle_heap()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -91,7 +92,30 @@ def _serve(args: argparse.Namespace) -> int:
         log_level="warning",
         log_config=None,  # keep configure_logging's redacting handler
     )
-    return 0
+    _settle_heap()
+    server = _server(config, app)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn already shut down
+        server.run()
+    return 0 if server.started else 3
+
+
+def _server(config: Any, app: Any) -> Any:
+    """uvicorn's Server, ending background responses as soon as shutdown starts.
+
+    uvicorn lets open connections drain (up to `server.shutdown_timeout_s`) before the app's
+    own shutdown runs; a client following a background response would wait for work that will
+    not finish, then be cut off. Failing the background responses first sends each follower
+    its `response.failed` and `[DONE]`, so those connections close at once."""
+    import uvicorn
+
+    class GatewayServer(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            gateway = getattr(app.state, "gateway", None)
+            if gateway is not None:
+                await gateway.aclose()
+            await super().shutdown(sockets)
+
+    return GatewayServer(config)
 
 
 def _settle_heap() -> None:

@@ -581,9 +581,14 @@ class Gateway:
         queued = builder.queue()
         run.events.extend(queued)
         live.publish(queued)
-        await self.store.put(
-            self._record(run, UsageCounts(), None, CURRENT.get(), _tags(body.get("metadata")))
-        )
+        self.background.reserve(live)  # counted against the cap before the first await
+        try:
+            await self.store.put(
+                self._record(run, UsageCounts(), None, CURRENT.get(), _tags(body.get("metadata")))
+            )
+        except BaseException:
+            self.background.release(live)
+            raise
         self.background.launch(live, self._run_background(live, run, chain, call))
         # For an alias no deployment has been tried yet: no x-turnout-* headers that would
         # name a guess (the stored record and GET name the one that answered).

@@ -254,3 +254,31 @@ async def test_background_responses_at_work_are_capped_with_a_429() -> None:
     second = await gw.create({"model": "fake/x", "input": "again", "background": True})
     assert isinstance(second, JsonReply)
     await gw.aclose()
+
+
+async def test_concurrent_creates_cannot_overrun_the_cap() -> None:
+    """The slot is taken before the first await (the queued record's write), so creates that
+    arrive together cannot all pass the check."""
+    from dataclasses import replace
+
+    from engine.errors import RequestError
+
+    env = Env()
+    env.settings = replace(env.settings, limits=replace(env.settings.limits, max_background=3))
+    gw, _ = stalled_gateway(env)
+    put = env.store.put
+
+    async def slow_put(record: StoredResponse) -> None:
+        await asyncio.sleep(0.01)  # a real store's write awaits (SQLite's worker thread)
+        await put(record)
+
+    env.store.put = slow_put  # type: ignore[method-assign]
+    results = await asyncio.gather(
+        *(gw.create({"model": "fake/x", "input": f"n{i}", "background": True}) for i in range(8)),
+        return_exceptions=True,
+    )
+    accepted = [r for r in results if isinstance(r, JsonReply)]
+    refused = [r for r in results if isinstance(r, RequestError)]
+    assert len(accepted) == 3 and len(refused) == 5
+    assert gw.background.running() == 3
+    await gw.aclose()

@@ -46,3 +46,11 @@ def test_their_types_are_checked(field: str, value: Any) -> None:
     with pytest.raises(RequestError) as bad:
         normalize({"model": "openai/m", "input": "hi", field: value})
     assert bad.value.param == field and bad.value.code == "invalid_type"
+
+
+def test_a_stored_prompt_may_stand_in_for_the_input() -> None:
+    request = normalize({"model": "openai/gpt-4o", "prompt": FIELDS["prompt"]})
+    assert request.view["entries"] == []
+    with pytest.raises(RequestError) as missing:
+        normalize({"model": "openai/gpt-4o"})
+    assert missing.value.param == "input"
