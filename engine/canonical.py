@@ -277,7 +277,7 @@ class _Normalizer:
         if itype == "function_call_output":
             return self._function_output(item, where)
         if itype == "reasoning":
-            return self._reasoning(item)
+            return self._reasoning(item, where)
         if itype == "image_generation_call":
             stored = {**item, "id": item.get("id") or _mint("ig")}
             result = item.get("result")
@@ -380,8 +380,15 @@ class _Normalizer:
             "status": item.get("status") or "completed",
         }
 
-    def _reasoning(self, item: dict[str, Any]) -> dict[str, Any]:
+    def _reasoning(self, item: dict[str, Any], where: str) -> dict[str, Any]:
         summary = item.get("summary") or []
+        if not isinstance(summary, list):
+            raise _bad(
+                f"Invalid type for '{where}.summary': expected an array of summary parts, but "
+                f"got {_type_name(summary)} instead.",
+                f"{where}.summary",
+                "invalid_type",
+            )
         text = "".join(
             p.get("text", "")
             for p in summary

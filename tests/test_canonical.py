@@ -169,6 +169,8 @@ _BAD: list[tuple[str, Any, str]] = [
     ("include unknown", _body(include=["nope"]), "include[0]"),
     ("include an object", _body(include=[{"a": 1}]), "include[0]"),
     ("context_management empty", _body(context_management=[]), "context_management"),
+    ("reasoning summary a string", _body(input=[{"type": "reasoning", "summary": "oops"}]),
+     "input[0].summary"),
     ("tool_choice function without name", _body(tool_choice={"type": "function"}),
      "tool_choice.name"),
     ("arguments an object", _body(input=[{"type": "function_call", "call_id": "c", "name": "f",
