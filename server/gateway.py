@@ -30,6 +30,7 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -198,12 +199,12 @@ class _Source:
         mapping: MappingLike,
         ops: list[dict[str, Any]] | None,
         stream: UpstreamStream | None,
-        secrets: Sequence[str] = (),
+        secrets: Callable[[], Sequence[str]] = tuple,
     ) -> None:
         self._mapping = mapping
         self._ops = ops
         self._stream = stream
-        self._secrets = secrets  # masked out of in-band error messages
+        self._secrets = secrets  # what to mask out of in-band error messages, on demand
         # Called once when the upstream reply is released (the router's in-flight count).
         self.on_close: Callable[[], Any] | None = None
 
@@ -220,7 +221,7 @@ class _Source:
                     yield _masked(ops, secrets)
             yield _masked(decoder.close(), secrets)
         except UpstreamError as exc:  # an exception frame, a cut stream: same masking
-            _mask_error(exc, secrets)
+            _mask_error(exc, secrets())
             raise
         _report_unknown_events(self._mapping, getattr(decoder, "unknown_events", {}))
 
@@ -817,7 +818,7 @@ class Gateway:
     async def _open(self, call: UpstreamCall, target: Target) -> tuple[_Source, int]:
         """Send the request; returns once a 2xx status arrived (the whole body when not
         streaming), raising `UpstreamError` before anything reached the client."""
-        secrets = (*_call_secrets(call, target), *self._secrets)
+        secrets = _CallSecrets(call, target, self._secrets)
         try:
             if call.stream:
                 stream = await self.upstream.open_stream(
@@ -831,7 +832,7 @@ class Gateway:
         except UpstreamError as exc:
             # Providers quote keys back ("Incorrect API key provided: sk-..."): the message
             # reaches the client, the store and the logs, so it is masked here, once.
-            _mask_error(exc, secrets)
+            _mask_error(exc, secrets())
             raise
         return _Source(target.mapping, _masked(ops, secrets), None, secrets), response.status_code
 
@@ -1038,6 +1039,22 @@ def _items(chain: Sequence[StoredResponse]) -> list[dict[str, Any]]:
 _AUTH_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "x-goog-api-key"})
 
 
+class _CallSecrets:
+    """What to mask for one upstream call: worked out only when an error message needs it,
+    never on the path of a reply that succeeds."""
+
+    __slots__ = ("_call", "_known", "_target", "_values")
+
+    def __init__(self, call: UpstreamCall, target: Target, known: Sequence[str]) -> None:
+        self._call, self._target, self._known = call, target, known
+        self._values: tuple[str, ...] | None = None
+
+    def __call__(self) -> tuple[str, ...]:
+        if self._values is None:
+            self._values = (*_call_secrets(self._call, self._target), *self._known)
+        return self._values
+
+
 def _call_secrets(call: UpstreamCall, target: Target) -> tuple[str, ...]:
     """The credentials this call carries: the target's, and what its auth headers hold
     (tokens fetched for this request only exist there). Short values would mask words."""
@@ -1048,7 +1065,9 @@ def _call_secrets(call: UpstreamCall, target: Target) -> tuple[str, ...]:
     return tuple(sorted((v for v in values if len(v) >= 8), key=len, reverse=True))
 
 
-def _masked(ops: list[dict[str, Any]], secrets: Sequence[str]) -> list[dict[str, Any]]:
+def _masked(
+    ops: list[dict[str, Any]], secrets: Callable[[], Sequence[str]]
+) -> list[dict[str, Any]]:
     """In-band error ops with their message and code masked (the builder prints both; every
     other op passes untouched)."""
     for op in ops:
@@ -1056,7 +1075,8 @@ def _masked(ops: list[dict[str, Any]], secrets: Sequence[str]) -> list[dict[str,
             for key in ("message", "code", "type"):
                 value = op.get(key)
                 if value is not None:
-                    op[key] = redact(value if isinstance(value, str) else str(value), secrets)
+                    text = value if isinstance(value, str) else str(value)
+                    op[key] = redact(text, secrets())
     return ops
 
 
@@ -1067,12 +1087,16 @@ def _mask_error(exc: UpstreamError, secrets: Sequence[str]) -> None:
     exc.args = (exc.message,)
 
 
+@lru_cache(maxsize=1024)
+def _header_text(text: str) -> str:
+    return quote(text, safe="/:._-@+=~!$&'()*,;")
+
+
 def _reply_headers(run: _Run) -> dict[str, str]:
     # The model string is the client's own text: percent-encode what a header cannot carry
     # (non-ASCII, control characters) rather than fail the reply after it was stored.
-    deployment = run.target.deployment or run.canon.model
     return {
-        "x-turnout-deployment": quote(deployment, safe="/:._-@+=~!$&'()*,;"),
+        "x-turnout-deployment": _header_text(run.target.deployment or run.canon.model),
         "x-turnout-attempts": str(len(run.attempts)),
     }
 

@@ -681,7 +681,7 @@ def test_in_band_error_ops_are_masked_whatever_their_types() -> None:
             {"op": "text_delta", "text": "sk-test-0123456789abcdef stays: it is the answer"},
             {"op": "error", "message": {"detail": f"bad {KEY}"}, "code": f"key {KEY}"},
         ],
-        (KEY,),
+        lambda: (KEY,),
     )
     assert ops[0]["text"].startswith("sk-test")  # only errors are masked: output is data
     assert KEY not in str(ops[1]) and "***" in ops[1]["message"] and "***" in ops[1]["code"]
