@@ -4,9 +4,10 @@
                                   [--profile DIR] [--no-pin]
 
 Three processes: a fast upstream simulator (bench/upstream_sim.py), the gateway started the way
-a user starts it (`turnout serve --config ... --port ...`, or `python -m server.cli serve` when
-the console script is not installed), and this process as the load generator (raw asyncio
-sockets, HTTP/1.1 keep-alive; no SDK: a client library would cost more than the gateway).
+a user starts it (`turnout serve --config ... --port ...`, or
+`python -m turnout.server.cli serve` when the console script is not installed), and this
+process as the load generator (raw asyncio sockets, HTTP/1.1 keep-alive; no SDK: a client
+library would cost more than the gateway).
 
 On a machine with two or more cores the gateway is pinned to core 0 and the simulator plus the
 load generator to core 1, so the gateway's numbers are those of one worker on one core.
@@ -118,8 +119,8 @@ def gateway_command(config: Path, port: int) -> tuple[list[str], str]:
     if script.exists():
         return [str(script), "serve", "--config", str(config), "--port", str(port)], "turnout"
     # The console script only exists once the project is pip-installed; this is the same entry.
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--config", str(config)]
-    return [*cmd, "--port", str(port)], "python -m server.cli"
+    cmd = [sys.executable, "-m", "turnout.server.cli", "serve", "--config", str(config)]
+    return [*cmd, "--port", str(port)], "python -m turnout.server.cli"
 
 
 def write_config(tmp: Path, upstream_port: int, store: str) -> Path:

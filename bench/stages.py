@@ -29,16 +29,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from turnout.engine.builder import ResponseBuilder, make_echo  # noqa: E402
+from turnout.engine.canonical import normalize  # noqa: E402
+from turnout.engine.ids import IdFactory  # noqa: E402
+from turnout.engine.registry import MappingRegistry  # noqa: E402
+from turnout.server.config import load_config  # noqa: E402
+from turnout.server.gateway import Gateway, encode_sse  # noqa: E402
+from turnout.server.stores import open_store  # noqa: E402
+from turnout.server.stores.sqlite import _row_params  # noqa: E402
 from upstream_sim import build_replies  # noqa: E402
-
-from engine.builder import ResponseBuilder, make_echo  # noqa: E402
-from engine.canonical import normalize  # noqa: E402
-from engine.ids import IdFactory  # noqa: E402
-from engine.registry import MappingRegistry  # noqa: E402
-from server.config import load_config  # noqa: E402
-from server.gateway import Gateway, encode_sse  # noqa: E402
-from server.stores import open_store  # noqa: E402
-from server.stores.sqlite import _row_params  # noqa: E402
 
 __all__ = ["main"]
 
@@ -143,7 +142,7 @@ async def asgi_call(app: Any, body: bytes) -> bytes:
 
 
 async def run(n: int) -> list[tuple[str, str, float]]:
-    from server.app import create_app
+    from turnout.server.app import create_app
 
     rows: list[tuple[str, str, float]] = []
     bodies = _bodies(build_replies())
@@ -278,7 +277,7 @@ class _lifespan:
 def _record(
     b: ResponseBuilder, canon: Any, events: list[dict[str, Any]], body: dict[str, Any]
 ) -> Any:
-    from server.stores.base import StoredResponse
+    from turnout.server.stores.base import StoredResponse
 
     r = b.response
     return StoredResponse(

@@ -30,8 +30,8 @@ import orjson
 __all__ = ["ANTHROPIC_JSON", "ANTHROPIC_SSE", "OPENAI_JSON", "OPENAI_SSE", "build_replies"]
 
 _FIXTURE = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
+    Path(__file__).resolve().parents[1]
+    / "tests"
     / "fixtures"
     / "providers"
     / "anthropic"

@@ -38,10 +38,9 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 import orjson
-
-from engine.ids import IdFactory
-from engine.ops import FINISH_STATUSES
-from engine.state import decode_state, encode_state
+from turnout.engine.ids import IdFactory
+from turnout.engine.ops import FINISH_STATUSES
+from turnout.engine.state import decode_state, encode_state
 
 __all__ = [
     "RESPONSE_ERROR_CODES",

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-
-from engine import state as state_codec
-from engine.errors import RequestError
+from turnout.engine import state as state_codec
+from turnout.engine.errors import RequestError
 
 __all__ = [
     "KNOWN_FIELDS",

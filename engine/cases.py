@@ -36,15 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
-from engine.builder import ResponseBuilder, make_echo
-from engine.canonical import normalize
-from engine.errors import MappingError, RequestError, UpstreamError
-from engine.ids import DeterministicIdFactory
-from engine.mapping import CompiledMapping, UpstreamRequest
-from engine.registry import MappingRegistry
-from engine.schema_check import check, load_schema
-from engine.yamlstrict import load_yaml
+from turnout.engine.builder import ResponseBuilder, make_echo
+from turnout.engine.canonical import normalize
+from turnout.engine.errors import MappingError, RequestError, UpstreamError
+from turnout.engine.ids import DeterministicIdFactory
+from turnout.engine.mapping import CompiledMapping, UpstreamRequest
+from turnout.engine.registry import MappingRegistry
+from turnout.engine.resources import bundled_dir
+from turnout.engine.schema_check import check, load_schema
+from turnout.engine.yamlstrict import load_yaml
 
 __all__ = [
     "CASES_DIR",
@@ -59,7 +59,8 @@ __all__ = [
     "sse_from_chunks",
 ]
 
-CASES_DIR = Path(__file__).resolve().parent.parent / "mappings" / "cases"
+# Cases test the mappings; they live beside them in a source checkout and are not installed.
+CASES_DIR = bundled_dir("turnout.mappings") / "cases"
 # What templates see as credentials while a case runs: a case may assert the header that
 # carries it (`x-api-key: test-key`) without any real secret anywhere.
 DUMMY_API_KEY = "test-key"
@@ -89,11 +90,10 @@ class Case:
 
 
 def fixtures_dir() -> Path:
-    """Recorded provider traffic: ``$TURNOUT_SHARED/fixtures/providers`` or
-    ``<project>/../shared/fixtures/providers``."""
-    env = os.environ.get("TURNOUT_SHARED")
-    shared = Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
-    return shared / "fixtures" / "providers"
+    """Recorded provider traffic that cases replay: ``$TURNOUT_FIXTURES`` or, in a source
+    checkout, the repository's own copy ``tests/fixtures/providers``."""
+    env = os.environ.get("TURNOUT_FIXTURES")
+    return Path(env) if env else CASES_DIR.parents[1] / "tests" / "fixtures" / "providers"
 
 
 def _case_name(path: Path) -> str:
@@ -115,7 +115,7 @@ def load_case(path: str | Path) -> Case:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        from engine.diagnostics import Problem
+        from turnout.engine.diagnostics import Problem
 
         raise MappingError([Problem(display, 1, 1, "", f"cannot read: {exc.strerror}")]) from None
     loaded = load_yaml(text, display)
@@ -263,7 +263,7 @@ def sse_from_chunks(data: bytes) -> bytes:
 
 def _fixture_path(case: Case, name: str) -> Path:
     # `./x.sse` sits next to the case file (what `turnout record` writes); anything else is a
-    # recording under shared/fixtures/providers.
+    # recording under fixtures_dir() (tests/fixtures/providers).
     if name.startswith(("./", "../")):
         return case.path.parent / name
     return fixtures_dir() / name
@@ -274,7 +274,7 @@ def _reply_bytes(case: Case, spec: Mapping[str, Any]) -> tuple[bytes | None, str
     if "fixture" in spec:
         path = _fixture_path(case, str(spec["fixture"]))
         if not path.is_file():
-            return None, f"upstream.response.fixture: {path} not found (set TURNOUT_SHARED?)"
+            return None, f"upstream.response.fixture: {path} not found (set TURNOUT_FIXTURES?)"
         data = path.read_bytes()
         return (sse_from_chunks(data) if path.name.endswith(".chunks.txt") else data), None
     if "sse" in spec:

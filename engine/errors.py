@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from engine.diagnostics import Problem
+from turnout.engine.diagnostics import Problem
 
 __all__ = [
     "ConfigError",

@@ -21,11 +21,10 @@ import zlib
 from typing import NamedTuple
 
 import orjson
-
-from engine.errors import UpstreamError
+from turnout.engine.errors import UpstreamError
 
 # No cycle: engine.framing imports this module only when a stream asks for the framing.
-from engine.framing import Frame
+from turnout.engine.framing import Frame
 
 __all__ = ["EventStreamDecoder", "EventStreamFrames", "Message", "encode_message"]
 

@@ -47,8 +47,7 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
-
-from engine.errors import RequestError
+from turnout.engine.errors import RequestError
 
 __all__ = ["FILTERS", "GLOBALS"]
 

@@ -10,9 +10,8 @@ from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import orjson
-
-from engine.errors import UpstreamError
-from engine.sse import SSEDecoder, SSEEvent
+from turnout.engine.errors import UpstreamError
+from turnout.engine.sse import SSEDecoder, SSEEvent
 
 __all__ = ["DONE", "FRAMINGS", "Frame", "FrameDecoder", "make_decoder"]
 
@@ -140,7 +139,7 @@ class _NDJSONFrames:
 def _aws_eventstream() -> FrameDecoder:
     # Imported on first use: engine.eventstream needs ``Frame`` from this module, and mappings
     # that never stream from AWS do not pay for it.
-    from engine.eventstream import EventStreamFrames
+    from turnout.engine.eventstream import EventStreamFrames
 
     return EventStreamFrames()
 

@@ -23,17 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
-from engine import rules as rule_mod
-from engine.canonical import VIEW_FIELDS, CanonicalRequest
-from engine.diagnostics import Problem, nearest
-from engine.errors import MappingError, RequestError, UpstreamError
-from engine.expressions import Expression, attribute_uses
-from engine.framing import FRAMINGS, FrameDecoder, make_decoder
-from engine.ops import FINISH_STATUSES
-from engine.schema_check import check, load_schema
-from engine.template import Node, TemplateProblem, compile_template
-from engine.yamlstrict import LoadedYaml, load_yaml
+from turnout.engine import rules as rule_mod
+from turnout.engine.canonical import VIEW_FIELDS, CanonicalRequest
+from turnout.engine.diagnostics import Problem, nearest
+from turnout.engine.errors import MappingError, RequestError, UpstreamError
+from turnout.engine.expressions import Expression, attribute_uses
+from turnout.engine.framing import FRAMINGS, FrameDecoder, make_decoder
+from turnout.engine.ops import FINISH_STATUSES
+from turnout.engine.schema_check import check, load_schema
+from turnout.engine.template import Node, TemplateProblem, compile_template
+from turnout.engine.yamlstrict import LoadedYaml, load_yaml
 
 __all__ = ["CompiledMapping", "StreamDecoder", "UpstreamRequest", "load_mapping"]
 
@@ -216,7 +215,7 @@ class CompiledMapping:
         payload = orjson.dumps(body)
         secret = self._secret_headers
         if signing is not None:
-            from engine.signing import sign  # only mappings that sign pay for the import
+            from turnout.engine.signing import sign  # only mappings that sign pay for the import
 
             # Signed last, over the exact bytes that go on the wire.
             added = sign(
@@ -484,7 +483,7 @@ def load_mapping(
             problems.append(sources.problem(exc.path, exc.message))
     signing: Node | None = None
     if request.get("signing"):
-        from engine.signing import SIGNERS
+        from turnout.engine.signing import SIGNERS
 
         spec = request["signing"]
         if spec.get("type") not in SIGNERS:

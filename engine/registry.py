@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.diagnostics import Problem, nearest
-from engine.errors import MappingError
-from engine.mapping import CompiledMapping, load_mapping
+from turnout.engine.diagnostics import Problem, nearest
+from turnout.engine.errors import MappingError
+from turnout.engine.mapping import CompiledMapping, load_mapping
+from turnout.engine.resources import bundled_dir
 
 __all__ = ["DEFAULT_MAPPINGS_DIR", "MappingRegistry", "lint_dir"]
 
-DEFAULT_MAPPINGS_DIR = Path(__file__).resolve().parent.parent / "mappings"
+DEFAULT_MAPPINGS_DIR = bundled_dir("turnout.mappings")
 
 
 def _mapping_files(folder: Path) -> list[Path]:

@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.expressions import Expression, TextTemplate, compile_leaf
-from engine.ops import OPS
-from engine.paths import compile_path
+from turnout.engine.expressions import Expression, TextTemplate, compile_leaf
+from turnout.engine.ops import OPS
+from turnout.engine.paths import compile_path
 
 __all__ = ["Dispatch", "RuleProblem", "compile_dispatch", "compile_key", "compile_rules"]
 
@@ -65,7 +65,7 @@ class _OpRule:
     def __init__(self, spec: Mapping[str, Any], path: Path) -> None:
         name = spec.get("op")
         if name not in OPS:
-            from engine.diagnostics import nearest
+            from turnout.engine.diagnostics import nearest
 
             guess = nearest(str(name), list(OPS))
             raise RuleProblem(

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import cache
-from pathlib import Path
 from typing import Any, ClassVar
 
 import cerberus
 from cerberus import errors as cerrors
-
-from engine.diagnostics import PathKey, Problem, nearest
-from engine.yamlstrict import LoadedYaml, load_yaml
+from turnout.engine.diagnostics import PathKey, Problem, nearest
+from turnout.engine.resources import bundled_dir
+from turnout.engine.yamlstrict import LoadedYaml, load_yaml
 
 __all__ = ["SCHEMAS_DIR", "check", "load_schema"]
 
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMAS_DIR = bundled_dir("turnout.schemas")
 
 _MESSAGES: Mapping[int, str] = cerrors.BasicErrorHandler.messages
 _MESSAGES_OVERRIDE = {

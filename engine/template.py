@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from engine.expressions import Expression, TextTemplate, compile_leaf
+from turnout.engine.expressions import Expression, TextTemplate, compile_leaf
 
 __all__ = ["NULL_LITERAL", "Node", "TemplateProblem", "compile_template", "render"]
 

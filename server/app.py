@@ -17,17 +17,16 @@ from contextlib import asynccontextmanager
 import httpx
 from litestar import Litestar
 from litestar.datastructures import State
-
-from engine.diagnostics import Problem
-from engine.errors import ConfigError
-from engine.registry import MappingRegistry
-from server.config import Settings
-from server.errors import exception_handlers
-from server.gateway import Gateway, RegistryLike
-from server.routes import health, health_deployments, metrics, v1_router
-from server.stores import ResponseStore, open_store
-from server.telemetry import Telemetry
-from server.upstream import Upstream
+from turnout.engine.diagnostics import Problem
+from turnout.engine.errors import ConfigError
+from turnout.engine.registry import MappingRegistry
+from turnout.server.config import Settings
+from turnout.server.errors import exception_handlers
+from turnout.server.gateway import Gateway, RegistryLike
+from turnout.server.routes import health, health_deployments, metrics, v1_router
+from turnout.server.stores import ResponseStore, open_store
+from turnout.server.telemetry import Telemetry
+from turnout.server.upstream import Upstream
 
 __all__ = ["create_app"]
 

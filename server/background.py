@@ -19,7 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-from engine.builder import ResponseBuilder
+from turnout.engine.builder import ResponseBuilder
 
 __all__ = ["BackgroundResponses", "LiveResponse"]
 

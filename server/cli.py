@@ -24,9 +24,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from engine.errors import ConfigError, MappingError
-from engine.registry import DEFAULT_MAPPINGS_DIR, lint_dir
-from server.redaction import redact, secret_values
+from turnout.engine.errors import ConfigError, MappingError
+from turnout.engine.registry import DEFAULT_MAPPINGS_DIR, lint_dir
+from turnout.server.redaction import redact, secret_values
 
 __all__ = ["RedactingFormatter", "configure_logging", "main", "redact"]
 
@@ -66,9 +66,8 @@ def _print_problems(exc: ConfigError | MappingError) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
-
-    from server.app import create_app
-    from server.config import load_config
+    from turnout.server.app import create_app
+    from turnout.server.config import load_config
 
     configure_logging()
     try:
@@ -129,7 +128,7 @@ def _settle_heap() -> None:
     each collection scan more live objects and cost more in total."""
     import gc
 
-    from server.pricing import load_price_data
+    from turnout.server.pricing import load_price_data
 
     load_price_data()
     gc.collect()
@@ -149,9 +148,9 @@ def _lint(args: argparse.Namespace) -> int:
 def _record(args: argparse.Namespace) -> int:
     import asyncio
 
-    from engine.errors import RequestError, UpstreamError
-    from server.config import load_config
-    from server.record import record
+    from turnout.engine.errors import RequestError, UpstreamError
+    from turnout.server.config import load_config
+    from turnout.server.record import record
 
     configure_logging()
     try:

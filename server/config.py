@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.diagnostics import PathKey, Problem, nearest
-from engine.errors import ConfigError, MappingError
-from engine.schema_check import check, load_schema
-from engine.yamlstrict import LoadedYaml, load_yaml
+from turnout.engine.diagnostics import PathKey, Problem, nearest
+from turnout.engine.errors import ConfigError, MappingError
+from turnout.engine.registry import DEFAULT_MAPPINGS_DIR as DEFAULT_MAPPINGS_FOLDER
+from turnout.engine.schema_check import check, load_schema
+from turnout.engine.yamlstrict import LoadedYaml, load_yaml
 
 __all__ = [
     "DEFAULT_MAPPINGS_DIR",
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 DEFAULT_STORE = "sqlite:///turnout.db"
-DEFAULT_MAPPINGS_DIR = str(Path(__file__).resolve().parent.parent / "mappings")
+DEFAULT_MAPPINGS_DIR = str(DEFAULT_MAPPINGS_FOLDER)
 
 # Extra, conventional key variables tried after <PID>_API_KEY.
 _EXTRA_KEY_ENV: Mapping[str, tuple[str, ...]] = {"gemini": ("GOOGLE_API_KEY",)}

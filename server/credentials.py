@@ -18,9 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
-
-from engine.errors import RequestError, UpstreamError
-from server.redaction import redact
+from turnout.engine.errors import RequestError, UpstreamError
+from turnout.server.redaction import redact
 
 __all__ = ["GoogleTokens", "declared_credentials", "resolve_settings", "static_credentials"]
 

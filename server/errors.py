@@ -31,8 +31,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
-
-from engine.errors import RequestError, UpstreamError
+from turnout.engine.errors import RequestError, UpstreamError
 
 __all__ = [
     "error_body",

@@ -36,22 +36,21 @@ from urllib.parse import quote
 
 import anyio
 import orjson
-
-from engine.builder import ResponseBuilder, make_echo
-from engine.canonical import CanonicalRequest, normalize
-from engine.errors import RequestError, UpstreamError
-from engine.ids import IdFactory
-from server.background import BackgroundResponses, LiveResponse
-from server.config import Deployment, ModelAlias, ProviderSettings, Settings, env_prefix
-from server.credentials import (
+from turnout.engine.builder import ResponseBuilder, make_echo
+from turnout.engine.canonical import CanonicalRequest, normalize
+from turnout.engine.errors import RequestError, UpstreamError
+from turnout.engine.ids import IdFactory
+from turnout.server.background import BackgroundResponses, LiveResponse
+from turnout.server.config import Deployment, ModelAlias, ProviderSettings, Settings, env_prefix
+from turnout.server.credentials import (
     GoogleTokens,
     declared_credentials,
     resolve_settings,
     static_credentials,
 )
-from server.pricing import Price, PriceBook, UsageCounts, usage_counts
-from server.redaction import redact, secret_values
-from server.router import (
+from turnout.server.pricing import Price, PriceBook, UsageCounts, usage_counts
+from turnout.server.redaction import redact, secret_values
+from turnout.server.router import (
     MAX_WAIT_S,
     DeploymentState,
     Router,
@@ -59,9 +58,9 @@ from server.router import (
     is_context_window_error,
     is_retryable,
 )
-from server.stores.base import ChainError, ResponseStore, StoredResponse
-from server.telemetry.hub import CURRENT, RequestContext, Telemetry
-from server.upstream import Upstream, UpstreamCall, UpstreamStream
+from turnout.server.stores.base import ChainError, ResponseStore, StoredResponse
+from turnout.server.telemetry.hub import CURRENT, RequestContext, Telemetry
+from turnout.server.upstream import Upstream, UpstreamCall, UpstreamStream
 
 __all__ = [
     "DONE",

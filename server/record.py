@@ -26,16 +26,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import yaml
-
-from engine.cases import load_case, run_case
-from engine.errors import UpstreamError
-from engine.ids import DeterministicIdFactory
-from engine.registry import MappingRegistry
-from engine.sse import SSEDecoder
-from server.config import Settings
-from server.gateway import Gateway, StreamReply
-from server.stores.memory import MemoryStore
-from server.upstream import ErrorParser, Upstream, UpstreamCall, UpstreamStream
+from turnout.engine.cases import load_case, run_case
+from turnout.engine.errors import UpstreamError
+from turnout.engine.ids import DeterministicIdFactory
+from turnout.engine.registry import MappingRegistry
+from turnout.engine.sse import SSEDecoder
+from turnout.server.config import Settings
+from turnout.server.gateway import Gateway, StreamReply
+from turnout.server.stores.memory import MemoryStore
+from turnout.server.upstream import ErrorParser, Upstream, UpstreamCall, UpstreamStream
 
 __all__ = ["MASK", "RecordResult", "RecordingUpstream", "record", "redact_headers", "redact_url"]
 

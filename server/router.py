@@ -32,8 +32,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import UpstreamError
-from server.config import Deployment, ModelAlias, RouterSettings
+from turnout.engine.errors import UpstreamError
+from turnout.server.config import Deployment, ModelAlias, RouterSettings
 
 __all__ = [
     "MAX_WAIT_S",

@@ -20,12 +20,11 @@ from litestar.datastructures import MultiDict
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath
 from litestar.types import ASGIApp
-
-from engine.errors import RequestError
-from server.gateway import Gateway, JsonReply, replay_sse
-from server.replies import BodyReply, EventStream, json_reply
-from server.stores.base import SpendQuery, StoredResponse, UnknownCursorError
-from server.telemetry import CONTENT_TYPE_LATEST, CURRENT, RequestContext, Telemetry
+from turnout.engine.errors import RequestError
+from turnout.server.gateway import Gateway, JsonReply, replay_sse
+from turnout.server.replies import BodyReply, EventStream, json_reply
+from turnout.server.stores.base import SpendQuery, StoredResponse, UnknownCursorError
+from turnout.server.telemetry import CONTENT_TYPE_LATEST, CURRENT, RequestContext, Telemetry
 
 __all__ = [
     "SSE_HEADERS",

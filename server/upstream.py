@@ -23,8 +23,7 @@ from typing import Protocol
 
 import httpx
 import httpx_aiohttp
-
-from engine.errors import UpstreamError
+from turnout.engine.errors import UpstreamError
 
 __all__ = [
     "CONNECT_TIMEOUT_S",

@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import OpenAI
+from turnout.engine.registry import MappingRegistry
+from turnout.server.config import env_prefix
 
-from engine.registry import MappingRegistry
-from server.config import env_prefix
 from tests.simulators import Simulator
 
 pytest_plugins = ["tests.simulators.pytest_plugin"]
@@ -112,7 +112,7 @@ def start_gateway(
 ) -> Gateway:
     port = free_port()
     turnout = Path(sys.executable).parent / "turnout"
-    command = [str(turnout)] if turnout.exists() else [sys.executable, "-m", "server.cli"]
+    command = [str(turnout)] if turnout.exists() else [sys.executable, "-m", "turnout.server.cli"]
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [*command, "serve", "--config", str(config), "--port", str(port)],

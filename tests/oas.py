@@ -2,7 +2,7 @@
 
 Two independent judges, because they disagree in useful ways:
 
-* JSON Schema, from OpenAI's own OpenAPI document (``shared/reference/
+* JSON Schema, from OpenAI's own OpenAPI document (``tests/fixtures/reference/
   openai-openapi.responses-subset.yaml``) and the Open Responses spec: exact required keys,
   enums, ``null`` rules. ``validate_response``, ``validate_event``, ``validate_error_body``,
   ``validate_item_list``, ``validate_deleted``, ``validate_open_responses``.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -42,7 +41,7 @@ __all__ = [
     "OPENAI_SPEC",
     "OPEN_RESPONSES_SPEC",
     "event_schema_name",
-    "shared_dir",
+    "fixtures_root",
     "translate_nullable",
     "validate_deleted",
     "validate_error_body",
@@ -53,6 +52,8 @@ __all__ = [
     "validate_response",
     "validate_response_sdk",
 ]
+
+from tests.paths import FIXTURES
 
 OPENAI_SPEC = "reference/openai-openapi.responses-subset.yaml"
 OPEN_RESPONSES_SPEC = "reference/openresponses-openapi-2026-04-24.json"
@@ -88,10 +89,9 @@ OAS_ERRATA: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def shared_dir() -> Path:
-    """``$TURNOUT_SHARED`` or ``<project>/../shared`` (the layout every checkout uses)."""
-    env = os.environ.get("TURNOUT_SHARED")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
+def fixtures_root() -> Path:
+    """``tests/fixtures``: the repository's copy of the specs and recordings."""
+    return FIXTURES
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ def translate_nullable(node: Any) -> Any:
 
 
 def _load_document(rel: str) -> dict[str, Any]:
-    path = shared_dir() / rel
+    path = fixtures_root() / rel
     doc: Any
     if path.suffix == ".json":
         doc = json.loads(path.read_bytes())

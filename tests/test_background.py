@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from turnout.engine.builder import ResponseBuilder
+from turnout.server.background import LiveResponse
+from turnout.server.gateway import Gateway, JsonReply, StreamReply
+from turnout.server.stores import StoredResponse
+from turnout.server.upstream import Upstream
 
-from engine.builder import ResponseBuilder
-from server.background import LiveResponse
-from server.gateway import Gateway, JsonReply, StreamReply
-from server.stores import StoredResponse
-from server.upstream import Upstream
 from tests.oas import validate_event, validate_response
 from tests.test_server_unit import Env, FakeRegistry, sse_events
 
@@ -153,7 +153,8 @@ async def _collect(chunks: AsyncIterator[bytes]) -> bytes:
 
 
 def alias_env(**env: str) -> Env:
-    from server.config import Deployment, ModelAlias, Settings
+    from turnout.server.config import Deployment, ModelAlias, Settings
+
     from tests.test_server_unit import KEY
 
     e = Env()
@@ -240,7 +241,7 @@ async def test_a_store_that_fails_the_final_write_leaves_the_live_state_answerin
 async def test_background_responses_at_work_are_capped_with_a_429() -> None:
     from dataclasses import replace
 
-    from engine.errors import RequestError
+    from turnout.engine.errors import RequestError
 
     env = Env()
     env.settings = replace(env.settings, limits=replace(env.settings.limits, max_background=1))
@@ -261,7 +262,7 @@ async def test_concurrent_creates_cannot_overrun_the_cap() -> None:
     arrive together cannot all pass the check."""
     from dataclasses import replace
 
-    from engine.errors import RequestError
+    from turnout.engine.errors import RequestError
 
     env = Env()
     env.settings = replace(env.settings, limits=replace(env.settings.limits, max_background=3))

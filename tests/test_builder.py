@@ -18,8 +18,7 @@ from openai._models import BaseModel, validate_type
 from openai._types import omit
 from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import ResponseStreamEvent
-
-from engine.builder import (
+from turnout.engine.builder import (
     RESPONSE_ERROR_CODES,
     ResponseBuilder,
     decode_reasoning_state,
@@ -28,8 +27,8 @@ from engine.builder import (
     mint_reasoning_state,
     response_error,
 )
-from engine.ids import DeterministicIdFactory, IdFactory
-from engine.ops import FINISH_STATUSES, OPS, check_op
+from turnout.engine.ids import DeterministicIdFactory, IdFactory
+from turnout.engine.ops import FINISH_STATUSES, OPS, check_op
 
 Op = dict[str, Any]
 Event = dict[str, Any]

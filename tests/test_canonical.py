@@ -9,9 +9,8 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from engine.canonical import decode_state, encode_state, normalize
-from engine.errors import RequestError
+from turnout.engine.canonical import decode_state, encode_state, normalize
+from turnout.engine.errors import RequestError
 
 TOOL = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
 

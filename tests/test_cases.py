@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from engine.cases import CASES_DIR, find_cases, load_case, run_case
-from engine.errors import MappingError
-from engine.registry import MappingRegistry
+from turnout.engine.cases import CASES_DIR, find_cases, load_case, run_case
+from turnout.engine.errors import MappingError
+from turnout.engine.registry import MappingRegistry
 
 REGISTRY = MappingRegistry.load()
 CASE_FILES = find_cases()

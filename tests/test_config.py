@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from engine.errors import ConfigError
-from server.config import (
+from turnout.engine.errors import ConfigError
+from turnout.server.config import (
     DEFAULT_MAPPINGS_DIR,
     Deployment,
     ProviderSettings,

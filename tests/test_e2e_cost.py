@@ -20,8 +20,8 @@ import orjson
 import pytest
 from openai import OpenAI
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from turnout.server.pricing import UsageCounts
 
-from server.pricing import UsageCounts
 from tests.conftest import (
     PROVIDERS,
     Gateway,

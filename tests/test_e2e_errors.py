@@ -282,7 +282,8 @@ def test_broken_mapping_fails_start_up_with_file_line_col(
     config = tmp_path / "turnout.yaml"
     config.write_text(f"store: memory://\nmappings_dir: {mappings}\n", encoding="utf-8")
     run = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--config", str(config), "--port", "1"],
+        [sys.executable, "-m", "turnout.server.cli", "serve", "--config", str(config),
+         "--port", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
         env=gateway_env(provider_sim_session),
     )  # fmt: skip
@@ -318,7 +319,7 @@ def test_turnout_lint_reports_a_broken_mapping(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     run = subprocess.run(
-        [sys.executable, "-m", "server.cli", "lint", str(folder)],
+        [sys.executable, "-m", "turnout.server.cli", "lint", str(folder)],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert run.returncode == 1
@@ -329,8 +330,8 @@ def test_turnout_lint_reports_a_broken_mapping(tmp_path: Path) -> None:
     assert "unknown op 'finsh'" in line
     assert "did you mean 'finish'?" in line
     ok = subprocess.run(
-        [sys.executable, "-m", "server.cli", "lint"], cwd=ROOT, capture_output=True, text=True,
-        timeout=60,
+        [sys.executable, "-m", "turnout.server.cli", "lint"], cwd=ROOT, capture_output=True,
+        text=True, timeout=60,
     )  # fmt: skip
     assert ok.returncode == 0
     assert ok.stdout.startswith("ok: ")

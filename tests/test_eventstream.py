@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -14,13 +13,13 @@ import pytest
 from botocore.eventstream import EventStreamBuffer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from turnout.engine.errors import UpstreamError
+from turnout.engine.eventstream import EventStreamDecoder, Message, encode_message
+from turnout.engine.framing import FRAMINGS, Frame, make_decoder
 
-from engine.errors import UpstreamError
-from engine.eventstream import EventStreamDecoder, Message, encode_message
-from engine.framing import FRAMINGS, Frame, make_decoder
+from tests.paths import PROVIDER_FIXTURES
 
-_SHARED = Path(os.environ.get("TURNOUT_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-BEDROCK = _SHARED / "fixtures" / "providers" / "bedrock"
+BEDROCK = PROVIDER_FIXTURES / "bedrock"
 STREAMS = sorted(BEDROCK.glob("*.eventstream.b64.txt"))
 EXCEPTION_FIXTURE = BEDROCK / "model_stream_error_exception.eventstream.b64.txt"
 _SUFFIX = ".eventstream.b64.txt"

@@ -8,10 +8,9 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from engine import filters as f
-from engine.errors import RequestError
-from engine.expressions import Expression
+from turnout.engine import filters as f
+from turnout.engine.errors import RequestError
+from turnout.engine.expressions import Expression
 
 ROLES = {"user": "user", "assistant": "model", "tool": "user"}
 

@@ -1,6 +1,6 @@
 """Every recorded provider reply, through its mapping and the builder, in any chunking.
 
-The fixtures are real traffic (../shared/fixtures/providers). For each one we check that the
+The fixtures are real traffic (tests/fixtures/providers). For each one we check that the
 mapping knows every event type in it, that the Responses events and the final Response are valid
 for OpenAI's schema and the official SDK, that the numbers (usage arithmetic from
 providers.md §1.2) and texts come out as the raw bytes say, and that no chunking changes a thing.
@@ -17,14 +17,14 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from turnout.engine.builder import ResponseBuilder, make_echo
+from turnout.engine.ids import DeterministicIdFactory
+from turnout.engine.mapping import CompiledMapping
+from turnout.engine.registry import MappingRegistry
 
-from engine.builder import ResponseBuilder, make_echo
-from engine.ids import DeterministicIdFactory
-from engine.mapping import CompiledMapping
-from engine.registry import MappingRegistry
 from tests import oas
 
-FIXTURES = oas.shared_dir() / "fixtures" / "providers"
+FIXTURES = oas.fixtures_root() / "providers"
 REGISTRY = MappingRegistry.load()
 
 
@@ -288,7 +288,7 @@ def test_anthropic_signatures_are_kept_for_the_next_turn() -> None:
     raw = (FIXTURES / "anthropic/thinking_stream.sse").read_text()
     signature = re.search(r'"signature":"([^"]+)"', raw)
     assert signature is not None
-    from engine.canonical import decode_state
+    from turnout.engine.canonical import decode_state
 
     provider, state = decode_state(reasoning["encrypted_content"])
     assert provider == "anthropic"

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from turnout.engine.errors import UpstreamError
+from turnout.engine.framing import DONE, FRAMINGS, Frame, make_decoder
 
-from engine.errors import UpstreamError
-from engine.framing import DONE, FRAMINGS, Frame, make_decoder
+from tests.paths import PROVIDER_FIXTURES
 
-_SHARED = Path(os.environ.get("TURNOUT_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-FIXTURES = _SHARED / "fixtures" / "providers"
+FIXTURES = PROVIDER_FIXTURES
 SSE_FILES = sorted(FIXTURES.glob("**/*.sse"))
 CHUNK_FILES = sorted(FIXTURES.glob("**/*.chunks.txt"))
 
@@ -47,7 +46,7 @@ def test_unknown_framing() -> None:
 
 
 def test_fixtures_present() -> None:
-    assert SSE_FILES, f"no .sse fixtures under {FIXTURES} (set TURNOUT_SHARED?)"
+    assert SSE_FILES, f"no .sse fixtures under {FIXTURES}"
     assert CHUNK_FILES, f"no .chunks.txt fixtures under {FIXTURES}"
 
 

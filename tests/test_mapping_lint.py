@@ -7,10 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from engine.diagnostics import Problem
-from engine.errors import MappingError
-from engine.registry import DEFAULT_MAPPINGS_DIR, MappingRegistry, lint_dir
+from turnout.engine.diagnostics import Problem
+from turnout.engine.errors import MappingError
+from turnout.engine.registry import DEFAULT_MAPPINGS_DIR, MappingRegistry, lint_dir
 
 FORMAT = re.compile(r"^[^:]+:\d+:\d+: \S+: .+")
 

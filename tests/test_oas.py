@@ -1,6 +1,6 @@
 """The wire-contract validators (tests/oas.py) must accept real OpenAI traffic and catch mutations.
 
-Real events come from ``shared/fixtures/providers/openai_responses``. Those recordings predate
+Real events come from ``tests/fixtures/providers/openai_responses``. Those recordings predate
 parts of the contract the validators enforce (OAS 2.3.0, openai-python 3.57), so each recorded
 event is *upgraded* (``upgrade``) by filling in exactly the gaps listed in ``GAPS`` before the
 strict validators see it. The validators themselves are never loosened for this: Turnout's own
@@ -40,7 +40,7 @@ from jsonschema.exceptions import ValidationError, relevance
 
 from tests import oas
 
-FIXTURES = oas.shared_dir() / "fixtures/providers/openai_responses"
+FIXTURES = oas.fixtures_root() / "providers/openai_responses"
 
 
 # -- loading recordings ----------------------------------------------------------------------
@@ -490,7 +490,7 @@ def test_translate_nullable() -> None:
 
 
 def test_openapi_version_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TURNOUT_SHARED", str(tmp_path))
+    monkeypatch.setattr(oas, "fixtures_root", lambda: tmp_path)
     spec = tmp_path / "spec.yaml"
     spec.write_text("swagger: '2.0'\n")
     with pytest.raises(RuntimeError, match="unsupported openapi version"):

@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 import pytest
+from turnout.engine.canonical import normalize
+from turnout.engine.errors import RequestError
 
-from engine.canonical import normalize
-from engine.errors import RequestError
 from tests.test_request_roundtrip import CREDENTIALS, DIALECTS, REGISTRY, SETTINGS
 
 TARGETS = [(p, "m") for p in REGISTRY.providers] + [("vertex_ai", "claude-x")]

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonpath_ng.ext.parser import parse
-
-from engine.paths import CompiledPath, compile_path
+from turnout.engine.paths import CompiledPath, compile_path
 
 DOC: dict[str, Any] = {
     "choices": [{"delta": {"content": "hi", "tool_calls": None}, "index": 0}],

@@ -1,6 +1,6 @@
 """Cost from usage: genai-prices figures checked against hand-computed ones from the published
 rates, config overrides and their precedence, and every recorded provider reply
-(../shared/fixtures/providers) priced from the usage the builder derives from it, in any chunking.
+(tests/fixtures/providers) priced from the usage the builder derives from it, in any chunking.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from turnout.server.pricing import GENAI_PROVIDERS, PriceBook, UsageCounts, usage_counts
 
-from server.pricing import GENAI_PROVIDERS, PriceBook, UsageCounts, usage_counts
 from tests.test_fixture_replay import CASES, FIXTURES, REGISTRY, _build, _ops
 
 # Published list prices, dollars per million tokens: (input, cache read, cache write, output).
@@ -203,7 +203,7 @@ def test_affine_prices_equal_genai_prices_for_every_model(
     calc_price's figure to the last digit, or fails exactly where calc_price fails."""
     from datetime import UTC, datetime
 
-    from server.pricing import AffinePrices, _calc_price, _genai_usage
+    from turnout.server.pricing import AffinePrices, _calc_price, _genai_usage
 
     gp_provider, gp_model = SNAPSHOT_MODELS[index]
     usage = UsageCounts(*counts)
@@ -227,7 +227,7 @@ def test_affine_prices_reuse_one_fit_per_price_and_key_set() -> None:
     keys are priced from the fit, not by calling genai-prices again."""
     from unittest import mock
 
-    import server.pricing as pricing
+    import turnout.server.pricing as pricing
 
     book = PriceBook()
     first = book.cost("openai", "gpt-4o", UsageCounts(input_tokens=100, output_tokens=10))
@@ -261,7 +261,7 @@ def test_affine_prices_switch_rates_exactly_at_every_tier_start() -> None:
     calc_price's figure (a tier applies once the input total exceeds its start)."""
     from datetime import UTC, datetime
 
-    from server.pricing import AffinePrices, _calc_price
+    from turnout.server.pricing import AffinePrices, _calc_price
 
     assert len(TIERED) > 50  # the snapshot has tiered prices to check
     when = datetime(2026, 11, 1, tzinfo=UTC)

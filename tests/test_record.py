@@ -7,11 +7,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from turnout.engine.cases import fixtures_dir, load_case, run_case
+from turnout.engine.registry import MappingRegistry
+from turnout.server import cli
+from turnout.server.record import redact_url
 
-from engine.cases import fixtures_dir, load_case, run_case
-from engine.registry import MappingRegistry
-from server import cli
-from server.record import redact_url
 from tests.simulators import Replay, Simulator
 
 SECRET = "sk-live-SECRET-0123456789abcdef"

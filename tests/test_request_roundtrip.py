@@ -15,10 +15,9 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-from engine.canonical import normalize
-from engine.mapping import CompiledMapping
-from engine.registry import MappingRegistry
+from turnout.engine.canonical import normalize
+from turnout.engine.mapping import CompiledMapping
+from turnout.engine.registry import MappingRegistry
 
 REGISTRY = MappingRegistry.load()
 PROVIDERS = REGISTRY.providers

@@ -10,11 +10,10 @@ from collections import Counter
 from typing import Any
 
 import pytest
-
-from engine.errors import UpstreamError
-from engine.state import encode_state
-from server.config import Deployment, ModelAlias, RouterSettings
-from server.router import (
+from turnout.engine.errors import UpstreamError
+from turnout.engine.state import encode_state
+from turnout.server.config import Deployment, ModelAlias, RouterSettings
+from turnout.server.router import (
     MAX_WAIT_S,
     WINDOW_S,
     Router,
@@ -22,7 +21,7 @@ from server.router import (
     is_context_window_error,
     is_retryable,
 )
-from server.stores.base import StoredResponse
+from turnout.server.stores.base import StoredResponse
 
 
 class Clock:
@@ -337,7 +336,7 @@ def test_affinity_picks_the_minting_deployment_then_its_provider() -> None:
 
 
 def test_the_issue_config_loads(tmp_path: Any) -> None:
-    from server.config import load_config
+    from turnout.server.config import load_config
 
     path = tmp_path / "turnout.yaml"
     path.write_text(

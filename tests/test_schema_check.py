@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from engine.diagnostics import Problem, dotted, nearest
-from engine.schema_check import check, load_schema
-from engine.yamlstrict import load_yaml
+from turnout.engine.diagnostics import Problem, dotted, nearest
+from turnout.engine.schema_check import check, load_schema
+from turnout.engine.yamlstrict import load_yaml
 
 SCHEMA: dict[str, Any] = {
     "request": {

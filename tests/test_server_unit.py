@@ -17,16 +17,16 @@ import orjson
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from turnout.engine.canonical import CanonicalRequest
+from turnout.engine.errors import UpstreamError
+from turnout.engine.mapping import UpstreamRequest
+from turnout.server.app import create_app
+from turnout.server.cli import RedactingFormatter, main, redact
+from turnout.server.config import Deployment, LimitsSettings, ModelAlias, Settings
+from turnout.server.gateway import DONE, Gateway, JsonReply, StreamReply
+from turnout.server.stores import MemoryStore, StoredResponse
+from turnout.server.upstream import Upstream
 
-from engine.canonical import CanonicalRequest
-from engine.errors import UpstreamError
-from engine.mapping import UpstreamRequest
-from server.app import create_app
-from server.cli import RedactingFormatter, main, redact
-from server.config import Deployment, LimitsSettings, ModelAlias, Settings
-from server.gateway import DONE, Gateway, JsonReply, StreamReply
-from server.stores import MemoryStore, StoredResponse
-from server.upstream import Upstream
 from tests.oas import (
     validate_deleted,
     validate_error_body,
@@ -651,7 +651,7 @@ def test_serve_freezes_the_start_up_heap_with_the_price_data_loaded() -> None:
 
     code = (
         "import gc, sys\n"
-        "from server.cli import _settle_heap\n"
+        "from turnout.server.cli import _settle_heap\n"
         "_settle_heap()\n"
         "from genai_prices import data_snapshot\n"
         "snapshot = data_snapshot.get_snapshot()\n"
@@ -674,7 +674,7 @@ async def test_a_model_name_no_header_can_carry_is_percent_encoded(
 
 
 def test_in_band_error_ops_are_masked_whatever_their_types() -> None:
-    from server.gateway import _masked
+    from turnout.server.gateway import _masked
 
     ops = _masked(
         [

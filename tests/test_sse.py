@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from pathlib import Path
 
@@ -11,11 +10,11 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from turnout.engine.sse import SSEDecoder, SSEEvent
 
-from engine.sse import SSEDecoder, SSEEvent
+from tests.paths import PROVIDER_FIXTURES
 
-_SHARED = Path(os.environ.get("TURNOUT_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-FIXTURES = _SHARED / "fixtures" / "providers"
+FIXTURES = PROVIDER_FIXTURES
 SSE_FILES = sorted(FIXTURES.glob("**/*.sse"))
 
 
@@ -48,7 +47,7 @@ def interesting_points(raw: bytes) -> list[int]:
 
 
 def test_fixtures_present() -> None:
-    assert SSE_FILES, f"no .sse fixtures under {FIXTURES} (set TURNOUT_SHARED?)"
+    assert SSE_FILES, f"no .sse fixtures under {FIXTURES}"
 
 
 @pytest.mark.parametrize("path", SSE_FILES, ids=_id)

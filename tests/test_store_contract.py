@@ -21,8 +21,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from server.stores import (
+from turnout.server.stores import (
     ChainCycleError,
     MemoryStore,
     MissingChainLinkError,
@@ -33,8 +32,8 @@ from server.stores import (
     UnknownCursorError,
     open_store,
 )
-from server.stores.base import aggregate_spend
-from server.stores.sqlite import SCHEMA_VERSION
+from turnout.server.stores.base import aggregate_spend
+from turnout.server.stores.sqlite import SCHEMA_VERSION
 
 pytestmark = pytest.mark.anyio
 
@@ -380,7 +379,7 @@ async def test_sqlite_put_survives_process_crash(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import asyncio, os
-        from server.stores import StoredResponse, open_store
+        from turnout.server.stores import StoredResponse, open_store
 
         async def main():
             s = open_store({f"sqlite:///{db}"!r})
@@ -607,7 +606,8 @@ async def test_unfinished_lists_live_queued_and_in_progress_records_only(
 async def test_a_restarted_gateway_fails_what_the_last_run_left_queued(
     store: ResponseStore,
 ) -> None:
-    from server.gateway import Gateway
+    from turnout.server.gateway import Gateway
+
     from tests.test_server_unit import Env, FakeRegistry
 
     env = Env()

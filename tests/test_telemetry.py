@@ -16,9 +16,9 @@ from litestar.testing import AsyncTestClient
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
+from turnout.server.telemetry import QueueSink, SinkContext, Telemetry
+from turnout.server.telemetry.sinks import OtelSink, WebhookSink
 
-from server.telemetry import QueueSink, SinkContext, Telemetry
-from server.telemetry.sinks import OtelSink, WebhookSink
 from tests import oas
 from tests.receivers import receiver
 from tests.test_server_unit import KEY, Env, FakeMapping, FakeRegistry, sse_events
@@ -418,9 +418,9 @@ async def test_spend_endpoint(tmp_path: Path) -> None:
 
 
 def test_a_bad_sink_stops_start_up_as_a_config_error() -> None:
-    from engine.errors import ConfigError
-    from server.app import create_app
-    from server.config import Settings
+    from turnout.engine.errors import ConfigError
+    from turnout.server.app import create_app
+    from turnout.server.config import Settings
 
     for entry, message in (
         ({"type": "nope"}, "unknown logging sink type 'nope'"),
@@ -455,8 +455,8 @@ async def test_capture_puts_prompts_and_outputs_in_the_record(tmp_path: Path) ->
 async def test_an_abandoned_stream_still_names_its_response_and_provider() -> None:
     """A client that leaves mid-stream gets no stored record (nothing was completed), but its
     telemetry record says which response and which upstream it was."""
-    from server.gateway import StreamReply
-    from server.telemetry import CURRENT, RequestContext
+    from turnout.server.gateway import StreamReply
+    from turnout.server.telemetry import CURRENT, RequestContext
 
     env = Env()
     ctx = RequestContext(stream=True, model="fake/x", api_key_id=None)

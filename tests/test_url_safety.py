@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from turnout.engine.canonical import normalize
 
-from engine.canonical import normalize
 from tests.test_request_roundtrip import CREDENTIALS, REGISTRY, SETTINGS
 
 BASE = "http://upstream/base"

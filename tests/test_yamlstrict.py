@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
-from engine.diagnostics import Problem
-from engine.errors import MappingError
-from engine.yamlstrict import load_yaml
+from turnout.engine.diagnostics import Problem
+from turnout.engine.errors import MappingError
+from turnout.engine.yamlstrict import load_yaml
 
 
 def _problems(text: str) -> list[Problem]:

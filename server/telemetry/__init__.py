@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from server.telemetry import sinks as _sinks  # registers the built-in sink types
-from server.telemetry.base import SINK_TYPES, QueueSink, Sink, SinkContext, register_sink
-from server.telemetry.hub import CURRENT, RequestContext, Telemetry
-from server.telemetry.metrics import CONTENT_TYPE_LATEST, Metrics
+from turnout.server.telemetry import sinks as _sinks  # registers the built-in sink types
+from turnout.server.telemetry.base import SINK_TYPES, QueueSink, Sink, SinkContext, register_sink
+from turnout.server.telemetry.hub import CURRENT, RequestContext, Telemetry
+from turnout.server.telemetry.metrics import CONTENT_TYPE_LATEST, Metrics
 
 __all__ = [
     "CONTENT_TYPE_LATEST",

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from server.redaction import redact
+from turnout.server.redaction import redact
 
 __all__ = [
     "SINK_TYPES",

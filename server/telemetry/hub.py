@@ -41,9 +41,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.redaction import secret_values
-from server.telemetry.base import Sink, SinkContext, build_sink
-from server.telemetry.metrics import Metrics
+from turnout.server.redaction import secret_values
+from turnout.server.telemetry.base import Sink, SinkContext, build_sink
+from turnout.server.telemetry.metrics import Metrics
 
 __all__ = ["CURRENT", "RequestContext", "Telemetry"]
 

@@ -15,9 +15,8 @@ from typing import Any, TextIO
 
 import httpx
 import orjson
-
-from server.redaction import redact
-from server.telemetry.base import QueueSink, Record, Sink, SinkContext, register_sink
+from turnout.server.redaction import redact
+from turnout.server.telemetry.base import QueueSink, Record, Sink, SinkContext, register_sink
 
 __all__ = ["JsonlSink", "OtelSink", "PrometheusSink", "WebhookSink"]
 

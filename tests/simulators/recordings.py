@@ -1,9 +1,8 @@
-"""Recorded provider traffic from `../shared/fixtures/providers/`, and how to chunk it."""
+"""Recorded provider traffic from `tests/fixtures/providers/`, and how to chunk it."""
 
 from __future__ import annotations
 
 import base64
-import os
 import random
 import re
 from dataclasses import dataclass
@@ -17,13 +16,8 @@ from .modes import ChunkSize
 
 __all__ = ["FIXTURES_DIR", "Fixture", "fixture_names", "load_fixture", "split_bytes"]
 
-# /work/main/tests/simulators -> /work/shared/fixtures/providers (override for other layouts).
-FIXTURES_DIR = Path(
-    os.environ.get(
-        "TURNOUT_PROVIDER_FIXTURES",
-        Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "providers",
-    )
-)
+# The repository's copy of the recordings (tests/fixtures/README.md).
+FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "providers"
 
 # Only bodies that are byte-exact recordings (or stored JSON) can be replayed; Bedrock's binary
 # event streams are stored base64-encoded.
