@@ -21,6 +21,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath
 from litestar.types import ASGIApp
 from turnout.engine.errors import RequestError
+from turnout.server.config import ModelAlias
 from turnout.server.gateway import Gateway, JsonReply, replay_sse
 from turnout.server.replies import BodyReply, EventStream, json_reply
 from turnout.server.stores.base import SpendQuery, StoredResponse, UnknownCursorError
@@ -287,17 +288,25 @@ def _model(model_id: str, owned_by: str, created: int) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
 
 
+def _alias_owner(alias: ModelAlias) -> str:
+    """The providers behind an alias, in deployment order: what a model picker shows."""
+    return ", ".join(dict.fromkeys(d.provider for d in alias.deployments))
+
+
 def _models(gateway: Gateway) -> list[dict[str, Any]]:
-    """Aliases first (owned by turnout), then one `provider/*` pattern per loaded mapping."""
+    """The names a model picker should offer: the config's aliases, each owned by the
+    provider(s) behind it. With no alias configured, one `provider/*` pattern per mapping says
+    which prefixes exist (`provider/<model>` names work in both cases)."""
     created = gateway.router.created
-    data = [_model(alias, "turnout", created) for alias in gateway.settings.models]
-    data.extend(_model(f"{pid}/*", pid, created) for pid in gateway.registry.providers)
-    return data
+    aliases = gateway.settings.models
+    if aliases:
+        return [_model(name, _alias_owner(spec), created) for name, spec in aliases.items()]
+    return [_model(f"{pid}/*", pid, created) for pid in gateway.registry.providers]
 
 
 @get("/models")
 async def list_models(request: Request[Any, Any, Any]) -> ASGIApp:
-    """OpenAI's model list: the aliases and the direct `provider/<model>` patterns."""
+    """OpenAI's model list: the configured aliases, else the `provider/<model>` patterns."""
     return _json({"object": "list", "data": _models(_gateway(request))})
 
 
@@ -306,8 +315,9 @@ async def retrieve_model(request: Request[Any, Any, Any], model_id: FromPath[str
     gateway = _gateway(request)
     name = model_id.lstrip("/")
     created = gateway.router.created
-    if name in gateway.settings.models:
-        return _json(_model(name, "turnout", created))
+    alias = gateway.settings.models.get(name)
+    if alias is not None:
+        return _json(_model(name, _alias_owner(alias), created))
     provider, sep, rest = name.partition("/")
     if sep and rest and provider in gateway.registry.providers:
         return _json(_model(name, provider, created))

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import orjson
+import yaml
 import pytest
 from openai import OpenAI
 
@@ -302,15 +303,22 @@ def test_conversation_with_thinking_signatures_sticks_to_its_deployment(
     assert "sig-abc" not in sent and "How many apples?" in sent and "Seven." in sent
 
 
-def test_models_list_and_retrieve(gw: Gateway, client: OpenAI) -> None:
+def test_models_list_and_retrieve(
+    router_gw: tuple[Gateway, Path], gw: Gateway, client: OpenAI
+) -> None:
+    config = yaml.safe_load((router_gw[1].parent / "turnout.yaml").read_text(encoding="utf-8"))
     models = client.models.list()
     ids = [m.id for m in models.data]
+    # With a config, exactly its aliases (what a model picker can offer), in config order.
     assert ids[:3] == ["chain-a", "chain-b", "chain-c"]
-    assert "anthropic/*" in ids and "groq/*" in ids
+    assert ids == list(config["models"])
+    assert not any(i.endswith("/*") for i in ids)
+    owners = {m.id: m.owned_by for m in models.data}
+    assert owners["chain-b"] == "openai" and owners["long"] == "gemini"
     raw = httpx.get(f"{gw.url}/v1/models").json()
     assert raw["object"] == "list"
     assert all(set(m) == {"id", "object", "created", "owned_by"} for m in raw["data"])
-    assert client.models.retrieve("ctx").owned_by == "turnout"
+    assert client.models.retrieve("ctx").owned_by == "anthropic"
     assert client.models.retrieve("anthropic/claude-sonnet-4-5").owned_by == "anthropic"
     assert httpx.get(f"{gw.url}/v1/models/nope").status_code == 404
 

@@ -199,7 +199,8 @@ class RecordingStore(MemoryStore):
 
 
 def make_settings(**kw: Any) -> Settings:
-    models = {"smart": ModelAlias(deployments=[Deployment(model="fake/fake-large")])}
+    default = {"smart": ModelAlias(deployments=[Deployment(model="fake/fake-large")])}
+    models = kw.pop("models", default)
     return Settings(store="memory://", models=models, env=dict(kw.pop("env", ENV)), **kw)
 
 
@@ -286,6 +287,30 @@ async def test_unknown_model_lists_providers(client: AsyncTestClient[Litestar]) 
     assert "fake" in message and "smart" in message
     resp = await client.post("/v1/responses", json={"model": "gpt-4o", "input": "hi"})
     assert_error(resp, 400, "model_not_found", "model")
+
+
+async def test_models_lists_aliases_else_provider_patterns() -> None:
+    env = Env()
+    env.settings = make_settings(
+        models={
+            "smart": ModelAlias(deployments=[Deployment(model="fake/fake-large")]),
+            "mixed": ModelAlias(
+                deployments=[Deployment(model="fake/a"), Deployment(model="other/b")]
+            ),
+        }
+    )
+    async with AsyncTestClient(app=env.app()) as c:
+        listed = (await c.get("/v1/models")).json()
+        assert [(m["id"], m["owned_by"]) for m in listed["data"]] == [
+            ("smart", "fake"),
+            ("mixed", "fake, other"),
+        ]
+        assert (await c.get("/v1/models/smart")).json()["owned_by"] == "fake"
+        assert (await c.get("/v1/models/fake/any-model")).json()["owned_by"] == "fake"
+    env.settings = make_settings(models={})
+    async with AsyncTestClient(app=env.app()) as c:
+        listed = (await c.get("/v1/models")).json()
+    assert [(m["id"], m["owned_by"]) for m in listed["data"]] == [("fake/*", "fake")]
 
 
 async def test_missing_key_names_the_variable() -> None:
