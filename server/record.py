@@ -10,6 +10,12 @@ the raw body bytes. Written next to each other (``<out>/<name>.*``):
     <name>.sse|.json      the reply body, byte for byte
     <name>.case.yaml      a case file (engine/cases.py) whose `expect` is what Turnout produced
 
+Where (`--out DIR` chooses; `default_out_dir` otherwise): when the mappings folder in use keeps a
+`cases/` folder (a source checkout, or an operator's own `mappings_dir` with its cases), the files
+go to `<mappings_dir>/cases/<provider>/recorded/`, beside the cases they are meant to join; else
+(an installed wheel: the bundled mappings sit in site-packages and ship no cases) to
+`./recorded/<provider>/` under the current directory, never into the installed package.
+
 No secret value is ever written: credential headers and query parameters are masked by name, and
 every file is scrubbed of the resolved credentials and of secret-looking environment values.
 """
@@ -36,7 +42,15 @@ from turnout.server.gateway import Gateway, StreamReply
 from turnout.server.stores.memory import MemoryStore
 from turnout.server.upstream import ErrorParser, Upstream, UpstreamCall, UpstreamStream
 
-__all__ = ["MASK", "RecordResult", "RecordingUpstream", "record", "redact_headers", "redact_url"]
+__all__ = [
+    "MASK",
+    "RecordResult",
+    "RecordingUpstream",
+    "default_out_dir",
+    "record",
+    "redact_headers",
+    "redact_url",
+]
 
 MASK = "***"
 # Header and query names that carry credentials, whatever the provider (lower case).
@@ -248,6 +262,17 @@ async def _collect(reply: StreamReply) -> tuple[dict[str, Any] | None, list[dict
     return (final if isinstance(final, dict) else None), events
 
 
+def default_out_dir(mappings_dir: str | Path, provider: str) -> Path:
+    """Where `record` writes without `out_dir`: `<mappings_dir>/cases/<provider>/recorded/` when
+    the mappings folder keeps a `cases/` folder (a source checkout, or an operator's own
+    mappings), else `./recorded/<provider>/` under the current directory (an installed wheel
+    ships no cases, and its mappings folder is inside site-packages)."""
+    cases = Path(mappings_dir) / "cases"
+    if cases.is_dir():
+        return cases / provider / "recorded"
+    return Path.cwd() / "recorded" / provider
+
+
 async def record(
     model: str,
     text: str,
@@ -287,9 +312,7 @@ async def record(
         raise error or UpstreamError(502, "no reply was recorded", code="upstream_unreachable")
 
     call = tap.call
-    out = Path(out_dir) if out_dir else Path(settings.mappings_dir) / "cases" / target.provider
-    if not out_dir:
-        out = out / "recorded"
+    out = Path(out_dir) if out_dir else default_out_dir(settings.mappings_dir, target.provider)
     out.mkdir(parents=True, exist_ok=True)
     kind = "stream" if stream else "json"
     stem = name or f"{_slug(target.model)}_{kind}_{time.strftime('%Y%m%d_%H%M%S')}"
