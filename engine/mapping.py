@@ -4,7 +4,7 @@ File layout (see ``mappings/README.md`` for the reference)::
 
     version: 1
     extends: _dialects/anthropic_messages    # deep-merged below this file; None deletes a key
-    provider: {api_base, api_key_env, auth}   # connection defaults
+    provider: {api_base, api_base_path, api_key_env, auth}   # connection defaults
     request: {method, url, headers, body, rejects}
     response: [rules]                         # whole non-streamed reply → ops
     stream: {framing, key, events, default, ignore}
@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 from turnout.engine import rules as rule_mod
+from turnout.engine.api_base import BaseNormalizer, compile_base_path
 from turnout.engine.canonical import VIEW_FIELDS, CanonicalRequest
 from turnout.engine.diagnostics import Problem, nearest
 from turnout.engine.errors import MappingError, RequestError, UpstreamError
@@ -174,6 +175,8 @@ class CompiledMapping:
     _secret_headers: frozenset[str]
     _signing: Node | None = None
     variants: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
+    # provider.api_base_path: a configured base in the form the url template expects.
+    normalize_base: BaseNormalizer = field(default_factory=BaseNormalizer)
 
     def build_request(
         self,
@@ -187,8 +190,9 @@ class CompiledMapping:
     ) -> UpstreamRequest:
         streaming = req.stream if stream is None else stream
         ctx: dict[str, Any] = {
-            "req": req.view, "model": model, "stream": streaming, "api_base": api_base.rstrip("/"),
-            "credentials": credentials, "settings": settings or {}, "provider": self.provider,
+            "req": req.view, "model": model, "stream": streaming,
+            "api_base": self.normalize_base(api_base), "credentials": credentials,
+            "settings": settings or {}, "provider": self.provider,
         }  # fmt: skip
         view = req.view
         for when, param, message, reads in self._rejects:
@@ -507,9 +511,16 @@ def load_mapping(
                     ("variants", i, "use"), f"no mapping {variant['use']!r} under {root}"
                 )
             )
+    provider_defaults = dict(data.get("provider") or {})
+    normalize_base = BaseNormalizer()
+    try:
+        normalize_base = compile_base_path(provider_defaults.get("api_base_path"))
+    except re.error as exc:
+        problems.append(
+            sources.problem(("provider", "api_base_path", "hosts"), f"bad host regex: {exc}")
+        )
     if problems:
         raise MappingError(problems)
-    provider_defaults = dict(data.get("provider") or {})
     return CompiledMapping(
         provider=provider or path.stem,
         path=files[0].filename,
@@ -527,4 +538,5 @@ def load_mapping(
         _secret_headers=_secret_header_names(request.get("headers") or {}),
         _signing=signing,
         variants=variants,
+        normalize_base=normalize_base,
     )

@@ -11,7 +11,9 @@ have) cost about a third of a millisecond per call and do nothing for us. Failur
     refused / reset / DNS / protocol → 502 upstream_unreachable
     non-2xx reply                    → mapping.parse_error(status, body, headers)
 
-Headers are never logged: they carry provider keys.
+A failure before any status arrived, and a 404 (or 405), name the URL that was called, so a
+wrong `api_base` shows itself: scheme, host, port and path only (`called_url`), never the
+query (Gemini-style `?key=`) or userinfo. Headers are never logged: they carry provider keys.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from functools import lru_cache
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import httpx
 import httpx_aiohttp
@@ -32,6 +35,7 @@ __all__ = [
     "Upstream",
     "UpstreamCall",
     "UpstreamStream",
+    "called_url",
     "network_error",
 ]
 
@@ -78,23 +82,56 @@ def _is_timeout(exc: httpx.TransportError) -> bool:
     return cause is None or isinstance(cause, TimeoutError)
 
 
-def network_error(exc: httpx.TransportError, provider: str) -> UpstreamError:
-    """Classify a transport failure. The message names the provider, never the URL or headers."""
+# Upstream statuses that usually mean the URL itself is wrong (a base missing or doubling a path).
+_WRONG_URL_STATUSES = frozenset({404, 405})
+
+
+def called_url(url: str) -> str:
+    """What an error message may show of an upstream URL: scheme, host, port and path. The query
+    (some providers take keys there) and any userinfo in the base are left out."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "(an unparsable URL)"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{f':{port}' if port is not None else ''}{parts.path}"
+
+
+def network_error(
+    exc: httpx.TransportError, provider: str, call: UpstreamCall | None = None
+) -> UpstreamError:
+    """Classify a transport failure. The message names the provider and, for a failure before
+    any reply (``call`` given), the URL called (`called_url`): never headers or the query."""
+    where = f" ({call.method} {called_url(call.url)})" if call is not None else ""
     if _is_timeout(exc):
         return UpstreamError(
             status=504,
-            message=f"The upstream provider '{provider}' did not answer in time.",
+            message=f"The upstream provider '{provider}' did not answer in time{where}.",
             code="upstream_timeout",
             type="server_error",
             provider=provider,
         )
+    hint = "; check its api_base" if call is not None else ""
     return UpstreamError(
         status=502,
-        message=f"Could not reach the upstream provider '{provider}'.",
+        message=f"Could not reach the upstream provider '{provider}'{where}{hint}.",
         code="upstream_unreachable",
         type="server_error",
         provider=provider,
     )
+
+
+def _name_url(error: UpstreamError, call: UpstreamCall) -> UpstreamError:
+    """A 404/405 from the upstream names the URL called: a wrong api_base is the usual cause."""
+    error.message = (
+        f"{error.message} (called {call.method} {called_url(call.url)}; "
+        "if that URL is wrong, check the provider's api_base)"
+    )
+    error.args = (error.message,)
+    return error
 
 
 class UpstreamStream:
@@ -181,7 +218,7 @@ class Upstream:
         try:
             response = await self.transport.handle_async_request(request)
         except httpx.TransportError as exc:
-            raise network_error(exc, errors.provider) from None
+            raise network_error(exc, errors.provider, req) from None
         response.request = request
         if response.is_success:
             return response
@@ -192,7 +229,11 @@ class Upstream:
             raise network_error(exc, errors.provider) from None
         finally:
             await response.aclose()
-        raise errors.parse_error(response.status_code, body, response.headers)
+        status = response.status_code
+        error = errors.parse_error(status, body, response.headers)
+        if status in _WRONG_URL_STATUSES:
+            raise _name_url(error, req)
+        raise error
 
     async def send(
         self, req: UpstreamCall, errors: ErrorParser, *, read_timeout_s: float | None = None
