@@ -1,12 +1,38 @@
-"""`turnout serve|lint|record`.
+"""`turnout serve|lint|record`, `turnout --version`.
 
     turnout serve [--config FILE] [--host H] [--port P]   # default 127.0.0.1:4000
+                  [--log-level debug|info|warning|error] [--access-log]
     turnout lint [DIR]                                      # default: the bundled mappings/
     turnout record --model PROVIDER/MODEL --input TEXT [--stream] [--config FILE] [--name NAME]
                    [--out DIR]   # one real request → fixture set + case file (server/record.py)
+    turnout --version                                       # `turnout <version>`
 
 Exit codes: 0 ok, 1 lint found problems, 2 the config or a mapping is broken (problems printed as
 `file:line:col: key: message`, never a traceback).
+
+What `turnout serve` prints, all on stderr and through logging (so through the redaction below):
+
+* config problems found before the server starts (exit 2), e.g. an alias deployment naming a
+  provider no mapping defines: `turnout.yaml:5:10: models.claude.deployments[0].model: unknown
+  provider 'antropic' in model 'antropic/claude-sonnet-4-5' (did you mean 'anthropic'?)`
+  (printed as they are, like every config problem);
+* one WARNING per alias deployment whose credentials are missing, naming the variables to set
+  (`config.missing_credentials`; never a value); the server still starts;
+* the ready line, exactly once, at INFO on logger `turnout`, once the socket listens (from the
+  uvicorn server's `startup`, after the listening sockets exist; never before):
+  `turnout 0.1.0 ready on http://127.0.0.1:4000 · store sqlite:////srv/turnout.db · 29
+  providers, 2 aliases · auth: master key` (a password or secret-named query value in the store
+  URL is masked; `--port 0` shows the port the system picked; no master key: `auth: none (no
+  master_key set)`);
+* with `--access-log` or config `server.access_log: true`, one INFO line per request, logger
+  `turnout.access` (`AccessLog`): `POST /v1/responses 200 model=claude
+  deployment=anthropic/claude-sonnet-4-5 duration_ms=412 response_id=resp_…` (`-` where a field
+  is unknown).
+
+`--log-level` (default `info`) is the level of Turnout's own loggers (`turnout.*`); other
+libraries (uvicorn, httpx) log at WARNING as before, or less when the level is above it.
+`--log-level warning` hides the ready line; the access log, asked for explicitly, shows at any
+level.
 
 Logging goes through `RedactingFormatter`: anything that looks like a key (`sk-…`, `Bearer …`,
 `x-api-key: …`, values of secret-looking environment variables) is masked. The code already never
@@ -17,18 +43,37 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
+import re
 import sys
+import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from turnout.engine.errors import ConfigError, MappingError
 from turnout.engine.registry import DEFAULT_MAPPINGS_DIR, lint_dir
 from turnout.server.redaction import redact, secret_values
 
-__all__ = ["RedactingFormatter", "configure_logging", "main", "redact"]
+if TYPE_CHECKING:
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = [
+    "AccessLog",
+    "RedactingFormatter",
+    "configure_logging",
+    "main",
+    "mask_store_url",
+    "ready_line",
+    "redact",
+    "version",
+]
+
+log = logging.getLogger("turnout")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class RedactingFormatter(logging.Formatter):
@@ -43,12 +88,17 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record), self._secrets)
 
 
-def configure_logging(level: int = logging.WARNING) -> None:
+def configure_logging(level: int = logging.WARNING, turnout_level: int | None = None) -> None:
+    """One redacting stderr handler on the root logger at ``level``; Turnout's own loggers
+    (``turnout.*``) at ``turnout_level`` when given (`turnout serve --log-level`)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.getLogger("turnout").setLevel(
+        logging.NOTSET if turnout_level is None else turnout_level
+    )
     # httpx logs each request at INFO: costly at load and it prints URLs (design §7).
     for name in ("httpx", "httpcore", "httpx_aiohttp"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -64,22 +114,71 @@ def _print_problems(exc: ConfigError | MappingError) -> None:
         print(str(problem), file=sys.stderr)
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml)."""
+    try:
+        return importlib.metadata.version("turnout")
+    except importlib.metadata.PackageNotFoundError:  # run from a tree that was never installed
+        return "0+unknown"
+
+
+_USERINFO = re.compile(r"(?<=://)([^/@:?#]*):([^/@?#]*)@")
+_SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:pass|secret|token|key|auth)[^=&#]*=)[^&#]*")
+
+
+def mask_store_url(url: str) -> str:
+    """The store URL as the ready line shows it: a password (`user:***@`) and the values of
+    secret-named query parameters masked."""
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1:***@", url))
+
+
+def _plural(count: int, word: str, plural: str) -> str:
+    return f"{count} {word if count == 1 else plural}"
+
+
+def ready_line(url: str, store: str, providers: int, aliases: int, master_key: bool) -> str:
+    return (
+        f"turnout {version()} ready on {url} · store {mask_store_url(store)} · "
+        f"{_plural(providers, 'provider', 'providers')}, {_plural(aliases, 'alias', 'aliases')}"
+        f" · auth: {'master key' if master_key else 'none (no master_key set)'}"
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from turnout.engine.registry import MappingRegistry
     from turnout.server.app import create_app
-    from turnout.server.config import load_config
+    from turnout.server.config import check_providers, load_config, missing_credentials
 
-    configure_logging()
+    level = getattr(logging, args.log_level.upper())
+    # Other libraries: as quiet as before (WARNING), quieter when asked.
+    others = max(level, logging.WARNING)
+    configure_logging(others, turnout_level=level)
     try:
         settings = load_config(args.config, os.environ)
-        app = create_app(settings)
+        registry = MappingRegistry.load(settings.mappings_dir)
+        check_providers(settings, registry.providers)
+        app = create_app(settings, registry=registry)
     except (ConfigError, MappingError) as exc:
         _print_problems(exc)
         return 2
+    for problem in missing_credentials(settings, registry):
+        log.warning("%s", problem)
+    asgi: Any = app
+    if args.access_log or settings.server.access_log:
+        # Installed only when asked: off, the request path has no wrapper at all.
+        logging.getLogger(AccessLog.LOGGER).setLevel(logging.INFO)
+        asgi = AccessLog(app)
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
+    ready = {
+        "store": settings.store,
+        "providers": len(registry),
+        "aliases": len(settings.models),
+        "master_key": bool(settings.master_key),
+    }
     config = uvicorn.Config(
-        app,
+        asgi,
         host=host,
         port=port,
         # uvloop + httptools when present: the measured fast path (design §7).
@@ -88,18 +187,22 @@ def _serve(args: argparse.Namespace) -> int:
         workers=1,
         timeout_graceful_shutdown=settings.server.shutdown_timeout_s,
         access_log=False,
-        log_level="warning",
+        log_level=logging.getLevelName(others).lower(),
         log_config=None,  # keep configure_logging's redacting handler
     )
     _settle_heap()
-    server = _server(config, app)
+    server = _server(config, app, ready)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn already shut down
         server.run()
     return 0 if server.started else 3
 
 
-def _server(config: Any, app: Any) -> Any:
-    """uvicorn's Server, ending background responses as soon as shutdown starts.
+def _server(config: Any, app: Any, ready: Mapping[str, Any] | None = None) -> Any:
+    """uvicorn's Server, saying when it is ready and ending background responses as soon as
+    shutdown starts.
+
+    The ready line is logged at the end of `startup`: the app's lifespan has run (store open)
+    and the listening sockets exist, so a client that reads it can connect at once.
 
     uvicorn lets open connections drain (up to `server.shutdown_timeout_s`) before the app's
     own shutdown runs; a client following a background response would wait for work that will
@@ -108,6 +211,22 @@ def _server(config: Any, app: Any) -> Any:
     import uvicorn
 
     class GatewayServer(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if ready is not None and self.started and not self.should_exit:
+                log.info("%s", ready_line(self._url(), **ready))
+
+        def _url(self) -> str:
+            host, port = self.config.host, self.config.port
+            for server in getattr(self, "servers", []):
+                for sock in server.sockets or ():
+                    address = sock.getsockname()
+                    if isinstance(address, tuple):
+                        port = address[1]  # the real one, also for --port 0
+                        break
+            host = f"[{host}]" if ":" in host else host
+            return f"{'https' if self.config.ssl else 'http'}://{host}:{port}"
+
         async def shutdown(self, sockets: Any = None) -> None:
             gateway = getattr(app.state, "gateway", None)
             if gateway is not None:
@@ -115,6 +234,93 @@ def _server(config: Any, app: Any) -> Any:
             await super().shutdown(sockets)
 
     return GatewayServer(config)
+
+
+# The response id in the first body chunk: a Response object's `"id"` (JSON) or the one of
+# `response.created` (SSE). orjson writes no spaces.
+_RESPONSE_ID = re.compile(rb'"id":"(resp_[A-Za-z0-9_-]{1,200})"')
+
+
+class AccessLog:
+    """ASGI wrapper logging one line per HTTP request, once its reply is over:
+
+        POST /v1/responses 200 model=claude deployment=anthropic/claude-sonnet-4-5
+        duration_ms=412 response_id=resp_…
+
+    (one line; `-` for what is unknown). The status and the deployment come from the reply's
+    start message (`x-turnout-deployment`); the model the client asked for and the response id
+    from the request's telemetry context (`telemetry.CURRENT`, filled by the gateway), else the
+    id from `/v1/responses/{id}…` paths or the first body chunk (a background create's reply).
+    The time is from the request's arrival to the reply's end (the last SSE chunk).
+
+    Only `turnout serve` installs it, and only when asked: off, nothing wraps the app."""
+
+    LOGGER = "turnout.access"
+
+    def __init__(self, app: ASGIApp, logger: logging.Logger | None = None) -> None:
+        self.app = app
+        self.log = logger or logging.getLogger(self.LOGGER)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind: str = scope["type"]
+        if kind != "http":  # lifespan, websocket: passed through untouched
+            await self.app(scope, receive, send)
+            return
+        from turnout.server.telemetry import CURRENT
+
+        started = time.perf_counter()
+        seen: dict[str, Any] = {"status": None, "deployment": None, "id": None, "body": False}
+
+        async def watched(message: Message) -> None:
+            event: Any = message
+            kind = event["type"]
+            if kind == "http.response.start":
+                seen["status"] = event["status"]
+                for name, value in event.get("headers") or ():
+                    if name == b"x-turnout-deployment":
+                        seen["deployment"] = bytes(value).decode("latin-1")
+            elif kind == "http.response.body" and not seen["body"]:
+                body = event.get("body") or b""
+                if body:
+                    seen["body"] = True
+                    found = _RESPONSE_ID.search(body)
+                    if found is not None:
+                        seen["id"] = found.group(1).decode("ascii")
+            await send(message)
+
+        token = CURRENT.set(None)  # this request's context only, never a previous one's
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            if seen["status"] is None:
+                seen["status"] = 500  # the server answers 500 for an app that raised
+            raise
+        finally:
+            ctx = CURRENT.get()
+            CURRENT.reset(token)
+            self._line(scope, seen, ctx, time.perf_counter() - started)
+
+    def _line(self, scope: Scope, seen: dict[str, Any], ctx: Any, elapsed: float) -> None:
+        path = str(scope.get("path") or "")
+        response_id = (ctx.response_id if ctx is not None else None) or seen["id"]
+        if response_id is None and path.startswith("/v1/responses/"):
+            response_id = path.split("/")[3] or None
+        deployment = seen["deployment"] or (ctx.deployment if ctx is not None else None)
+        self.log.info(
+            "%s %s %s model=%s deployment=%s duration_ms=%d response_id=%s",
+            scope.get("method", "-"),
+            _safe(path),
+            seen["status"] if seen["status"] is not None else "-",
+            _safe(ctx.model) if ctx is not None and ctx.model else "-",
+            _safe(deployment) if deployment else "-",
+            round(elapsed * 1000),
+            _safe(response_id) if response_id else "-",
+        )
+
+
+def _safe(text: str) -> str:
+    """Client text as one log token: no spaces, control characters or non-ASCII."""
+    return quote(text, safe="/:._-@+=~!$&'()*,;%")
 
 
 def _settle_heap() -> None:
@@ -178,13 +384,66 @@ def _record(args: argparse.Namespace) -> int:
     return 0
 
 
+# What `turnout serve` reads from the environment (kept in step with server/config.py,
+# server/credentials.py and the bundled mappings' `api_key_env`/`credentials`/`settings`:
+# tests/test_cli_startup.py checks every name the mappings declare is listed here).
+SERVE_ENVIRONMENT = """\
+environment variables:
+  <PROVIDER>_API_KEY    a provider's API key, PROVIDER being the provider id (the mapping
+                        file name) in upper case with non-alphanumerics as `_`:
+                        OPENAI_API_KEY, ANTHROPIC_API_KEY, GROQ_API_KEY, TOGETHER_API_KEY, ...
+                        (config providers.<id>.api_key or a deployment's api_key wins)
+  <PROVIDER>_API_BASE   a provider's base URL (config api_base wins)
+  GOOGLE_API_KEY        gemini, after GEMINI_API_KEY
+  AZURE_OPENAI_API_KEY  azure, azure_chat, after AZURE_API_KEY (azure_ai: AZURE_API_KEY too)
+  AZURE_API_VERSION, AZURE_AI_API_VERSION
+                        azure / azure_chat, azure_ai API versions
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN
+                        bedrock credentials (SigV4)
+  AWS_REGION, AWS_DEFAULT_REGION
+                        bedrock region (default us-east-1)
+  VERTEX_PROJECT, GOOGLE_CLOUD_PROJECT, VERTEX_LOCATION, GOOGLE_CLOUD_LOCATION
+                        vertex_ai project and location
+  VERTEX_ACCESS_TOKEN   vertex_ai static access token (else an OAuth2 token from google-auth)
+  GOOGLE_APPLICATION_CREDENTIALS
+                        vertex_ai service-account file for google-auth (else application
+                        default credentials)
+  ${VAR}                in any string value of the config file reads VAR (an unset VAR stops
+                        start-up; $${ is a literal ${), e.g. master_key: "${TURNOUT_MASTER_KEY}"
+
+Values of variables whose names contain KEY, SECRET, TOKEN, PASSWORD or CREDENTIAL are masked in
+every log line and upstream error message. `turnout serve` reads no TURNOUT_* variable of its
+own: TURNOUT_MASTER_KEY above is just a name a config file chose.
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="turnout", description="OpenAI Responses API gateway")
+    parser.add_argument("--version", action="version", version=f"turnout {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the gateway")
+    serve = sub.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway (OpenAI's Responses API at /v1/responses).",
+        epilog=SERVE_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--config", metavar="FILE", help="YAML config file (default: defaults)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 4000)")
+    serve.add_argument("--port", type=int, help="port (default 4000; 0: any free port)")
+    serve.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="level of Turnout's own log lines (default info: the ready line; other libraries "
+        "log warnings and errors)",
+    )
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per request: method, path, status, model, deployment, duration_ms, "
+        "response_id (also config server.access_log: true)",
+    )
     serve.set_defaults(func=_serve)
     lint = sub.add_parser("lint", help="check mapping files")
     lint.add_argument("dir", nargs="?", help="mappings folder (default: the bundled one)")

@@ -5,22 +5,37 @@ check against ``schemas/config.yaml`` → ``${VAR}`` substitution in every strin
 cross-reference checks (fallback aliases exist). Every failure is a :class:`ConfigError`
 whose problems read ``file:line:col: key.path: message (hint)``.
 
+Checks that need the loaded mappings run once both are known (``turnout serve``, server/cli.py):
+:func:`check_providers` stops start-up when an alias deployment (or a ``providers:`` entry) names
+a provider no mapping file defines, located at its key with a did-you-mean;
+:func:`missing_credentials` lists the alias deployments whose credentials cannot be found, for a
+start-up warning that names the variables to set (never a value).
+
+Relative paths (the one rule, for ``store: sqlite:///<path>`` and ``mappings_dir``): a path
+written in the config file is relative to *the config file's folder*, so a config works from
+any working directory; the defaults (no config file, or a file that does not set the key) are
+relative to the *current directory* (``./turnout.db``; ``mappings_dir`` defaults to the bundled
+mappings). ``sqlite:////abs/path.db`` (four slashes) is absolute, as in SQLAlchemy, and
+``sqlite:///:memory:`` is no path. :class:`Settings` holds the resolved values (absolute paths).
+
 Secrets (``api_key``, ``master_key``) are ``repr=False`` so logging a Settings never leaks them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turnout.engine.diagnostics import PathKey, Problem, nearest
-from turnout.engine.errors import ConfigError, MappingError
+from turnout.engine.diagnostics import PathKey, Problem, dotted, nearest
+from turnout.engine.errors import ConfigError, MappingError, RequestError
 from turnout.engine.registry import DEFAULT_MAPPINGS_DIR as DEFAULT_MAPPINGS_FOLDER
+from turnout.engine.registry import MappingRegistry
 from turnout.engine.schema_check import check, load_schema
 from turnout.engine.yamlstrict import LoadedYaml, load_yaml
+from turnout.server.credentials import declared_credentials, resolve_settings, static_credentials
 
 __all__ = [
     "DEFAULT_MAPPINGS_DIR",
@@ -32,8 +47,12 @@ __all__ = [
     "RouterSettings",
     "ServerSettings",
     "Settings",
+    "check_providers",
     "env_prefix",
+    "key_variables",
     "load_config",
+    "missing_credentials",
+    "resolve_store",
 ]
 
 DEFAULT_STORE = "sqlite:///turnout.db"
@@ -110,6 +129,9 @@ class ServerSettings:
     # last minutes); then shutdown runs (background responses are recorded as failed). Under
     # the 30 s most process managers wait before SIGKILL, so that shutdown always happens.
     shutdown_timeout_s: int = 25
+    # One log line per request (method, path, status, model, deployment, duration, response id);
+    # `turnout serve --access-log` turns it on too. Off, it adds nothing to the request path.
+    access_log: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,6 +147,11 @@ class LimitsSettings:
 def env_prefix(pid: str) -> str:
     """``together-ai`` → ``TOGETHER_AI``: the prefix of a provider's environment variables."""
     return re.sub(r"[^A-Za-z0-9]", "_", pid).upper()
+
+
+def key_variables(pid: str) -> tuple[str, ...]:
+    """The conventional API key variables of provider ``pid``, in the order they are tried."""
+    return (f"{env_prefix(pid)}_API_KEY", *_EXTRA_KEY_ENV.get(pid, ()))
 
 
 @dataclass(frozen=True)
@@ -143,6 +170,9 @@ class Settings:
     # Price overrides by alias, provider/model or glob (server/pricing.py).
     pricing: dict[str, dict[str, Any]] = field(default_factory=dict)
     config_path: str | None = None
+    # The parsed file with the line/column of every key, for problems found after loading
+    # (check_providers); None without a config file.
+    source: LoadedYaml | None = field(default=None, repr=False, compare=False)
     # The environment given to load_config (a snapshot), for the conventional variables.
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -150,7 +180,7 @@ class Settings:
         """Connection settings for provider ``pid``: config first, then environment variables."""
         cfg = self.providers.get(pid) or ProviderSettings()
         prefix = env_prefix(pid)
-        key_vars = (f"{prefix}_API_KEY", *_EXTRA_KEY_ENV.get(pid, ()))
+        key_vars = key_variables(pid)
         return ProviderSettings(
             api_base=cfg.api_base or self._env(f"{prefix}_API_BASE"),
             api_key=cfg.api_key or self._env(*key_vars),
@@ -204,7 +234,7 @@ def load_config(path: str | None, env: Mapping[str, str]) -> Settings:
         raise ConfigError(problems)
     data = _substitute_tree(loaded, snapshot)
     _check_references(loaded, data)
-    return _build(data, path, snapshot)
+    return _build(data, path, snapshot, loaded)
 
 
 # `$${` is a literal `${`; `${NAME}` a reference; a `${` left over is unterminated.
@@ -280,7 +310,27 @@ def _num(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _build(data: dict[str, Any], path: str, env: dict[str, str]) -> Settings:
+def _relative_to_config(path: str, value: str) -> str:
+    """``value`` as an absolute path: a relative one is taken from the config file's folder
+    (the rule in the module docstring)."""
+    return str((Path(path).parent / value).resolve())
+
+
+def resolve_store(url: str, base: str | None) -> str:
+    """``url`` with a relative SQLite path made absolute against the folder ``base`` (the config
+    file's; None: left relative, i.e. the current directory). Anything else is unchanged."""
+    scheme, sep, rest = url.partition("://")
+    if base is None or scheme.lower() != "sqlite" or not sep or not rest.startswith("/"):
+        return url
+    file, qsep, query = rest[1:].partition("?")
+    if not file or file == ":memory:" or Path(file).is_absolute():
+        return url
+    return f"{scheme}:///{_relative_to_config(base, file)}{qsep}{query}"
+
+
+def _build(
+    data: dict[str, Any], path: str, env: dict[str, str], loaded: LoadedYaml | None = None
+) -> Settings:
     providers = {
         pid: ProviderSettings(
             api_base=_opt(p.get("api_base")),
@@ -305,10 +355,11 @@ def _build(data: dict[str, Any], path: str, env: dict[str, str]) -> Settings:
     defaults_r, defaults_s, defaults_l = RouterSettings(), ServerSettings(), LimitsSettings()
     mappings_dir = DEFAULT_MAPPINGS_DIR
     if data.get("mappings_dir"):
-        # Relative to the config file, so a config works from any working directory.
-        mappings_dir = str((Path(path).parent / data["mappings_dir"]).resolve())
+        mappings_dir = _relative_to_config(path, data["mappings_dir"])
+    # A store written in the file is resolved like mappings_dir; the default stays ./turnout.db.
+    store = resolve_store(data["store"], path) if data.get("store") else DEFAULT_STORE
     return Settings(
-        store=data.get("store") or DEFAULT_STORE,
+        store=store,
         models=models,
         providers=providers,
         master_key=_opt((data.get("auth") or {}).get("master_key")),
@@ -324,6 +375,7 @@ def _build(data: dict[str, Any], path: str, env: dict[str, str]) -> Settings:
             host=server.get("host", defaults_s.host),
             port=server.get("port", defaults_s.port),
             shutdown_timeout_s=server.get("shutdown_timeout_s", defaults_s.shutdown_timeout_s),
+            access_log=bool(server.get("access_log", defaults_s.access_log)),
         ),
         limits=LimitsSettings(
             max_body_bytes=limits.get("max_body_bytes", defaults_l.max_body_bytes),
@@ -334,6 +386,7 @@ def _build(data: dict[str, Any], path: str, env: dict[str, str]) -> Settings:
         logging=[dict(entry) for entry in data.get("logging") or []],
         pricing={k: dict(v) for k, v in (data.get("pricing") or {}).items()},
         config_path=path,
+        source=loaded,
         env=env,
     )
 
@@ -351,4 +404,97 @@ def _deployment(d: dict[str, Any]) -> Deployment:
         credentials={k: str(v) for k, v in (d.get("credentials") or {}).items() if v},
         timeout_s=_num(d.get("timeout_s")),
         pricing=dict(d["pricing"]) if d.get("pricing") else None,
+    )
+
+
+def _locate(
+    settings: Settings, keys: tuple[PathKey, ...], message: str, hint: str | None
+) -> Problem:
+    """A problem at ``keys`` of the config file (line/col of that key)."""
+    source = settings.source
+    if source is not None:
+        return source.problem(keys, message, hint)
+    return Problem(settings.config_path or "<config>", 1, 1, dotted(keys), message, hint)
+
+
+def check_providers(settings: Settings, providers: Collection[str]) -> None:
+    """Every alias deployment's ``<provider>/`` and every ``providers:`` key must name a loaded
+    mapping; else a :class:`ConfigError` located at that key, with a did-you-mean. Without this,
+    the server would start and every request to the alias would fail."""
+    known = sorted(providers)
+    problems: list[Problem] = []
+
+    def hint(pid: str) -> str:
+        guess = nearest(pid, known)
+        if guess is not None:
+            return f"did you mean {guess!r}?"
+        return "a provider is a mapping file name: " + ", ".join(known)
+
+    for pid in settings.providers:
+        if pid not in providers:
+            problems.append(
+                _locate(settings, ("providers", pid), f"unknown provider {pid!r}", hint(pid))
+            )
+    for alias, spec in settings.models.items():
+        for i, dep in enumerate(spec.deployments):
+            if dep.provider not in providers:
+                problems.append(
+                    _locate(
+                        settings,
+                        ("models", alias, "deployments", i, "model"),
+                        f"unknown provider {dep.provider!r} in model {dep.model!r}",
+                        hint(dep.provider),
+                    )
+                )
+    if problems:
+        problems.sort(key=lambda p: (p.line, p.col))
+        raise ConfigError(problems)
+
+
+def missing_credentials(settings: Settings, registry: MappingRegistry) -> list[Problem]:
+    """The alias deployments whose credentials (or required settings) are found neither in the
+    config nor in the environment, each located at its (first) ``model`` key and naming the
+    variables to set, once per model and reason. Requests to them would be refused (401); this
+    is for a start-up warning. Values are never part of a message. Run after
+    :func:`check_providers`."""
+    found: dict[str, Problem] = {}
+    for alias, spec in settings.models.items():
+        for i, dep in enumerate(spec.deployments):
+            mapping = registry.resolve(dep.provider, dep.provider_model)
+            if mapping is None:
+                continue
+            message = _missing(settings, mapping.provider, mapping.defaults, dep)
+            if message is not None and message not in found:
+                keys: tuple[PathKey, ...] = ("models", alias, "deployments", i, "model")
+                found[message] = _locate(settings, keys, message, None)
+    return list(found.values())
+
+
+def _missing(
+    settings: Settings, pid: str, defaults: Mapping[str, Any], dep: Deployment
+) -> str | None:
+    """Why requests to ``dep`` would be refused for want of a credential, or None. Mirrors the
+    gateway's resolution (Gateway._target): config, then the conventional variables, then the
+    mapping's own (``api_key_env``, declared ``credentials``/``settings``)."""
+    conn = settings.for_deployment(dep)
+    env = settings.env
+    try:
+        resolve_settings(pid, defaults.get("settings") or {}, conn.settings, env)
+        declared = declared_credentials(defaults)
+        if declared is not None:
+            # Credentials from a token source (Google ADC) are fetched per request: not checked.
+            static_credentials(pid, declared, conn.credentials, conn.api_key, env)
+            return None
+    except RequestError as exc:
+        return f"{exc.message.rstrip('.')}; requests to model {dep.model!r} will be refused"
+    if conn.api_key or defaults.get("auth") == "optional":
+        return None
+    names = defaults.get("api_key_env") or []
+    names = [names] if isinstance(names, str) else [str(n) for n in names]
+    if any(env.get(name) for name in names):
+        return None
+    wanted = " or ".join(dict.fromkeys([*key_variables(pid), *names]))
+    return (
+        f"no API key for provider {pid!r}: set {wanted} in the environment (or api_key in the "
+        f"config); requests to model {dep.model!r} will be refused"
     )

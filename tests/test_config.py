@@ -54,7 +54,8 @@ def test_defaults_without_path() -> None:
 
 def test_sample_config_loads(tmp_path: Path) -> None:
     s = load_config(_write(tmp_path, SAMPLE), ENV)
-    assert s.store == "sqlite:///turnout.db"
+    # A relative sqlite path in the file is taken from the config file's folder.
+    assert s.store == f"sqlite:///{(tmp_path / 'turnout.db').resolve()}"
     assert s.master_key == "mk-secret"
     assert s.models["claude"].deployments == [Deployment(model="anthropic/claude-sonnet-4-5")]
     dep = s.models["claude"].deployments[0]
