@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from upstream_sim import build_replies  # noqa: E402
+
 from turnout.engine.builder import ResponseBuilder, make_echo  # noqa: E402
 from turnout.engine.canonical import normalize  # noqa: E402
 from turnout.engine.ids import IdFactory  # noqa: E402
@@ -37,7 +39,6 @@ from turnout.server.config import load_config  # noqa: E402
 from turnout.server.gateway import Gateway, encode_sse  # noqa: E402
 from turnout.server.stores import open_store  # noqa: E402
 from turnout.server.stores.sqlite import _row_params  # noqa: E402
-from upstream_sim import build_replies  # noqa: E402
 
 __all__ = ["main"]
 

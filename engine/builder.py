@@ -38,6 +38,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 import orjson
+
 from turnout.engine.ids import IdFactory
 from turnout.engine.ops import FINISH_STATUSES
 from turnout.engine.state import decode_state, encode_state

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
 from turnout.engine import state as state_codec
 from turnout.engine.errors import RequestError
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from turnout.engine.builder import ResponseBuilder, make_echo
 from turnout.engine.canonical import normalize
 from turnout.engine.errors import MappingError, RequestError, UpstreamError

@@ -21,6 +21,7 @@ import zlib
 from typing import NamedTuple
 
 import orjson
+
 from turnout.engine.errors import UpstreamError
 
 # No cycle: engine.framing imports this module only when a stream asks for the framing.

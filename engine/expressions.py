@@ -15,6 +15,7 @@ from typing import Any
 from jinja2 import ChainableUndefined, TemplateSyntaxError, Undefined, nodes
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
 from turnout.engine import filters
 
 __all__ = [

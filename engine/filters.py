@@ -47,6 +47,7 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
+
 from turnout.engine.errors import RequestError
 
 __all__ = ["FILTERS", "GLOBALS"]

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import orjson
+
 from turnout.engine.errors import UpstreamError
 from turnout.engine.sse import SSEDecoder, SSEEvent
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from turnout.engine import rules as rule_mod
 from turnout.engine.api_base import BaseNormalizer, compile_base_path
 from turnout.engine.canonical import VIEW_FIELDS, CanonicalRequest

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import cerberus
 from cerberus import errors as cerrors
+
 from turnout.engine.diagnostics import PathKey, Problem, nearest
 from turnout.engine.resources import bundled_dir
 from turnout.engine.yamlstrict import LoadedYaml, load_yaml

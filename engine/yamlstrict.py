@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import yaml
-from turnout.engine.diagnostics import PathKey, Problem, dotted
-from turnout.engine.errors import MappingError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.reader import ReaderError
+
+from turnout.engine.diagnostics import PathKey, Problem, dotted
+from turnout.engine.errors import MappingError
 
 __all__ = ["LoadedYaml", "StrictLoader", "load_yaml"]
 

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 import httpx
 from litestar import Litestar
 from litestar.datastructures import State
+
 from turnout.engine.diagnostics import Problem
 from turnout.engine.errors import ConfigError
 from turnout.engine.registry import MappingRegistry

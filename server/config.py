@@ -5,11 +5,7 @@ check against ``schemas/config.yaml`` → ``${VAR}`` substitution in every strin
 cross-reference checks (fallback aliases exist). Every failure is a :class:`ConfigError`
 whose problems read ``file:line:col: key.path: message (hint)``.
 
-Checks that need the loaded mappings run once both are known (``turnout serve``, server/cli.py):
-:func:`check_providers` stops start-up when an alias deployment (or a ``providers:`` entry) names
-a provider no mapping file defines, located at its key with a did-you-mean;
-:func:`missing_credentials` lists the alias deployments whose credentials cannot be found, for a
-start-up warning that names the variables to set (never a value).
+Checks that need the loaded mappings too are in server/preflight.py.
 
 Relative paths (the one rule, for ``store: sqlite:///<path>`` and ``mappings_dir``): a path
 written in the config file is relative to *the config file's folder*, so a config works from
@@ -24,18 +20,16 @@ Secrets (``api_key``, ``master_key``) are ``repr=False`` so logging a Settings n
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turnout.engine.diagnostics import PathKey, Problem, dotted, nearest
-from turnout.engine.errors import ConfigError, MappingError, RequestError
+from turnout.engine.diagnostics import PathKey, Problem, nearest
+from turnout.engine.errors import ConfigError, MappingError
 from turnout.engine.registry import DEFAULT_MAPPINGS_DIR as DEFAULT_MAPPINGS_FOLDER
-from turnout.engine.registry import MappingRegistry
 from turnout.engine.schema_check import check, load_schema
 from turnout.engine.yamlstrict import LoadedYaml, load_yaml
-from turnout.server.credentials import declared_credentials, resolve_settings, static_credentials
 
 __all__ = [
     "DEFAULT_MAPPINGS_DIR",
@@ -47,11 +41,9 @@ __all__ = [
     "RouterSettings",
     "ServerSettings",
     "Settings",
-    "check_providers",
     "env_prefix",
     "key_variables",
     "load_config",
-    "missing_credentials",
     "resolve_store",
 ]
 
@@ -404,97 +396,4 @@ def _deployment(d: dict[str, Any]) -> Deployment:
         credentials={k: str(v) for k, v in (d.get("credentials") or {}).items() if v},
         timeout_s=_num(d.get("timeout_s")),
         pricing=dict(d["pricing"]) if d.get("pricing") else None,
-    )
-
-
-def _locate(
-    settings: Settings, keys: tuple[PathKey, ...], message: str, hint: str | None
-) -> Problem:
-    """A problem at ``keys`` of the config file (line/col of that key)."""
-    source = settings.source
-    if source is not None:
-        return source.problem(keys, message, hint)
-    return Problem(settings.config_path or "<config>", 1, 1, dotted(keys), message, hint)
-
-
-def check_providers(settings: Settings, providers: Collection[str]) -> None:
-    """Every alias deployment's ``<provider>/`` and every ``providers:`` key must name a loaded
-    mapping; else a :class:`ConfigError` located at that key, with a did-you-mean. Without this,
-    the server would start and every request to the alias would fail."""
-    known = sorted(providers)
-    problems: list[Problem] = []
-
-    def hint(pid: str) -> str:
-        guess = nearest(pid, known)
-        if guess is not None:
-            return f"did you mean {guess!r}?"
-        return "a provider is a mapping file name: " + ", ".join(known)
-
-    for pid in settings.providers:
-        if pid not in providers:
-            problems.append(
-                _locate(settings, ("providers", pid), f"unknown provider {pid!r}", hint(pid))
-            )
-    for alias, spec in settings.models.items():
-        for i, dep in enumerate(spec.deployments):
-            if dep.provider not in providers:
-                problems.append(
-                    _locate(
-                        settings,
-                        ("models", alias, "deployments", i, "model"),
-                        f"unknown provider {dep.provider!r} in model {dep.model!r}",
-                        hint(dep.provider),
-                    )
-                )
-    if problems:
-        problems.sort(key=lambda p: (p.line, p.col))
-        raise ConfigError(problems)
-
-
-def missing_credentials(settings: Settings, registry: MappingRegistry) -> list[Problem]:
-    """The alias deployments whose credentials (or required settings) are found neither in the
-    config nor in the environment, each located at its (first) ``model`` key and naming the
-    variables to set, once per model and reason. Requests to them would be refused (401); this
-    is for a start-up warning. Values are never part of a message. Run after
-    :func:`check_providers`."""
-    found: dict[str, Problem] = {}
-    for alias, spec in settings.models.items():
-        for i, dep in enumerate(spec.deployments):
-            mapping = registry.resolve(dep.provider, dep.provider_model)
-            if mapping is None:
-                continue
-            message = _missing(settings, mapping.provider, mapping.defaults, dep)
-            if message is not None and message not in found:
-                keys: tuple[PathKey, ...] = ("models", alias, "deployments", i, "model")
-                found[message] = _locate(settings, keys, message, None)
-    return list(found.values())
-
-
-def _missing(
-    settings: Settings, pid: str, defaults: Mapping[str, Any], dep: Deployment
-) -> str | None:
-    """Why requests to ``dep`` would be refused for want of a credential, or None. Mirrors the
-    gateway's resolution (Gateway._target): config, then the conventional variables, then the
-    mapping's own (``api_key_env``, declared ``credentials``/``settings``)."""
-    conn = settings.for_deployment(dep)
-    env = settings.env
-    try:
-        resolve_settings(pid, defaults.get("settings") or {}, conn.settings, env)
-        declared = declared_credentials(defaults)
-        if declared is not None:
-            # Credentials from a token source (Google ADC) are fetched per request: not checked.
-            static_credentials(pid, declared, conn.credentials, conn.api_key, env)
-            return None
-    except RequestError as exc:
-        return f"{exc.message.rstrip('.')}; requests to model {dep.model!r} will be refused"
-    if conn.api_key or defaults.get("auth") == "optional":
-        return None
-    names = defaults.get("api_key_env") or []
-    names = [names] if isinstance(names, str) else [str(n) for n in names]
-    if any(env.get(name) for name in names):
-        return None
-    wanted = " or ".join(dict.fromkeys([*key_variables(pid), *names]))
-    return (
-        f"no API key for provider {pid!r}: set {wanted} in the environment (or api_key in the "
-        f"config); requests to model {dep.model!r} will be refused"
     )

@@ -18,10 +18,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
+
 from turnout.engine.errors import RequestError, UpstreamError
 from turnout.server.redaction import redact
 
-__all__ = ["GoogleTokens", "declared_credentials", "resolve_settings", "static_credentials"]
+__all__ = [
+    "GoogleTokens",
+    "api_key_credentials",
+    "declared_credentials",
+    "resolve_settings",
+    "static_credentials",
+]
 
 GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 
@@ -97,6 +104,35 @@ def static_credentials(
                 code="missing_credentials",
             )
     return found, pending
+
+
+def api_key_credentials(
+    provider: str,
+    defaults: Mapping[str, Any],
+    api_key: str | None,
+    env: Mapping[str, str],
+    conventional: tuple[str, ...],
+) -> dict[str, str]:
+    """The credentials of a provider that takes one API key: ``api_key`` (config, or the
+    conventional ``<PROVIDER>_API_KEY`` already looked up), else the mapping's own
+    ``api_key_env`` variables; none for keyless providers (``auth: optional``). Else a 401 that
+    names the variables to set (``conventional`` first), never a value."""
+    if api_key:
+        return {"api_key": api_key}
+    names = defaults.get("api_key_env") or []
+    names = [names] if isinstance(names, str) else [str(n) for n in names]
+    value = _first_env(env, names)
+    if value:
+        return {"api_key": value}
+    if defaults.get("auth") == "optional":
+        return {}  # keyless providers (local servers)
+    choices = " or ".join(dict.fromkeys([*conventional, *names]))
+    raise RequestError(
+        401,
+        f"No API key configured for provider '{provider}': set {choices} in the "
+        "environment (or api_key in the config).",
+        code="missing_api_key",
+    )
 
 
 class _HttpxTransport:

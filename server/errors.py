@@ -31,6 +31,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+
 from turnout.engine.errors import RequestError, UpstreamError
 
 __all__ = [

@@ -36,14 +36,22 @@ from urllib.parse import quote
 
 import anyio
 import orjson
+
 from turnout.engine.builder import ResponseBuilder, make_echo
 from turnout.engine.canonical import CanonicalRequest, normalize
 from turnout.engine.errors import RequestError, UpstreamError
 from turnout.engine.ids import IdFactory
 from turnout.server.background import BackgroundResponses, LiveResponse
-from turnout.server.config import Deployment, ModelAlias, ProviderSettings, Settings, env_prefix
+from turnout.server.config import (
+    Deployment,
+    ModelAlias,
+    ProviderSettings,
+    Settings,
+    key_variables,
+)
 from turnout.server.credentials import (
     GoogleTokens,
+    api_key_credentials,
     declared_credentials,
     resolve_settings,
     static_credentials,
@@ -409,25 +417,9 @@ class Gateway:
         return credentials
 
     def _credentials(self, mapping: MappingLike, conn: ProviderSettings) -> dict[str, str]:
-        if conn.api_key:
-            return {"api_key": conn.api_key}
-        # The mapping may name conventional variables of its own (ANTHROPIC_API_KEY...).
-        names = mapping.defaults.get("api_key_env") or []
-        names = [names] if isinstance(names, str) else [str(n) for n in names]
-        for name in names:
-            value = self.settings.env.get(name)
-            if value:
-                return {"api_key": value}
-        if mapping.defaults.get("auth") == "optional":
-            return {}  # keyless providers (local servers)
-        wanted = [f"{env_prefix(mapping.provider)}_API_KEY", *names]
-        choices = " or ".join(dict.fromkeys(wanted))
-        # Name the variable, never a value.
-        raise RequestError(
-            401,
-            f"No API key configured for provider '{mapping.provider}': set {choices} in the "
-            "environment (or api_key in the config).",
-            code="missing_api_key",
+        pid = mapping.provider
+        return api_key_credentials(
+            pid, mapping.defaults, conn.api_key, self.settings.env, key_variables(pid)
         )
 
     # -- history ----------------------------------------------------------------------------

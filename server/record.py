@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import yaml
+
 from turnout.engine.cases import load_case, run_case
 from turnout.engine.errors import UpstreamError
 from turnout.engine.ids import DeterministicIdFactory

@@ -20,6 +20,7 @@ from litestar.datastructures import MultiDict
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath
 from litestar.types import ASGIApp
+
 from turnout.engine.errors import RequestError
 from turnout.server.config import ModelAlias
 from turnout.server.gateway import Gateway, JsonReply, replay_sse

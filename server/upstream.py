@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import httpx_aiohttp
+
 from turnout.engine.errors import UpstreamError
 
 __all__ = [

@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import OpenAI
-from turnout.engine.registry import MappingRegistry
-from turnout.server.config import env_prefix
 
 from tests.simulators import Simulator
+from turnout.engine.registry import MappingRegistry
+from turnout.server.config import env_prefix
 
 pytest_plugins = ["tests.simulators.pytest_plugin"]
 

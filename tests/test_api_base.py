@@ -13,14 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.test_request_roundtrip import CREDENTIALS
 from turnout.engine.api_base import BaseNormalizer, compile_base_path
 from turnout.engine.canonical import normalize
 from turnout.engine.errors import MappingError, UpstreamError
 from turnout.engine.mapping import load_mapping
 from turnout.engine.registry import MappingRegistry
 from turnout.server.upstream import Upstream, called_url, network_error
-
-from tests.test_request_roundtrip import CREDENTIALS
 
 REGISTRY = MappingRegistry.load()
 ROOT = Path(__file__).resolve().parents[1]

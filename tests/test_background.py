@@ -9,14 +9,14 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+
+from tests.oas import validate_event, validate_response
+from tests.test_server_unit import Env, FakeRegistry, sse_events
 from turnout.engine.builder import ResponseBuilder
 from turnout.server.background import LiveResponse
 from turnout.server.gateway import Gateway, JsonReply, StreamReply
 from turnout.server.stores import StoredResponse
 from turnout.server.upstream import Upstream
-
-from tests.oas import validate_event, validate_response
-from tests.test_server_unit import Env, FakeRegistry, sse_events
 
 pytestmark = pytest.mark.anyio
 
@@ -153,9 +153,8 @@ async def _collect(chunks: AsyncIterator[bytes]) -> bytes:
 
 
 def alias_env(**env: str) -> Env:
-    from turnout.server.config import Deployment, ModelAlias, Settings
-
     from tests.test_server_unit import KEY
+    from turnout.server.config import Deployment, ModelAlias, Settings
 
     e = Env()
     e.settings = Settings(

@@ -18,6 +18,7 @@ from openai._models import BaseModel, validate_type
 from openai._types import omit
 from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import ResponseStreamEvent
+
 from turnout.engine.builder import (
     RESPONSE_ERROR_CODES,
     ResponseBuilder,

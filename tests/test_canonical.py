@@ -9,6 +9,7 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from turnout.engine.canonical import decode_state, encode_state, normalize
 from turnout.engine.errors import RequestError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from turnout.engine.cases import CASES_DIR, find_cases, load_case, run_case
 from turnout.engine.errors import MappingError
 from turnout.engine.registry import MappingRegistry

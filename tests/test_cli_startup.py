@@ -26,12 +26,13 @@ import httpx
 import orjson
 import pytest
 from litestar import Litestar
-from turnout.engine.registry import MappingRegistry
-from turnout.server import cli
-from turnout.server.config import env_prefix
 
 from tests.conftest import MAPPED, ROOT, gateway_env
 from tests.simulators import Simulator
+from turnout.engine.registry import MappingRegistry
+from turnout.server import cli
+from turnout.server.access_log import AccessLog
+from turnout.server.config import env_prefix
 
 VERSION = importlib.metadata.version("turnout")
 # uvicorn re-raises the SIGTERM it handled once shut down: a clean stop ends "killed by SIGTERM".
@@ -410,10 +411,10 @@ def test_access_log_off_means_no_wrapper(
         root.handlers[:], level, turnout_level = saved
         root.setLevel(level)
         logging.getLogger("turnout").setLevel(turnout_level)
-        logging.getLogger(cli.AccessLog.LOGGER).setLevel(logging.NOTSET)
+        logging.getLogger(AccessLog.LOGGER).setLevel(logging.NOTSET)
     (app,) = seen
     if on:
-        assert isinstance(app, cli.AccessLog) and isinstance(app.app, Litestar)
+        assert isinstance(app, AccessLog) and isinstance(app.app, Litestar)
     else:
         assert isinstance(app, Litestar)
 

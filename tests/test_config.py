@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from turnout.engine.errors import ConfigError
 from turnout.server.config import (
     DEFAULT_MAPPINGS_DIR,

@@ -1,6 +1,6 @@
-"""server/config.py checks that need the mappings (unknown providers, missing credentials) and
-the one rule for relative paths (store, mappings_dir), in-process; tests/test_cli_startup.py
-checks the same through real `turnout serve` processes."""
+"""server/preflight.py's checks that need the mappings (unknown providers, missing credentials)
+and server/config.py's one rule for relative paths (store, mappings_dir), in-process;
+tests/test_cli_startup.py checks the same through real `turnout serve` processes."""
 
 from __future__ import annotations
 
@@ -8,16 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
+
 from turnout.engine.errors import ConfigError
 from turnout.engine.registry import MappingRegistry
-from turnout.server.config import (
-    DEFAULT_STORE,
-    Settings,
-    check_providers,
-    load_config,
-    missing_credentials,
-    resolve_store,
-)
+from turnout.server.config import DEFAULT_STORE, Settings, load_config, resolve_store
+from turnout.server.preflight import check_providers, missing_credentials
 
 REGISTRY = MappingRegistry.load()
 
@@ -103,7 +98,7 @@ def test_missing_credentials_name_the_variables(tmp_path: Path) -> None:
         ":19:10",
     ]
     claude, gem, aws, vertex = warnings
-    assert "models.claude.deployments[0].model: no API key for provider 'anthropic': set " in claude
+    assert "models.claude.deployments[0].model: No API key configured for provider 'anthropic': set " in claude
     assert "ANTHROPIC_API_KEY" in claude and "'anthropic/claude-sonnet-4-5'" in claude
     assert "set GEMINI_API_KEY or GOOGLE_API_KEY" in gem
     assert "AWS_ACCESS_KEY_ID" in aws

@@ -20,7 +20,6 @@ import orjson
 import pytest
 from openai import OpenAI
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from turnout.server.pricing import UsageCounts
 
 from tests.conftest import (
     PROVIDERS,
@@ -37,6 +36,7 @@ from tests.simulators import Simulator, Thinking
 from tests.simulators.turn import compute_usage
 from tests.test_pricing import RATES, by_hand
 from tests.test_telemetry import metric_samples
+from turnout.server.pricing import UsageCounts
 
 # Providers served as "<pid>/test-model" are priced by this glob override (dollars per MTok).
 TEST_MODEL_RATES = ("1.5", "0.15", "1.875", "6")

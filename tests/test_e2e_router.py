@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 import orjson
-import yaml
 import pytest
+import yaml
 from openai import OpenAI
 
 from tests import oas

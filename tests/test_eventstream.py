@@ -13,11 +13,11 @@ import pytest
 from botocore.eventstream import EventStreamBuffer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests.paths import PROVIDER_FIXTURES
 from turnout.engine.errors import UpstreamError
 from turnout.engine.eventstream import EventStreamDecoder, Message, encode_message
 from turnout.engine.framing import FRAMINGS, Frame, make_decoder
-
-from tests.paths import PROVIDER_FIXTURES
 
 BEDROCK = PROVIDER_FIXTURES / "bedrock"
 STREAMS = sorted(BEDROCK.glob("*.eventstream.b64.txt"))

@@ -8,6 +8,7 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from turnout.engine import filters as f
 from turnout.engine.errors import RequestError
 from turnout.engine.expressions import Expression

@@ -17,12 +17,12 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests import oas
 from turnout.engine.builder import ResponseBuilder, make_echo
 from turnout.engine.ids import DeterministicIdFactory
 from turnout.engine.mapping import CompiledMapping
 from turnout.engine.registry import MappingRegistry
-
-from tests import oas
 
 FIXTURES = oas.fixtures_root() / "providers"
 REGISTRY = MappingRegistry.load()

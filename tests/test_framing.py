@@ -9,10 +9,10 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from turnout.engine.errors import UpstreamError
-from turnout.engine.framing import DONE, FRAMINGS, Frame, make_decoder
 
 from tests.paths import PROVIDER_FIXTURES
+from turnout.engine.errors import UpstreamError
+from turnout.engine.framing import DONE, FRAMINGS, Frame, make_decoder
 
 FIXTURES = PROVIDER_FIXTURES
 SSE_FILES = sorted(FIXTURES.glob("**/*.sse"))

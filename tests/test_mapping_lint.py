@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from turnout.engine.diagnostics import Problem
 from turnout.engine.errors import MappingError
 from turnout.engine.registry import DEFAULT_MAPPINGS_DIR, MappingRegistry, lint_dir

@@ -8,10 +8,10 @@ from typing import Any
 
 import orjson
 import pytest
-from turnout.engine.canonical import normalize
-from turnout.engine.errors import RequestError
 
 from tests.test_request_roundtrip import CREDENTIALS, DIALECTS, REGISTRY, SETTINGS
+from turnout.engine.canonical import normalize
+from turnout.engine.errors import RequestError
 
 TARGETS = [(p, "m") for p in REGISTRY.providers] + [("vertex_ai", "claude-x")]
 FIELDS: dict[str, Any] = {

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonpath_ng.ext.parser import parse
+
 from turnout.engine.paths import CompiledPath, compile_path
 
 DOC: dict[str, Any] = {

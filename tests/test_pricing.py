@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from turnout.server.pricing import GENAI_PROVIDERS, PriceBook, UsageCounts, usage_counts
 
 from tests.test_fixture_replay import CASES, FIXTURES, REGISTRY, _build, _ops
+from turnout.server.pricing import GENAI_PROVIDERS, PriceBook, UsageCounts, usage_counts
 
 # Published list prices, dollars per million tokens: (input, cache read, cache write, output).
 # Written by hand from the providers' price pages, independent of genai-prices' data.

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+
+from tests.simulators import Replay, Simulator
 from turnout.engine.cases import fixtures_dir, load_case, run_case
 from turnout.engine.registry import MappingRegistry
 from turnout.server import cli
 from turnout.server.record import redact_url
-
-from tests.simulators import Replay, Simulator
 
 SECRET = "sk-live-SECRET-0123456789abcdef"
 REGISTRY = MappingRegistry.load()

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from turnout.server.replies import EventStream, json_reply
 
 pytestmark = pytest.mark.anyio

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+
 from turnout.engine.canonical import normalize
 from turnout.engine.mapping import CompiledMapping
 from turnout.engine.registry import MappingRegistry

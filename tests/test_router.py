@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+
 from turnout.engine.errors import UpstreamError
 from turnout.engine.state import encode_state
 from turnout.server.config import Deployment, ModelAlias, RouterSettings

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from turnout.engine.diagnostics import Problem, dotted, nearest
 from turnout.engine.schema_check import check, load_schema
 from turnout.engine.yamlstrict import load_yaml

@@ -17,6 +17,14 @@ import orjson
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+
+from tests.oas import (
+    validate_deleted,
+    validate_error_body,
+    validate_event,
+    validate_item_list,
+    validate_response,
+)
 from turnout.engine.canonical import CanonicalRequest
 from turnout.engine.errors import UpstreamError
 from turnout.engine.mapping import UpstreamRequest
@@ -26,14 +34,6 @@ from turnout.server.config import Deployment, LimitsSettings, ModelAlias, Settin
 from turnout.server.gateway import DONE, Gateway, JsonReply, StreamReply
 from turnout.server.stores import MemoryStore, StoredResponse
 from turnout.server.upstream import Upstream
-
-from tests.oas import (
-    validate_deleted,
-    validate_error_body,
-    validate_event,
-    validate_item_list,
-    validate_response,
-)
 
 pytestmark = pytest.mark.anyio
 

@@ -20,6 +20,7 @@ from botocore.credentials import Credentials
 from botocore.utils import percent_encode_sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from turnout.engine.signing import SIGNERS, sign, sign_sigv4
 
 NOW = datetime.datetime(2025, 9, 30, 23, 59, 58, tzinfo=datetime.UTC)

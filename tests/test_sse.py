@@ -10,9 +10,9 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from turnout.engine.sse import SSEDecoder, SSEEvent
 
 from tests.paths import PROVIDER_FIXTURES
+from turnout.engine.sse import SSEDecoder, SSEEvent
 
 FIXTURES = PROVIDER_FIXTURES
 SSE_FILES = sorted(FIXTURES.glob("**/*.sse"))

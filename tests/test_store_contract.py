@@ -21,6 +21,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from turnout.server.stores import (
     ChainCycleError,
     MemoryStore,
@@ -606,9 +607,8 @@ async def test_unfinished_lists_live_queued_and_in_progress_records_only(
 async def test_a_restarted_gateway_fails_what_the_last_run_left_queued(
     store: ResponseStore,
 ) -> None:
-    from turnout.server.gateway import Gateway
-
     from tests.test_server_unit import Env, FakeRegistry
+    from turnout.server.gateway import Gateway
 
     env = Env()
     queued = {"type": "response.created", "sequence_number": 0,

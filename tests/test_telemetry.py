@@ -16,12 +16,12 @@ from litestar.testing import AsyncTestClient
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
-from turnout.server.telemetry import QueueSink, SinkContext, Telemetry
-from turnout.server.telemetry.sinks import OtelSink, WebhookSink
 
 from tests import oas
 from tests.receivers import receiver
 from tests.test_server_unit import KEY, Env, FakeMapping, FakeRegistry, sse_events
+from turnout.server.telemetry import QueueSink, SinkContext, Telemetry
+from turnout.server.telemetry.sinks import OtelSink, WebhookSink
 
 pytestmark = pytest.mark.anyio
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+
 from turnout.engine.template import TemplateProblem, compile_template, render
 
 TRICKY = [

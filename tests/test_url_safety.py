@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from turnout.engine.canonical import normalize
 
 from tests.test_request_roundtrip import CREDENTIALS, REGISTRY, SETTINGS
+from turnout.engine.canonical import normalize
 
 BASE = "http://upstream/base"
 # One model name per variant a provider picks by name (Claude on Vertex).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+
 from turnout.engine.diagnostics import Problem
 from turnout.engine.errors import MappingError
 from turnout.engine.yamlstrict import load_yaml

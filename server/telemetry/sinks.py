@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import httpx
 import orjson
+
 from turnout.server.redaction import redact
 from turnout.server.telemetry.base import QueueSink, Record, Sink, SinkContext, register_sink
 
