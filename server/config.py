@@ -30,6 +30,7 @@ from turnout.engine.errors import ConfigError, MappingError
 from turnout.engine.registry import DEFAULT_MAPPINGS_DIR as DEFAULT_MAPPINGS_FOLDER
 from turnout.engine.schema_check import check, load_schema
 from turnout.engine.yamlstrict import LoadedYaml, load_yaml
+from turnout.server.stores import parse_store_url
 
 __all__ = [
     "DEFAULT_MAPPINGS_DIR",
@@ -289,6 +290,12 @@ def _check_references(loaded: LoadedYaml, data: dict[str, Any]) -> None:
                             else "fallbacks name aliases defined under models",
                         )
                     )
+    if data.get("store"):
+        # Checked here, not when the server opens it: a bad URL stops start-up at its line.
+        try:
+            parse_store_url(str(data["store"]))
+        except ValueError as exc:
+            problems.append(loaded.problem(("store",), str(exc)))
     if problems:
         raise ConfigError(problems)
 

@@ -98,7 +98,10 @@ def test_missing_credentials_name_the_variables(tmp_path: Path) -> None:
         ":19:10",
     ]
     claude, gem, aws, vertex = warnings
-    assert "models.claude.deployments[0].model: No API key configured for provider 'anthropic': set " in claude
+    assert (
+        "models.claude.deployments[0].model: No API key configured for provider 'anthropic': set "
+        in claude
+    )
     assert "ANTHROPIC_API_KEY" in claude and "'anthropic/claude-sonnet-4-5'" in claude
     assert "set GEMINI_API_KEY or GOOGLE_API_KEY" in gem
     assert "AWS_ACCESS_KEY_ID" in aws
@@ -175,3 +178,12 @@ def test_access_log_setting(tmp_path: Path) -> None:
     assert [str(p) for p in info.value.problems] == [
         f"{path}:1:10: server.access_log: must be of boolean type, got string"
     ]
+
+
+def test_a_store_url_the_store_cannot_open_stops_loading_at_its_line(tmp_path: Path) -> None:
+    for text in ("store: sqlite:///x.db?foo=1\n", "store: sqlite:///x.db?synchronous=off\n"):
+        with pytest.raises(ConfigError) as caught:
+            _load(tmp_path, "models: {}\n" + text)
+        (problem,) = caught.value.problems
+        assert (problem.line, problem.key) == (2, "store"), str(problem)
+        assert "synchronous" in problem.message
