@@ -185,5 +185,5 @@ def test_a_store_url_the_store_cannot_open_stops_loading_at_its_line(tmp_path: P
         with pytest.raises(ConfigError) as caught:
             _load(tmp_path, "models: {}\n" + text)
         (problem,) = caught.value.problems
-        assert (problem.line, problem.key) == (2, "store"), str(problem)
+        assert (problem.line, problem.key_path) == (2, "store"), str(problem)
         assert "synchronous" in problem.message
