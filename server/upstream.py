@@ -125,6 +125,19 @@ def network_error(
     )
 
 
+def _unsendable(exc: ValueError, provider: str, call: UpstreamCall) -> UpstreamError:
+    return UpstreamError(
+        status=502,
+        message=(
+            f"The request to the upstream provider '{provider}' could not be sent "
+            f"({call.method} {called_url(call.url)}): {exc}; check its api_base."
+        ),
+        code="upstream_unreachable",
+        type="server_error",
+        provider=provider,
+    )
+
+
 def _name_url(error: UpstreamError, call: UpstreamCall) -> UpstreamError:
     """A 404/405 from the upstream names the URL called: a wrong api_base is the usual cause."""
     error.message = (
@@ -220,6 +233,10 @@ class Upstream:
             response = await self.transport.handle_async_request(request)
         except httpx.TransportError as exc:
             raise network_error(exc, errors.provider, req) from None
+        except ValueError as exc:
+            # The client library refused to send it (e.g. aiohttp: user:password@ in the base
+            # next to the provider's Authorization header): a configuration problem, not ours.
+            raise _unsendable(exc, errors.provider, req) from None
         response.request = request
         if response.is_success:
             return response

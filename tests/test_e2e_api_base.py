@@ -42,6 +42,8 @@ def base_gw(
             # Wrong too, with userinfo (api-key auth: aiohttp refuses userinfo next to an
             # Authorization header) that must not show in the error, nor the api-version query.
             "AZURE_CHAT_API_BASE": f"http://user:hunter2pass@127.0.0.1:{CLOSED_PORT}/",
+            # userinfo next to a Bearer key: the HTTP client refuses to send it at all.
+            "DEEPINFRA_API_BASE": f"http://user:hunter3pass@{sim.url.split('://', 1)[1]}/v1",
         }
     )
     gw = start_gateway(config, env, folder / "gateway.log")
@@ -117,5 +119,14 @@ def test_an_unreachable_url_is_named_without_userinfo_or_query(base_gw: Gateway)
     assert "api-version" not in error["message"]
 
 
+def test_a_base_the_client_cannot_send_is_a_502_naming_it(base_gw: Gateway) -> None:
+    error = error_of(post(base_gw, "deepinfra/meta-llama/Llama-3.3-70B-Instruct"), 502)
+    assert error["code"] == "upstream_unreachable"
+    assert "could not be sent (POST http://127.0.0.1:" in error["message"]
+    assert "/v1/openai/chat/completions)" in error["message"]
+    assert "hunter3pass" not in error["message"] and "user:" not in error["message"]
+
+
 def test_the_log_holds_no_secret_from_the_bases(base_gw: Gateway) -> None:
-    assert "hunter2pass" not in base_gw.logs()
+    logs = base_gw.logs()
+    assert "hunter2pass" not in logs and "hunter3pass" not in logs
