@@ -364,7 +364,12 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--stream", action="store_true", help="stream the reply")
     rec.add_argument("--config", metavar="FILE", help="YAML config file (keys, api_base)")
     rec.add_argument("--name", help="file name stem (default: <model>_<stream|json>_<time>)")
-    rec.add_argument("--out", metavar="DIR", help="default: mappings/cases/<provider>/recorded/")
+    rec.add_argument(
+        "--out",
+        metavar="DIR",
+        help="default: <mappings_dir>/cases/<provider>/recorded/ when the mappings folder has a "
+        "cases/ folder (a source checkout), else ./recorded/<provider>/",
+    )
     rec.set_defaults(func=_record)
     return parser
 
