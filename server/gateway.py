@@ -39,6 +39,7 @@ import orjson
 
 from turnout.engine.builder import ResponseBuilder, make_echo
 from turnout.engine.canonical import CanonicalRequest, normalize
+from turnout.engine.diagnostics import nearest
 from turnout.engine.errors import RequestError, UpstreamError
 from turnout.engine.ids import IdFactory
 from turnout.server.background import BackgroundResponses, LiveResponse
@@ -360,10 +361,15 @@ class Gateway:
         providers = ", ".join(self.registry.providers) or "(none loaded)"
         aliases = ", ".join(sorted(self.settings.models))
         hint = f"an alias ({aliases}) or " if aliases else ""
+        # A misspelt provider or alias is the usual mistake: name the closest one first.
+        prefix, sep, rest = model.partition("/")
+        provider = nearest(prefix, self.registry.providers) if sep else None
+        guess = f"{provider}/{rest}" if provider else nearest(model, list(self.settings.models))
+        closest = f" Did you mean '{guess}'?" if guess else ""
         return RequestError(
             400,
-            f"The model '{model}' does not exist. Use {hint}'provider/model' where provider is "
-            f"one of: {providers}.",
+            f"The model '{model}' does not exist.{closest} Use {hint}'provider/model' where "
+            f"provider is one of: {providers}.",
             param="model",
             code="model_not_found",
         )

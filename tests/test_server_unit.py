@@ -287,6 +287,11 @@ async def test_unknown_model_lists_providers(client: AsyncTestClient[Litestar]) 
     assert "fake" in message and "smart" in message
     resp = await client.post("/v1/responses", json={"model": "gpt-4o", "input": "hi"})
     assert_error(resp, 400, "model_not_found", "model")
+    # A misspelt provider or alias: the closest one is named first.
+    resp = await client.post("/v1/responses", json={"model": "fkae/x", "input": "hi"})
+    assert "Did you mean 'fake/x'?" in assert_error(resp, 400, "model_not_found", "model")
+    resp = await client.post("/v1/responses", json={"model": "smrat", "input": "hi"})
+    assert "Did you mean 'smart'?" in assert_error(resp, 400, "model_not_found", "model")
 
 
 async def test_models_lists_aliases_else_provider_patterns() -> None:
