@@ -39,7 +39,7 @@ from turnout.engine.ids import DeterministicIdFactory
 from turnout.engine.registry import MappingRegistry
 from turnout.engine.sse import SSEDecoder
 from turnout.server.config import Settings
-from turnout.server.gateway import Gateway, StreamReply
+from turnout.server.gateway import Gateway, StreamReply, Target
 from turnout.server.stores.memory import MemoryStore
 from turnout.server.upstream import ErrorParser, Upstream, UpstreamCall, UpstreamStream
 
@@ -294,6 +294,52 @@ async def record(
     body: dict[str, Any] = {"model": model, "input": text}
     if stream:
         body["stream"] = True
+    response, events, error = await _exchange(gateway, body, tap_upstream)
+    tap = tap_upstream.tap
+    if tap.call is None or tap.status is None:
+        # Nothing came back (unreachable, timeout): there is nothing to record.
+        raise error or UpstreamError(502, "no reply was recorded", code="upstream_unreachable")
+
+    call, status = tap.call, tap.status
+    out = Path(out_dir) if out_dir else default_out_dir(settings.mappings_dir, target.provider)
+    out.mkdir(parents=True, exist_ok=True)
+    kind = "stream" if stream else "json"
+    stem = name or f"{_slug(target.model)}_{kind}_{time.strftime('%Y%m%d_%H%M%S')}"
+    body_name = _body_name(stem, call, tap)
+    try:
+        native: Any = orjson.loads(call.body)
+    except orjson.JSONDecodeError:
+        native = None
+    case = _case(body, target, _upstream_spec(call, tap, target, native, body_name))
+    if error is not None:
+        case["expect"] = {"error": {"status": error.status, "code": error.code}}
+    else:
+        assert response is not None
+        case["expect"] = _expect(response, events)
+
+    files = {
+        out / f"{stem}.request.json": orjson.dumps(native, option=orjson.OPT_INDENT_2)
+        if native is not None
+        else bytes(call.body),
+        out / f"{stem}.meta.json": orjson.dumps(
+            _meta(call, status, tap.headers), option=orjson.OPT_INDENT_2
+        ),
+        out / body_name: bytes(tap.body),
+        out / f"{stem}.case.yaml": yaml.dump(
+            case, Dumper=_CaseDumper, sort_keys=False, allow_unicode=True, width=100
+        ).encode(),
+    }
+    for path, data in files.items():
+        path.write_bytes(_scrub(data, secrets))
+    case_path = out / f"{stem}.case.yaml"
+    failures = run_case(load_case(case_path), registry)
+    return RecordResult(list(files), response, error, failures)
+
+
+async def _exchange(
+    gateway: Gateway, body: dict[str, Any], tap_upstream: RecordingUpstream
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]], UpstreamError | None]:
+    """(final Response, stream events, upstream error) of one create through the gateway."""
     response: dict[str, Any] | None = None
     events: list[dict[str, Any]] = []
     error: UpstreamError | None = None
@@ -307,45 +353,43 @@ async def record(
         error = exc
     finally:
         await tap_upstream.aclose()
-    tap = tap_upstream.tap
-    if tap.call is None or tap.status is None:
-        # Nothing came back (unreachable, timeout): there is nothing to record.
-        raise error or UpstreamError(502, "no reply was recorded", code="upstream_unreachable")
+    return response, events, error
 
-    call = tap.call
-    out = Path(out_dir) if out_dir else default_out_dir(settings.mappings_dir, target.provider)
-    out.mkdir(parents=True, exist_ok=True)
-    kind = "stream" if stream else "json"
-    stem = name or f"{_slug(target.model)}_{kind}_{time.strftime('%Y%m%d_%H%M%S')}"
-    streamed = bool(call.stream) and tap.status < 400
+
+def _body_name(stem: str, call: UpstreamCall, tap: _Tap) -> str:
+    """The reply's file name: `.sse`, `.eventstream` (Bedrock's binary framing) or `.json`."""
+    streamed = bool(call.stream) and (tap.status or 0) < 400
     content_type = next((v for k, v in tap.headers if k.lower() == "content-type"), "")
-    binary = "eventstream" in content_type  # Bedrock's framing is not text: name it as it is
-    body_name = (
-        f"{stem}.eventstream"
-        if streamed and binary
-        else (f"{stem}.sse" if streamed else f"{stem}.json")
-    )
-    secret_headers = frozenset(getattr(call, "secret_headers", frozenset()))
+    if not streamed:
+        return f"{stem}.json"
+    return f"{stem}.eventstream" if "eventstream" in content_type else f"{stem}.sse"
 
-    try:
-        native: Any = orjson.loads(call.body)
-    except orjson.JSONDecodeError:
-        native = None
-    meta = {
+
+def _meta(call: UpstreamCall, status: int, headers: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    secret_headers = frozenset(getattr(call, "secret_headers", frozenset()))
+    return {
         "method": call.method,
         "url": redact_url(call.url),
-        "status": tap.status,
+        "status": status,
         "request_headers": redact_headers(call.headers, secret_headers),
-        "response_headers": redact_headers(tap.headers, by_pattern=False),
+        "response_headers": redact_headers(headers, by_pattern=False),
     }
+
+
+def _upstream_spec(
+    call: UpstreamCall, tap: _Tap, target: Target, native: Any, body_name: str
+) -> dict[str, Any]:
+    """The case's `upstream`: the URL path, the plain headers and the native request to
+    check, and the recorded reply to answer with."""
     api_base = target.api_base.rstrip("/")
     suffix = call.url[len(api_base) :] if api_base and call.url.startswith(api_base) else None
-    upstream_spec: dict[str, Any] = {"match": "exact"}
+    spec: dict[str, Any] = {"match": "exact"}
     if suffix:
         query = parse_qsl(urlsplit(suffix).query, keep_blank_values=True)
         # Keep a query (api-version=…) in the check unless it carries a credential.
         secret_query = any(_is_secret_name(k, frozenset()) for k, _ in query)
-        upstream_spec["url"] = urlsplit(suffix).path if secret_query else suffix
+        spec["url"] = urlsplit(suffix).path if secret_query else suffix
+    secret_headers = frozenset(getattr(call, "secret_headers", frozenset()))
     # Signed requests carry per-call headers (x-amz-date…): a case must not pin those.
     plain_headers = {
         k: v for k, v in call.headers.items()
@@ -353,43 +397,26 @@ async def record(
         and not k.lower().startswith("x-amz-")
     }  # fmt: skip
     if plain_headers:
-        upstream_spec["headers"] = plain_headers
+        spec["headers"] = plain_headers
     if native is not None:
-        upstream_spec["request"] = native
+        spec["request"] = native
     reply_spec: dict[str, Any] = {"status": tap.status, "fixture": f"./{body_name}"}
     retry = next((v for k, v in tap.headers if k.lower() == "retry-after"), None)
     if retry is not None:
         reply_spec["headers"] = {"retry-after": retry}
-    upstream_spec["response"] = reply_spec
-    case_model = f"{target.provider}/{target.model}"
+    spec["response"] = reply_spec
+    return spec
+
+
+def _case(body: dict[str, Any], target: Target, upstream_spec: dict[str, Any]) -> dict[str, Any]:
     case: dict[str, Any] = {
         "description": f"Recorded by `turnout record` from {target.provider} on "
         f"{time.strftime('%Y-%m-%d')}; edit the expectations down to what matters.",
-        "request": {**body, "model": case_model},
+        "request": {**body, "model": f"{target.provider}/{target.model}"},
         "upstream": upstream_spec,
     }
     declared = target.mapping.defaults.get("settings") or {}
     case_settings = {k: v for k, v in target.settings.items() if k in declared and v is not None}
     if case_settings:  # settings the URL or body depend on (project, region, api_version)
         case["settings"] = case_settings
-    if error is not None:
-        case["expect"] = {"error": {"status": error.status, "code": error.code}}
-    else:
-        assert response is not None
-        case["expect"] = _expect(response, events)
-
-    files = {
-        out / f"{stem}.request.json": orjson.dumps(native, option=orjson.OPT_INDENT_2)
-        if native is not None
-        else bytes(call.body),
-        out / f"{stem}.meta.json": orjson.dumps(meta, option=orjson.OPT_INDENT_2),
-        out / body_name: bytes(tap.body),
-        out / f"{stem}.case.yaml": yaml.dump(
-            case, Dumper=_CaseDumper, sort_keys=False, allow_unicode=True, width=100
-        ).encode(),
-    }
-    for path, data in files.items():
-        path.write_bytes(_scrub(data, secrets))
-    case_path = out / f"{stem}.case.yaml"
-    failures = run_case(load_case(case_path), registry)
-    return RecordResult(list(files), response, error, failures)
+    return case
