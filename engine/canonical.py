@@ -645,62 +645,13 @@ def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> 
     instructions = _expect(body, "instructions", (str,), "a string")
     for key in ("stream", "store", "background", "parallel_tool_calls"):
         _expect(body, key, (bool,), "a boolean")
-    max_output = _expect(body, "max_output_tokens", (int,), "an integer")
-    if max_output is not None and max_output < 16:
-        raise _bad(
-            f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, "
-            f"but got {max_output} instead.",
-            "max_output_tokens",
-            "integer_below_min_value",
-        )
-    top_logprobs = _expect(body, "top_logprobs", (int,), "an integer")
-    if top_logprobs is not None and not 0 <= top_logprobs <= 20:
-        raise _bad(
-            "Invalid 'top_logprobs': expected an integer between 0 and 20.", "top_logprobs",
-            "invalid_value",
-        )  # fmt: skip
-    metadata = _expect(body, "metadata", (dict,), "an object")
-    if metadata is not None and (
-        len(metadata) > 16
-        or not all(
-            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
-            for k, v in metadata.items()
-        )
-    ):
-        raise _bad(
-            "Invalid 'metadata': at most 16 string pairs, keys up to 64 and values up to "
-            "512 characters.",
-            "metadata",
-        )
+    max_output, top_logprobs = _token_limits(body)
+    metadata = _metadata(body)
     include = _expect(body, "include", (list,), "an array") or []
     _expect(body, "previous_response_id", (str,), "a string")
     _expect(body, "user", (str,), "a string")
-    if body.get("background") and body.get("store") is False:
-        raise _bad(
-            "Background mode requires store=true: the response is only reachable through GET.",
-            "background",
-            "invalid_value",
-        )
-    if body.get("conversation") is not None:
-        raise _bad(
-            "The Conversations API is not supported; use previous_response_id.",
-            "conversation",
-            "unsupported_parameter",
-        )
-    raw_input = body.get("input")
-    if raw_input is None:
-        items: list[Any] = []
-    elif isinstance(raw_input, str):
-        items = [{"type": "message", "role": "user", "content": raw_input}]
-    elif isinstance(raw_input, list):
-        items = raw_input
-    else:
-        raise _bad(
-            "Invalid type for 'input': expected a string or an array of input items.",
-            "input",
-            "invalid_type",
-        )
-    entries, stored, system = normalize_items(items, history or ())
+    _check_modes(body)
+    entries, stored, system = normalize_items(_input_items(body), history or ())
     if not entries and body.get("prompt") is None:  # a stored prompt may carry the input
         raise _bad("Missing required parameter: 'input'.", "input", "missing_required_parameter")
     functions, hosted = _tools(body)
@@ -740,3 +691,71 @@ def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> 
         "raw": body,
     }
     return CanonicalRequest(view=view, input_items=stored, body=body)
+
+
+def _token_limits(body: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(max_output_tokens, top_logprobs), each within OpenAI's range."""
+    max_output = _expect(body, "max_output_tokens", (int,), "an integer")
+    if max_output is not None and max_output < 16:
+        raise _bad(
+            f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, "
+            f"but got {max_output} instead.",
+            "max_output_tokens",
+            "integer_below_min_value",
+        )
+    top_logprobs = _expect(body, "top_logprobs", (int,), "an integer")
+    if top_logprobs is not None and not 0 <= top_logprobs <= 20:
+        raise _bad(
+            "Invalid 'top_logprobs': expected an integer between 0 and 20.", "top_logprobs",
+            "invalid_value",
+        )  # fmt: skip
+    return max_output, top_logprobs
+
+
+def _metadata(body: Mapping[str, Any]) -> dict[str, str] | None:
+    metadata: dict[str, str] | None = _expect(body, "metadata", (dict,), "an object")
+    if metadata is not None and (
+        len(metadata) > 16
+        or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
+            for k, v in metadata.items()
+        )
+    ):
+        raise _bad(
+            "Invalid 'metadata': at most 16 string pairs, keys up to 64 and values up to "
+            "512 characters.",
+            "metadata",
+        )
+    return metadata
+
+
+def _check_modes(body: Mapping[str, Any]) -> None:
+    """Combinations of modes Turnout refuses (background without store; conversations)."""
+    if body.get("background") and body.get("store") is False:
+        raise _bad(
+            "Background mode requires store=true: the response is only reachable through GET.",
+            "background",
+            "invalid_value",
+        )
+    if body.get("conversation") is not None:
+        raise _bad(
+            "The Conversations API is not supported; use previous_response_id.",
+            "conversation",
+            "unsupported_parameter",
+        )
+
+
+def _input_items(body: Mapping[str, Any]) -> list[Any]:
+    """`input` as a list of items: a string is one user message."""
+    raw_input = body.get("input")
+    if raw_input is None:
+        return []
+    if isinstance(raw_input, str):
+        return [{"type": "message", "role": "user", "content": raw_input}]
+    if isinstance(raw_input, list):
+        return raw_input
+    raise _bad(
+        "Invalid type for 'input': expected a string or an array of input items.",
+        "input",
+        "invalid_type",
+    )
