@@ -130,24 +130,7 @@ def sign_sigv4(
         raise ValueError("now must be a timezone-aware datetime")
     stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     day = stamp[:8]
-    replaced = {"authorization", "x-amz-date"}
-    if session_token:
-        replaced.add("x-amz-security-token")
-
-    signed: dict[str, list[str]] = {}
-    payload_hash: str | None = None
-    has_date = False
-    for name, value in headers.items():
-        lname = name.lower()
-        if lname in replaced or lname in _UNSIGNED_HEADERS:
-            continue
-        if lname == "date":
-            has_date = True  # re-dated below
-            continue
-        if lname == "x-amz-content-sha256":
-            payload_hash = value
-        signed.setdefault(lname, []).append(value)
-
+    signed, payload_hash, has_date = _headers_to_sign(headers, bool(session_token))
     added: dict[str, str] = {}
     if has_date:
         # botocore keeps a caller's Date header (re-dated to the signing time) instead of
@@ -179,18 +162,47 @@ def sign_sigv4(
         )
     )
     scope = f"{day}/{region}/{service}/aws4_request"
-    string_to_sign = "\n".join(
-        (_ALGORITHM, stamp, scope, hashlib.sha256(canonical_request.encode()).hexdigest())
-    )
-    key = _hmac(f"AWS4{secret_access_key}".encode(), day)
-    for part in (region, service, "aws4_request"):
-        key = _hmac(key, part)
-    signature = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    signature = _signature(secret_access_key, day, scope, stamp, canonical_request)
     added["authorization"] = (
         f"{_ALGORITHM} Credential={access_key_id}/{scope}, "
         f"SignedHeaders={signed_headers}, Signature={signature}"
     )
     return added
+
+
+def _headers_to_sign(
+    headers: Mapping[str, str], with_token: bool
+) -> tuple[dict[str, list[str]], str | None, bool]:
+    """(lowercase name -> values to sign, a given x-amz-content-sha256, whether a Date header
+    was given). The headers the signature replaces are left out."""
+    replaced = {"authorization", "x-amz-date"}
+    if with_token:
+        replaced.add("x-amz-security-token")
+    signed: dict[str, list[str]] = {}
+    payload_hash: str | None = None
+    has_date = False
+    for name, value in headers.items():
+        lname = name.lower()
+        if lname in replaced or lname in _UNSIGNED_HEADERS:
+            continue
+        if lname == "date":
+            has_date = True  # re-dated by the caller
+            continue
+        if lname == "x-amz-content-sha256":
+            payload_hash = value
+        signed.setdefault(lname, []).append(value)
+    return signed, payload_hash, has_date
+
+
+def _signature(secret: str, day: str, scope: str, stamp: str, canonical_request: str) -> str:
+    string_to_sign = "\n".join(
+        (_ALGORITHM, stamp, scope, hashlib.sha256(canonical_request.encode()).hexdigest())
+    )
+    region, service = scope.split("/")[1:3]
+    key = _hmac(f"AWS4{secret}".encode(), day)
+    for part in (region, service, "aws4_request"):
+        key = _hmac(key, part)
+    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
 
 
 def _text(mapping: Mapping[str, Any], key: str, what: str) -> str:
