@@ -163,7 +163,7 @@ async def run(n: int) -> list[tuple[str, str, float]]:
     settings = load_config(str(cfg), {})
     registry = MappingRegistry.load(settings.mappings_dir)
     ids = IdFactory()
-    store = open_store(settings.store)
+    store = await open_store(settings.store)
     gw = Gateway(settings, registry, store, upstream=None)  # type: ignore[arg-type]
 
     for provider, model, q in (

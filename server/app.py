@@ -11,6 +11,7 @@ Start-up order, and why:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,7 +26,7 @@ from turnout.server.config import Settings
 from turnout.server.errors import exception_handlers
 from turnout.server.gateway import Gateway, RegistryLike
 from turnout.server.routes import health, health_deployments, metrics, v1_router
-from turnout.server.stores import ResponseStore, open_store
+from turnout.server.stores import ResponseStore, create_store
 from turnout.server.telemetry import Telemetry
 from turnout.server.upstream import Upstream
 
@@ -53,31 +54,33 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Litestar:
     """Build the app. `registry`/`store`/`transport` replace the real ones (tests); a store
-    passed in is not closed on shutdown, since the caller owns it."""
+    passed in is neither opened nor closed here, since the caller owns it."""
     mappings: RegistryLike = registry or MappingRegistry.load(settings.mappings_dir)
     telemetry = _telemetry(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        owned = store is None
-        the_store = open_store(settings.store) if store is None else store
-        upstream = Upstream(transport=transport)
-        upstream.start()
-        gateway = Gateway(settings, mappings, the_store, upstream)
-        app.state.gateway = gateway
-        await gateway.recover()
-        # Started here, on the server's loop: sinks run worker tasks and HTTP clients.
-        await telemetry.start()
-        gateway.telemetry = telemetry
-        app.state.telemetry = telemetry
-        try:
+        # Whatever was opened is closed again, in reverse order, also when a later step of the
+        # start-up fails (a store that opened, then a recovery that raised).
+        async with contextlib.AsyncExitStack() as opened:
+            the_store = create_store(settings.store) if store is None else store
+            if store is None:
+                await the_store.open()  # file, schema: blocking parts run on the store's thread
+                opened.push_async_callback(the_store.aclose)
+            upstream = Upstream(transport=transport)
+            upstream.start()
+            opened.push_async_callback(upstream.aclose)
+            # Started here, on the server's loop: sinks run worker tasks and HTTP clients.
+            await telemetry.start()
+            opened.push_async_callback(telemetry.aclose)
+            gateway = Gateway(settings, mappings, the_store, upstream)
+            app.state.gateway = gateway
+            # First to close: background responses stop and are recorded before the rest.
+            opened.push_async_callback(gateway.aclose)
+            await gateway.recover()
+            gateway.telemetry = telemetry
+            app.state.telemetry = telemetry
             yield
-        finally:
-            await gateway.aclose()  # background responses stop and are recorded first
-            await telemetry.aclose()
-            await upstream.aclose()
-            if owned:
-                await the_store.close()
 
     master_key = settings.master_key.encode() if settings.master_key else None
     return Litestar(

@@ -1,7 +1,10 @@
 """One contract suite for every ResponseStore backend (litestar.stores style).
 
-Each test in the first part runs once per backend through the parametrized ``store`` fixture;
-the SQLite-only part covers what only a file can show (reopen, crash, schema, pragmas).
+Each test in the first part runs once per *registered* backend (``STORE_BACKENDS``: a backend
+that registers its scheme is covered without touching this file) through the parametrized
+``store``/``backend`` fixtures, on the store its ``scratch_url`` names. Then the registry, the
+lifecycle and the abstract interface; the SQLite-only part covers what only a file can show
+(reopen, crash, schema, pragmas).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
+import threading
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +28,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from turnout.server.stores import (
+    STORE_BACKENDS,
     ChainCycleError,
     MemoryStore,
     MissingChainLinkError,
     ResponseStore,
     SpendQuery,
+    SpendReport,
     SQLiteStore,
     StoredResponse,
+    StoreUrl,
     UnknownCursorError,
+    create_store,
+    known_schemes,
     open_store,
+    parse_store_url,
+    register_store,
 )
-from turnout.server.stores.base import aggregate_spend
+from turnout.server.stores.base import AccountingRow, aggregate_spend
+from turnout.server.stores.columns import COLUMN_NAMES
 from turnout.server.stores.sqlite import SCHEMA_VERSION
 
 pytestmark = pytest.mark.anyio
@@ -46,14 +59,23 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ResponseStore]:
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/store.db"
-    s = open_store(url)
+@pytest.fixture(params=sorted(STORE_BACKENDS))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a new, empty store of one registered backend (skipped when it cannot run
+    here, e.g. a database server that is not configured)."""
+    url = STORE_BACKENDS[request.param].scratch_url(str(tmp_path))
+    if url is None:
+        pytest.skip(f"{request.param}:// store: no scratch store available here")
+    return url
+
+
+@pytest.fixture
+async def store(backend: str) -> AsyncIterator[ResponseStore]:
+    s = await open_store(backend)
     try:
         yield s
     finally:
-        await s.close()
+        await s.aclose()
 
 
 def record(rid: str, prev: str | None = None, **changes: Any) -> StoredResponse:
@@ -320,10 +342,10 @@ async def test_any_json_response_round_trips(
 async def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     stores: list[ResponseStore] = [
-        open_store("memory://"),
-        open_store("sqlite:///:memory:"),
-        open_store("sqlite:///rel/dir/a.db"),
-        open_store(f"sqlite:///{tmp_path}/abs/b.db"),  # tmp_path starts with "/": 4 slashes
+        await open_store("memory://"),
+        await open_store("sqlite:///:memory:"),
+        await open_store("sqlite:///rel/dir/a.db"),
+        await open_store(f"sqlite:///{tmp_path}/abs/b.db"),  # tmp_path starts with "/": 4 slashes
     ]
     try:
         assert isinstance(stores[0], MemoryStore)
@@ -343,7 +365,7 @@ async def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 )
 def test_open_store_rejects(url: str) -> None:
     with pytest.raises(ValueError) as info:
-        open_store(url)
+        create_store(url)  # refused before anything is opened
     message = str(info.value)
     assert "memory://" in message and "sqlite:///" in message
     assert "hunter2" not in message  # never echo a URL that may hold a password
@@ -356,7 +378,7 @@ def test_open_store_rejects(url: str) -> None:
 
 async def test_sqlite_survives_close_and_reopen(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/d.db"
-    s = open_store(url)
+    s = await open_store(url)
     rec = record("resp_keep", prev="resp_root")
     await s.put(record("resp_root"))
     await s.put(rec)
@@ -364,7 +386,7 @@ async def test_sqlite_survives_close_and_reopen(tmp_path: Path) -> None:
     await s.delete("resp_del")
     await s.close()
 
-    s = open_store(url)
+    s = await open_store(url)
     try:
         got = await s.get("resp_keep")
         assert got is not None and same_record(got, rec)
@@ -383,7 +405,7 @@ async def test_sqlite_put_survives_process_crash(tmp_path: Path) -> None:
         from turnout.server.stores import StoredResponse, open_store
 
         async def main():
-            s = open_store({f"sqlite:///{db}"!r})
+            s = await open_store({f"sqlite:///{db}"!r})
             await s.put(StoredResponse(
                 id="resp_crash", created_at=1, model="m", provider=None, status="completed",
                 response={{"ok": True}}, input_items=[], events=None, request={{}},
@@ -395,7 +417,7 @@ async def test_sqlite_put_survives_process_crash(tmp_path: Path) -> None:
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=60)
-    s = open_store(f"sqlite:///{db}")
+    s = await open_store(f"sqlite:///{db}")
     try:
         got = await s.get("resp_crash")
         assert got is not None and got.response == {"ok": True}
@@ -406,6 +428,7 @@ async def test_sqlite_put_survives_process_crash(tmp_path: Path) -> None:
 async def test_sqlite_schema_and_pragmas(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     s = SQLiteStore(db)
+    await s.open()
     try:
         # synchronous is per connection: ask the store's own connection, on its own thread.
         sync_level = await s._run(lambda: s._db().execute("PRAGMA synchronous").fetchone()[0])
@@ -424,19 +447,24 @@ async def test_sqlite_refuses_newer_schema(tmp_path: Path) -> None:
     conn = sqlite3.connect(db)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     conn.close()
+    s = SQLiteStore(db)
     with pytest.raises(RuntimeError, match="schema version"):
-        SQLiteStore(db)
+        await s.open()
+    await s.aclose()
 
 
 def test_stores_are_constructible_without_a_loop(tmp_path: Path) -> None:
-    # open_store is called from sync start-up code; it must not need a running loop.
+    # create_store is called from sync start-up code; it must not need a running loop (and
+    # does no I/O: the SQLite file appears at open()).
     factories: list[Callable[[], ResponseStore]] = [
         MemoryStore,
         lambda: SQLiteStore(tmp_path / "noloop.db"),
+        lambda: create_store(f"sqlite:///{tmp_path}/noloop2.db"),
     ]
     for make in factories:
         s = make()
         asyncio.run(s.close())
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- spend (issue 5) ----------------------------------------------------------------------------
@@ -566,6 +594,7 @@ async def test_sqlite_migrates_a_version_1_database(tmp_path: Path) -> None:
     conn.close()
 
     store = SQLiteStore(db)
+    await store.open()
     try:
         old1 = await store.get("old1")
         assert old1 is not None
@@ -628,3 +657,283 @@ async def test_a_restarted_gateway_fails_what_the_last_run_left_queued(
     assert await store.unfinished() == [] and await gw.recover() == 0
     done = await store.get("r_done")
     assert done is not None and done.status == "completed"
+
+
+# -- the registry: a backend is chosen by its URL scheme --------------------------------------
+
+
+def test_the_builtin_backends_are_registered_under_their_schemes(tmp_path: Path) -> None:
+    assert {"memory", "sqlite"} <= set(STORE_BACKENDS)
+    assert STORE_BACKENDS["memory"] is MemoryStore and STORE_BACKENDS["sqlite"] is SQLiteStore
+    for scheme, cls in STORE_BACKENDS.items():
+        assert cls.scheme == scheme and cls.url_forms, cls
+        url = cls.scratch_url(str(tmp_path))
+        if url is not None:  # every backend validates its own URLs
+            assert parse_store_url(url).scheme == scheme
+            assert type(create_store(url)) is cls
+
+
+@pytest.mark.parametrize("url", ["postgres://user:hunter2@db/x", "REDIS://localhost"])
+def test_an_unknown_scheme_names_the_known_ones(url: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_store_url(url)
+    message = str(info.value)
+    assert f"(known schemes: {', '.join(known_schemes())})" in message
+    assert all(scheme in message for scheme in STORE_BACKENDS)
+    assert repr(url.split(":")[0].lower()) in message and "hunter2" not in message
+
+
+class DictStore(MemoryStore):
+    """A backend defined outside the package: registered, it is reachable from a URL."""
+
+    url_forms = ("test-dict://",)
+
+    @classmethod
+    def parse_url(cls, url: str) -> StoreUrl:
+        rest = url.partition("://")[2]
+        if rest not in ("", "fast"):
+            raise ValueError("test-dict store url takes nothing or 'fast'")
+        return StoreUrl("test-dict", rest)
+
+    @classmethod
+    def from_url(cls, url: StoreUrl) -> DictStore:
+        return cls()
+
+    @classmethod
+    def scratch_url(cls, folder: str) -> str:
+        return "test-dict://"
+
+
+@pytest.fixture
+def dict_backend() -> Iterable[None]:
+    before = dict(STORE_BACKENDS)
+    register_store("test-dict", "test-dict2")(DictStore)
+    try:
+        yield
+    finally:
+        STORE_BACKENDS.clear()
+        STORE_BACKENDS.update(before)
+
+
+async def test_a_backend_registers_its_scheme_in_one_place(dict_backend: None) -> None:
+    assert DictStore.scheme == "test-dict" and STORE_BACKENDS["test-dict2"] is DictStore
+    assert parse_store_url("Test-Dict://fast") == StoreUrl("test-dict", "fast")
+    s = await open_store("test-dict2://")
+    assert type(s) is DictStore
+    await s.put(record("resp_1"))
+    assert await s.get("resp_1") is not None
+    await s.aclose()
+    # Its own validation, with every registered backend's forms appended.
+    with pytest.raises(ValueError) as info:
+        create_store("test-dict://slow")
+    assert "takes nothing or 'fast'" in str(info.value)
+    assert "test-dict://" in str(info.value) and "sqlite:///" in str(info.value)
+    with pytest.raises(ValueError, match="known schemes: memory, sqlite, test-dict, test-dict2"):
+        parse_store_url("nope://")
+
+
+def test_register_store_refuses_what_cannot_be_a_backend(dict_backend: None) -> None:
+    class Incomplete(DictStore):
+        @abstractmethod
+        async def unfinished(self) -> list[str]: ...
+
+    with pytest.raises(TypeError, match=r"abstract \(missing: unfinished\)"):
+        register_store("incomplete")(Incomplete)
+
+    class NoUrl(ResponseStore):
+        """Complete, but takes no URL: fine to pass to create_app, not to register."""
+
+        async def open(self) -> None: ...
+        async def aclose(self) -> None: ...
+        async def put(self, record: StoredResponse) -> None: ...
+        async def get(self, response_id: str) -> StoredResponse | None: ...
+        async def delete(self, response_id: str) -> bool: ...
+        async def unfinished(self) -> list[str]: ...
+        async def accounting(self, query: SpendQuery) -> Iterable[AccountingRow]: ...
+        async def spend(self, query: SpendQuery) -> SpendReport: ...
+
+    NoUrl()
+    with pytest.raises(TypeError, match="parse_url"):
+        register_store("no-url")(NoUrl)
+    with pytest.raises(ValueError, match="taken by"):
+        register_store("sqlite")(DictStore)
+    with pytest.raises(ValueError, match="not a lower-case URL scheme"):
+        register_store("Bad_Scheme")(DictStore)
+    assert {"incomplete", "no-url", "Bad_Scheme"}.isdisjoint(STORE_BACKENDS)
+    assert STORE_BACKENDS["sqlite"] is SQLiteStore
+
+
+# -- the interface: what a backend must implement ---------------------------------------------
+
+
+def test_unfinished_accounting_spend_and_the_lifecycle_are_abstract() -> None:
+    assert {
+        "open", "aclose", "put", "get", "delete", "unfinished", "accounting", "spend",
+    } <= ResponseStore.__abstractmethods__  # fmt: skip
+
+    class NoRecovery(ResponseStore):
+        """Everything but unfinished(): a default of [] would silently turn off recovery."""
+
+        async def open(self) -> None: ...
+        async def aclose(self) -> None: ...
+        async def put(self, record: StoredResponse) -> None: ...
+        async def get(self, response_id: str) -> StoredResponse | None: ...
+        async def delete(self, response_id: str) -> bool: ...
+        async def accounting(self, query: SpendQuery) -> Iterable[AccountingRow]: ...
+        async def spend(self, query: SpendQuery) -> SpendReport: ...
+
+    with pytest.raises(TypeError, match="unfinished"):
+        NoRecovery()  # type: ignore[abstract]
+
+    assert not MemoryStore.__abstractmethods__ and not SQLiteStore.__abstractmethods__
+
+
+def test_every_record_field_has_exactly_one_column() -> None:
+    assert sorted(COLUMN_NAMES) == sorted(f.name for f in dataclasses.fields(StoredResponse))
+    assert len(set(COLUMN_NAMES)) == len(COLUMN_NAMES)
+
+
+# -- lifecycle: open() and aclose() --------------------------------------------------------------
+
+
+async def test_open_and_aclose_are_idempotent_and_a_closed_store_stays_closed(
+    backend: str,
+) -> None:
+    s = create_store(backend)
+    await s.open()
+    await s.open()  # a second open is a no-op
+    await asyncio.gather(s.open(), s.open())
+    await s.put(record("resp_l"))
+    assert await s.get("resp_l") is not None
+    await s.aclose()
+    await s.aclose()  # and so is a second close
+    await s.close()  # the older name
+    with pytest.raises(RuntimeError, match="closed"):
+        await s.get("resp_l")
+    with pytest.raises(RuntimeError, match="closed"):
+        await s.put(record("resp_m"))
+    with pytest.raises(RuntimeError, match="cannot be reopened"):
+        await s.open()
+
+
+async def test_a_store_never_opened_closes_and_stays_closed(backend: str) -> None:
+    s = create_store(backend)
+    await s.aclose()
+    await s.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await s.open()
+
+
+async def test_aclose_lets_puts_already_accepted_land(backend: str) -> None:
+    s = await open_store(backend)
+    writes = [asyncio.create_task(s.put(record(f"resp_{i}"))) for i in range(20)]
+    await asyncio.sleep(0)  # every put accepted, the first batch on its way
+    await s.aclose()
+    await asyncio.gather(*writes)  # none failed
+    if backend.startswith("sqlite"):
+        again = await open_store(backend)
+        try:
+            assert all([await again.get(f"resp_{i}") for i in range(20)])
+        finally:
+            await again.aclose()
+
+
+# -- SQLite: opening ----------------------------------------------------------------------------
+
+
+async def test_sqlite_opens_in_open_on_its_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "late.db"
+    s = SQLiteStore(db)
+    assert not db.exists()  # the constructor does no I/O
+    with pytest.raises(RuntimeError, match=r"not open \(await store.open\(\) first\)"):
+        await s.get("resp_1")
+    with pytest.raises(RuntimeError, match="not open"):
+        await s.put(record("resp_1"))
+    threads: list[str] = []
+    real_open = SQLiteStore._open
+
+    def spy(self: SQLiteStore) -> None:
+        threads.append(threading.current_thread().name)
+        real_open(self)
+
+    monkeypatch.setattr(SQLiteStore, "_open", spy)
+    await s.open()
+    await s.open()
+    try:
+        assert db.is_file() and len(threads) == 1
+        assert threads[0].startswith("turnout-sqlite") and threads[0] != "MainThread"
+        await s.put(record("resp_1"))
+        assert await s.get("resp_1") is not None
+    finally:
+        await s.aclose()
+
+
+async def test_sqlite_a_failed_open_leaves_nothing_behind_and_can_be_retried(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "future.db"
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    conn.close()
+    s = SQLiteStore(db)
+    with pytest.raises(RuntimeError, match="schema version"):
+        await s.open()
+    assert s._executor is None and s._conn is None  # no thread, no connection
+    with pytest.raises(RuntimeError, match="not open"):
+        await s.get("resp_1")
+    db.unlink()  # the operator moves the newer file away
+    await s.open()
+    try:
+        await s.put(record("resp_1"))
+        assert await s.get("resp_1") is not None
+    finally:
+        await s.aclose()
+
+
+# The version-2 table as it must stay (a change means a new schema version and a migration).
+_V2_TABLE = [
+    ("id", "TEXT", 1, None, 1),
+    ("created_at", "INTEGER", 1, None, 0),
+    ("model", "TEXT", 1, None, 0),
+    ("provider", "TEXT", 0, None, 0),
+    ("status", "TEXT", 1, None, 0),
+    ("previous_response_id", "TEXT", 0, None, 0),
+    ("deployment", "TEXT", 0, None, 0),
+    ("cost", "REAL", 0, None, 0),
+    ("deleted", "INTEGER", 1, None, 0),
+    ("response", "BLOB", 1, None, 0),
+    ("input_items", "BLOB", 1, None, 0),
+    ("events", "BLOB", 0, None, 0),
+    ("request", "BLOB", 1, None, 0),
+    ("attempts", "BLOB", 1, None, 0),
+    ("input_tokens", "INTEGER", 1, "0", 0),
+    ("cached_tokens", "INTEGER", 1, "0", 0),
+    ("cache_write_tokens", "INTEGER", 1, "0", 0),
+    ("output_tokens", "INTEGER", 1, "0", 0),
+    ("reasoning_tokens", "INTEGER", 1, "0", 0),
+    ("api_key_id", "TEXT", 0, None, 0),
+    ("tags", "TEXT", 1, "'{}'", 0),
+]
+
+
+async def test_sqlite_a_new_file_and_a_migrated_one_have_the_same_table(tmp_path: Path) -> None:
+    fresh, old = tmp_path / "fresh.db", tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.execute(_V1_TABLE)
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    for db in (fresh, old):
+        s = SQLiteStore(db)
+        await s.open()
+        await s.aclose()
+        with sqlite3.connect(db) as check:
+            info = [row[1:] for row in check.execute("PRAGMA table_info(responses)")]
+            indexes = {row[1] for row in check.execute("PRAGMA index_list(responses)")}
+        check.close()
+        assert info == _V2_TABLE, db.name
+        assert {"responses_created_at", "responses_model_created_at", "responses_unfinished"} <= (
+            indexes
+        )

@@ -19,8 +19,19 @@ Decisions that every backend honours (the contract suite checks them):
   error into OpenAI's 404 ``Previous response with id '...' not found``.
 * ``spend`` totals the accounting fields of every record, tombstones included (a deleted
   response was still paid for), over ``created_at`` in ``[start, end)``. Backends answer it
-  from an iteration of :class:`AccountingRow` (``accounting``) or natively (SQLite: one
-  ``GROUP BY``); both give the same numbers.
+  from an iteration of :class:`AccountingRow` (``accounting``, then :func:`aggregate_spend`) or
+  natively (SQLite: one ``GROUP BY``); both give the same numbers.
+* Lifecycle: constructing a store does no I/O and needs no event loop; ``await open()``
+  acquires what it needs (files, connections, schema) on the server's loop, ``await aclose()``
+  lets accepted writes land and releases everything. Both are idempotent; a closed store
+  refuses every call, ``open()`` included (make a new one). A store that holds nothing to
+  open (``memory://``) is usable from construction.
+* ``unfinished``, ``accounting`` and ``spend`` are abstract, like the lifecycle: a default
+  would silently turn off crash recovery or spend for a new backend.
+
+A backend is chosen by its URL scheme (``registry.py``): it registers with
+``@register_store("scheme")`` and validates its own URLs in ``parse_url`` (no I/O: the config
+loader calls it).
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 
@@ -46,6 +57,7 @@ __all__ = [
     "SpendQuery",
     "SpendReport",
     "SpendRow",
+    "StoreUrl",
     "StoredResponse",
     "UnknownCursorError",
     "aggregate_spend",
@@ -151,11 +163,11 @@ class AccountingRow:
 
     @classmethod
     def of(cls, r: StoredResponse) -> AccountingRow:
-        return cls(
-            r.created_at, r.model, r.provider, r.deployment, r.api_key_id, r.tags,
-            r.input_tokens, r.cached_tokens, r.cache_write_tokens, r.output_tokens,
-            r.reasoning_tokens, r.cost,
-        )  # fmt: skip
+        # By name: every field is the StoredResponse attribute of the same name.
+        return cls(**{name: getattr(r, name) for name in _ACCOUNTING_FIELDS})
+
+
+_ACCOUNTING_FIELDS = tuple(f.name for f in dataclasses.fields(AccountingRow))
 
 
 @dataclass(slots=True)
@@ -328,8 +340,68 @@ def tombstone(record: StoredResponse) -> StoredResponse:
 UNFINISHED_STATUSES = ("queued", "in_progress")
 
 
+@dataclass(frozen=True)
+class StoreUrl:
+    """A checked store URL: the scheme, and what the backend took from the rest (``memory``: no
+    path; ``sqlite``: a file path or ``:memory:``, and ``synchronous``)."""
+
+    scheme: str
+    path: str = ""
+    options: dict[str, str] = field(default_factory=dict)
+
+
 class ResponseStore(ABC):
-    """Async store of responses. Backends implement put/get/delete/close; the rest is derived."""
+    """Async store of responses.
+
+    Backends implement the lifecycle (``open``/``aclose``), ``put``/``get``/``delete``,
+    ``unfinished`` and ``accounting``/``spend``; ``list_input_items`` and ``chain`` are derived
+    from ``get`` (a backend may answer them in fewer round trips). A backend reachable from a
+    URL also implements ``parse_url``/``from_url`` and registers its scheme (``registry.py``).
+    """
+
+    # Set by register_store: the scheme this backend was registered under (the first one).
+    scheme: ClassVar[str] = ""
+    # URL forms shown when a store URL is refused (every registered backend's are listed).
+    url_forms: ClassVar[tuple[str, ...]] = ()
+
+    # -- choosing a backend from a URL (registry.py) ----------------------------------------
+
+    @classmethod
+    def parse_url(cls, url: str) -> StoreUrl:
+        """Check ``url`` (whose scheme is this backend's) without opening anything, and take it
+        apart. Raise ValueError saying what is wrong; never quote the URL, which may hold a
+        password. Registered backends must override this."""
+        raise NotImplementedError(f"{cls.__name__} does not take a URL")
+
+    @classmethod
+    def from_url(cls, url: StoreUrl) -> ResponseStore:
+        """A new, unopened store for a URL ``parse_url`` returned; no I/O."""
+        raise NotImplementedError(f"{cls.__name__} does not take a URL")
+
+    @classmethod
+    def scratch_url(cls, folder: str) -> str | None:
+        """The URL of a new, empty store the contract suite may fill and throw away (files go
+        under ``folder``); None when this backend cannot run here (a server that is not
+        configured), which skips it."""
+        raise NotImplementedError(f"{cls.__name__} names no scratch store for the contract suite")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Acquire resources (files, connections, schema) on the running loop; blocking work
+        goes to a thread. Idempotent; a closed store raises RuntimeError."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Let accepted writes land, then release resources; idempotent. Every call afterwards
+        raises RuntimeError."""
+
+    async def close(self) -> None:
+        """The same as :meth:`aclose` (its older name)."""
+        await self.aclose()
+
+    # -- records -----------------------------------------------------------------------------
 
     @abstractmethod
     async def put(self, record: StoredResponse) -> None:
@@ -344,8 +416,9 @@ class ResponseStore(ABC):
         """Tombstone the record; False when unknown or already deleted."""
 
     @abstractmethod
-    async def close(self) -> None:
-        """Release resources; idempotent. The store is unusable afterwards."""
+    async def unfinished(self) -> list[str]:
+        """Ids of the live records still `queued` or `in_progress` (background responses whose
+        process stopped before finishing them: the gateway fails them at start-up)."""
 
     async def list_input_items(
         self,
@@ -386,16 +459,15 @@ class ResponseStore(ABC):
         newest_first.reverse()
         return newest_first
 
-    async def unfinished(self) -> list[str]:
-        """Ids of the live records still `queued` or `in_progress` (background responses whose
-        process stopped before finishing them: the gateway fails them at start-up)."""
-        return []
+    # -- accounting --------------------------------------------------------------------------
 
+    @abstractmethod
     async def accounting(self, query: SpendQuery) -> Iterable[AccountingRow]:
         """Every record's accounting row (tombstones included) that ``query`` may count; a
-        backend may return more rows than match (``aggregate_spend`` filters again)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot list records for spend")
+        backend may return more rows than match (``aggregate_spend`` filters again). The
+        reference the contract suite checks ``spend`` against."""
 
+    @abstractmethod
     async def spend(self, query: SpendQuery) -> SpendReport:
-        """Totals of requests, tokens and cost grouped as ``query`` says."""
-        return aggregate_spend(query, await self.accounting(query))
+        """Totals of requests, tokens and cost grouped as ``query`` says: natively, or
+        ``aggregate_spend(query, await self.accounting(query))``."""

@@ -3,6 +3,9 @@
 Records are kept as orjson bytes rather than objects so the memory backend behaves exactly
 like SQLite: nothing the caller mutates after ``put`` leaks in, non-JSON data fails at ``put``
 in tests instead of first in production, and ``get`` always hands out a fresh copy.
+
+There is nothing to open: the store is usable from construction (``open()`` only refuses a
+closed store), so tests and ``turnout record`` build one directly.
 """
 
 from __future__ import annotations
@@ -15,16 +18,37 @@ from .base import (
     AccountingRow,
     ResponseStore,
     SpendQuery,
+    SpendReport,
     StoredResponse,
+    StoreUrl,
+    aggregate_spend,
     record_from_json,
     record_to_json,
     tombstone,
 )
+from .registry import register_store
 
 __all__ = ["MemoryStore"]
 
 
+@register_store("memory")
 class MemoryStore(ResponseStore):
+    url_forms = ("memory://",)
+
+    @classmethod
+    def parse_url(cls, url: str) -> StoreUrl:
+        if url.partition("://")[2]:
+            raise ValueError("memory:// store url takes no path")
+        return StoreUrl("memory")
+
+    @classmethod
+    def from_url(cls, url: StoreUrl) -> MemoryStore:
+        return cls()
+
+    @classmethod
+    def scratch_url(cls, folder: str) -> str:
+        return "memory://"
+
     def __init__(self) -> None:
         self._rows: dict[str, bytes] = {}
         # Critical sections contain no await, so they are already atomic for coroutines on
@@ -36,6 +60,10 @@ class MemoryStore(ResponseStore):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("response store is closed")
+
+    async def open(self) -> None:
+        if self._closed:
+            raise RuntimeError("response store is closed; a closed store cannot be reopened")
 
     async def put(self, record: StoredResponse) -> None:
         self._check_open()
@@ -71,6 +99,9 @@ class MemoryStore(ResponseStore):
         # A scan: the memory store is for tests and development, not for months of traffic.
         return [AccountingRow.of(record_from_json(data)) for data in rows]
 
+    async def spend(self, query: SpendQuery) -> SpendReport:
+        return aggregate_spend(query, await self.accounting(query))
+
     async def unfinished(self) -> list[str]:
         self._check_open()
         with self._lock:
@@ -78,7 +109,7 @@ class MemoryStore(ResponseStore):
         records = (record_from_json(data) for data in rows)
         return [r.id for r in records if not r.deleted and r.status in UNFINISHED_STATUSES]
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         self._closed = True
         with self._lock:
             self._rows.clear()

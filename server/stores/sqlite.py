@@ -13,10 +13,12 @@ transaction, one fsync for all of them, so throughput under concurrency is not b
 disk's fsync rate. Each ``put`` still returns only once its own row is committed.
 
 Threading: sqlite3 calls block, so they run on one dedicated worker thread that owns the
-connection (``ThreadPoolExecutor(max_workers=1)``). That also serialises all access, so
-there is no locking of our own and no "database is locked" between our own writers. JSON
-columns are encoded with orjson on the caller's thread (a snapshot of the record at ``put``
-time) and decoded on the worker (parsing a 1 MB event list should not stall the loop).
+connection (``ThreadPoolExecutor(max_workers=1)``), started by ``open()``: the constructor does
+no I/O, and opening (file, pragmas, schema) runs on that worker too. One thread also
+serialises all access, so there is no locking of our own and no "database is locked" between
+our own writers. JSON columns are encoded with orjson on the caller's thread (a snapshot of the
+record at ``put`` time) and decoded on the worker (parsing a 1 MB event list should not stall
+the loop). The columns, and the record <-> row functions, come from ``columns.py``.
 
 One statement per write: ``put`` is a single ``INSERT OR REPLACE`` and ``delete`` a single
 ``UPDATE``, each its own implicit transaction (the connection is in autocommit mode).
@@ -43,6 +45,7 @@ import orjson
 
 from .base import (
     GROUP_BY_COLUMNS,
+    UNFINISHED_STATUSES,
     AccountingRow,
     ChainCycleError,
     ItemPage,
@@ -53,9 +56,12 @@ from .base import (
     SpendReport,
     SpendRow,
     StoredResponse,
+    StoreUrl,
     finish_report,
     page_items,
 )
+from .columns import ACCOUNTING_COLUMNS, COLUMNS, Column, RowCodec
+from .registry import register_store
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -63,41 +69,52 @@ T = TypeVar("T")
 
 SCHEMA_VERSION = 2
 
+_TYPES = {
+    "text": "TEXT",
+    "integer": "INTEGER",
+    "real": "REAL",
+    "flag": "INTEGER",
+    "document": "BLOB",  # orjson bytes
+    "json": "TEXT",  # JSON text, for json_extract
+}
+_dumps = orjson.dumps
+# How each kind of column is written and read (see columns.py).
+_ENCODERS: dict[str, Callable[[Any], Any]] = {
+    "flag": int,
+    "document": _dumps,
+    "json": lambda value: _dumps(value).decode(),
+}
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "flag": bool,
+    "document": orjson.loads,
+    "json": orjson.loads,
+}
+_RECORDS = RowCodec(COLUMNS, encoders=_ENCODERS, decoders=_DECODERS, make=StoredResponse)
+_ACCOUNTING = RowCodec(
+    ACCOUNTING_COLUMNS, encoders=_ENCODERS, decoders=_DECODERS, make=AccountingRow
+)
+
+
+def _declare(col: Column) -> str:
+    parts = [col.name, _TYPES[col.kind]]
+    if col.name == "id":
+        parts.append("PRIMARY KEY")
+    if not col.nullable:
+        parts.append("NOT NULL")
+    if col.default is not None:
+        parts.append(f"DEFAULT {col.default}")
+    return " ".join(parts)
+
+
 # STRICT makes SQLite reject e.g. a float created_at instead of silently storing it.
-_CREATE = """
-CREATE TABLE responses (
-    id                   TEXT PRIMARY KEY NOT NULL,
-    created_at           INTEGER NOT NULL,
-    model                TEXT NOT NULL,
-    provider             TEXT,
-    status               TEXT NOT NULL,
-    previous_response_id TEXT,
-    deployment           TEXT,
-    cost                 REAL,
-    deleted              INTEGER NOT NULL,
-    response             BLOB NOT NULL,
-    input_items          BLOB NOT NULL,
-    events               BLOB,
-    request              BLOB NOT NULL,
-    attempts             BLOB NOT NULL,
-    input_tokens         INTEGER NOT NULL DEFAULT 0,
-    cached_tokens        INTEGER NOT NULL DEFAULT 0,
-    cache_write_tokens   INTEGER NOT NULL DEFAULT 0,
-    output_tokens        INTEGER NOT NULL DEFAULT 0,
-    reasoning_tokens     INTEGER NOT NULL DEFAULT 0,
-    api_key_id           TEXT,
-    tags                 TEXT NOT NULL DEFAULT '{}'
-) STRICT
-"""
+_CREATE = (
+    "CREATE TABLE responses (\n    "
+    + ",\n    ".join(_declare(col) for col in COLUMNS)
+    + "\n) STRICT"
+)
 # Version 1 -> 2: the accounting columns, exactly as _CREATE declares them.
-_ADD_V2 = (
-    "ALTER TABLE responses ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0",
-    "ALTER TABLE responses ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0",
-    "ALTER TABLE responses ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0",
-    "ALTER TABLE responses ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0",
-    "ALTER TABLE responses ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0",
-    "ALTER TABLE responses ADD COLUMN api_key_id TEXT",
-    "ALTER TABLE responses ADD COLUMN tags TEXT NOT NULL DEFAULT '{}'",
+_ADD_V2 = tuple(
+    f"ALTER TABLE responses ADD COLUMN {_declare(col)}" for col in COLUMNS if col.since == 2
 )
 # The BLOB columns hold orjson text; CAST so SQLite >= 3.45 does not read them as JSONB.
 _BACKFILL_V2 = """
@@ -118,83 +135,30 @@ _INDEXES = (
     "CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at)",
     "CREATE INDEX IF NOT EXISTS responses_model_created_at ON responses (model, created_at)",
 )
+_UNFINISHED = f"status IN ({', '.join(repr(s) for s in UNFINISHED_STATUSES)}) AND deleted = 0"
 # Partial: holds only the few rows still at work, so it costs nothing on the write path of
 # finished responses. Created at every open (a version-2 file may predate it).
 _UNFINISHED_INDEX = (
-    "CREATE INDEX IF NOT EXISTS responses_unfinished ON responses (status) "
-    "WHERE status IN ('queued', 'in_progress') AND deleted = 0"
+    f"CREATE INDEX IF NOT EXISTS responses_unfinished ON responses (status) WHERE {_UNFINISHED}"
 )
-_SELECT_UNFINISHED = (
-    "SELECT id FROM responses WHERE status IN ('queued', 'in_progress') AND deleted = 0"
-)
+_SELECT_UNFINISHED = f"SELECT id FROM responses WHERE {_UNFINISHED}"
 
-_COLUMNS = (
-    "id, created_at, model, provider, status, previous_response_id, deployment, cost, "
-    "deleted, response, input_items, events, request, attempts, input_tokens, cached_tokens, "
-    "cache_write_tokens, output_tokens, reasoning_tokens, api_key_id, tags"
-)
-_SELECT_LIVE = f"SELECT {_COLUMNS} FROM responses WHERE id = ? AND deleted = 0"
+_SELECT_LIVE = f"SELECT {_RECORDS.sql_list} FROM responses WHERE id = ? AND deleted = 0"
 _SELECT_ITEMS = "SELECT input_items FROM responses WHERE id = ? AND deleted = 0"
-_UPSERT = f"INSERT OR REPLACE INTO responses ({_COLUMNS}) VALUES ({', '.join('?' * 21)})"
+_SELECT_ACCOUNTING = f"SELECT {_ACCOUNTING.sql_list} FROM responses"
+_UPSERT = (
+    f"INSERT OR REPLACE INTO responses ({_RECORDS.sql_list}) "
+    f"VALUES ({', '.join('?' * len(_RECORDS.names))})"
+)
 # Tombstone: keep the metadata for accounting, erase the user's content.
 _DELETE = (
     "UPDATE responses SET deleted = 1, response = x'7b7d', input_items = x'5b5d', "
     "events = NULL, request = x'7b7d' WHERE id = ? AND deleted = 0"
 )
 
-
-def _row_params(record: StoredResponse) -> tuple[Any, ...]:
-    dumps = orjson.dumps
-    return (
-        record.id,
-        record.created_at,
-        record.model,
-        record.provider,
-        record.status,
-        record.previous_response_id,
-        record.deployment,
-        record.cost,
-        int(record.deleted),
-        dumps(record.response),
-        dumps(record.input_items),
-        None if record.events is None else dumps(record.events),
-        dumps(record.request),
-        dumps(record.attempts),
-        record.input_tokens,
-        record.cached_tokens,
-        record.cache_write_tokens,
-        record.output_tokens,
-        record.reasoning_tokens,
-        record.api_key_id,
-        dumps(record.tags).decode(),
-    )
-
-
-def _from_row(row: tuple[Any, ...]) -> StoredResponse:
-    loads = orjson.loads
-    return StoredResponse(
-        id=row[0],
-        created_at=row[1],
-        model=row[2],
-        provider=row[3],
-        status=row[4],
-        previous_response_id=row[5],
-        deployment=row[6],
-        cost=row[7],
-        deleted=bool(row[8]),
-        response=loads(row[9]),
-        input_items=loads(row[10]),
-        events=None if row[11] is None else loads(row[11]),
-        request=loads(row[12]),
-        attempts=loads(row[13]),
-        input_tokens=row[14],
-        cached_tokens=row[15],
-        cache_write_tokens=row[16],
-        output_tokens=row[17],
-        reasoning_tokens=row[18],
-        api_key_id=row[19],
-        tags=loads(row[20]),
-    )
+# The record as one row of parameters for _UPSERT (bench/stages.py times it), and back.
+_row_params = _RECORDS.to_row
+_from_row = _RECORDS.from_row
 
 
 _SPEND_SUMS = (
@@ -225,8 +189,38 @@ def _spend_sql(query: SpendQuery) -> tuple[str, list[Any]]:
     return f"SELECT {key} AS k, {_SPEND_SUMS} FROM responses{clause} GROUP BY k", params
 
 
+@register_store("sqlite")
 class SQLiteStore(ResponseStore):
-    """Opens (and creates or checks the schema of) the database synchronously, at start-up."""
+    """Constructing does no I/O; ``await open()`` creates or checks the file and its schema."""
+
+    url_forms = (
+        "sqlite:///relative/path.db",
+        "sqlite:////absolute/path.db",
+        "sqlite:///:memory:",
+        "sqlite:///path.db?synchronous=normal",
+    )
+
+    @classmethod
+    def parse_url(cls, url: str) -> StoreUrl:
+        rest = url.partition("://")[2]
+        path = rest[1:] if rest.startswith("/") else ""  # "sqlite://host/..." has no meaning
+        path, _sep, query = path.partition("?")
+        options = dict(part.partition("=")[::2] for part in query.split("&") if part)
+        unknown = set(options) - {"synchronous"}
+        if not path or unknown:
+            raise ValueError("sqlite store url needs a file path, no host, and only ?synchronous=")
+        options["synchronous"] = options.get("synchronous", "full").lower()
+        if options["synchronous"] not in ("full", "normal"):
+            raise ValueError("sqlite synchronous= takes full or normal")
+        return StoreUrl("sqlite", path, options)
+
+    @classmethod
+    def from_url(cls, url: StoreUrl) -> SQLiteStore:
+        return cls(url.path, synchronous=url.options.get("synchronous", "full"))
+
+    @classmethod
+    def scratch_url(cls, folder: str) -> str:
+        return f"sqlite:///{folder}/scratch.db"
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "full") -> None:
         if synchronous not in ("full", "normal"):
@@ -236,16 +230,12 @@ class SQLiteStore(ResponseStore):
         self._flushes: set[asyncio.Task[None]] = set()
         self._writing = False
         self._path = os.fspath(path)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turnout-sqlite")
-        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None  # the worker, from open() on
+        self._conn: sqlite3.Connection | None = None  # only ever touched on the worker
+        # Serialises open() and aclose() (an asyncio.Lock binds to a loop only when contended).
+        self._lifecycle = asyncio.Lock()
+        self._ready = False  # open and not closing: the one check on every call
         self._closed = False
-        try:
-            # Connect on the worker so the connection is created by, and only ever used from,
-            # the thread that owns it (sqlite3's check_same_thread stays on as a guard).
-            self._executor.submit(self._open).result()
-        except BaseException:
-            self._executor.shutdown(wait=False)
-            raise
 
     @property
     def path(self) -> str:
@@ -254,12 +244,16 @@ class SQLiteStore(ResponseStore):
     # -- worker-thread side ------------------------------------------------------------------
 
     def _open(self) -> None:
+        if self._conn is not None:  # an open() whose caller was cancelled got this far
+            return
         if self._path != ":memory:":
             target = Path(self._path)
             target.parent.mkdir(parents=True, exist_ok=True)
             # Stored bodies are user content: create the file owner-only (SQLite gives the
             # -wal/-shm files the same mode as the database).
             os.close(os.open(target, os.O_CREAT | os.O_RDWR, 0o600))
+        # Connected on the worker, so the connection is created by, and only ever used from,
+        # the thread that owns it (sqlite3's check_same_thread stays on as a guard).
         conn = sqlite3.connect(self._path, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")  # ":memory:" answers "memory": fine
@@ -302,9 +296,6 @@ class SQLiteStore(ResponseStore):
     def _db(self) -> sqlite3.Connection:
         assert self._conn is not None
         return self._conn
-
-    def _put(self, params: tuple[Any, ...]) -> None:
-        self._db().execute(_UPSERT, params)
 
     def _put_many(self, batch: list[tuple[Any, ...]]) -> None:
         conn = self._db()
@@ -367,28 +358,8 @@ class SQLiteStore(ResponseStore):
         return finish_report(query, rows)
 
     def _accounting(self, query: SpendQuery) -> list[AccountingRow]:
-        sql = (
-            "SELECT created_at, model, provider, deployment, api_key_id, tags, input_tokens, "
-            "cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost "
-            "FROM responses"
-        )
-        return [
-            AccountingRow(
-                created_at=row[0],
-                model=row[1],
-                provider=row[2],
-                deployment=row[3],
-                api_key_id=row[4],
-                tags=orjson.loads(row[5]),
-                input_tokens=row[6],
-                cached_tokens=row[7],
-                cache_write_tokens=row[8],
-                output_tokens=row[9],
-                reasoning_tokens=row[10],
-                cost=row[11],
-            )
-            for row in self._db().execute(sql)
-        ]
+        from_row = _ACCOUNTING.from_row
+        return [from_row(row) for row in self._db().execute(_SELECT_ACCOUNTING)]
 
     def _unfinished(self) -> list[str]:
         return [row[0] for row in self._db().execute(_SELECT_UNFINISHED)]
@@ -400,17 +371,43 @@ class SQLiteStore(ResponseStore):
 
     # -- event-loop side ---------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    def _unusable(self) -> RuntimeError:
         if self._closed:
-            raise RuntimeError("response store is closed")
+            return RuntimeError("response store is closed")
+        return RuntimeError("response store is not open (await store.open() first)")
+
+    async def open(self) -> None:
+        async with self._lifecycle:
+            if self._ready:
+                return
+            if self._closed:
+                raise RuntimeError("response store is closed; a closed store cannot be reopened")
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="turnout-sqlite"
+                )
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+            except asyncio.CancelledError:
+                raise  # the worker finishes opening; the next open() finds it done
+            except BaseException:
+                # Nothing stays behind a failed open: no connection (_open closed it), no thread.
+                self._executor.shutdown(wait=False)
+                self._executor = None
+                raise
+            self._ready = True
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self._ready:
+            raise self._unusable()
         # A cancelled caller does not stop a call the worker already started: a put in
         # flight still completes, it is just not awaited.
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
     async def put(self, record: StoredResponse) -> None:
-        if self._closed:
-            raise RuntimeError("response store is closed")
+        if not self._ready:
+            raise self._unusable()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((_row_params(record), future))
         if not self._writing:
@@ -467,10 +464,24 @@ class SQLiteStore(ResponseStore):
     async def unfinished(self) -> list[str]:
         return await self._run(self._unfinished)
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        # Queued behind any pending calls, so in-flight writes land before the connection goes.
-        await self._run(self._close)
-        self._closed = True
-        self._executor.shutdown(wait=False)
+    async def aclose(self) -> None:
+        async with self._lifecycle:
+            if self._closed:
+                return
+            self._closed = True  # no open() from now on
+            if self._ready:
+                # Puts already accepted land first (the batch being written and what queued
+                # behind it); puts arriving meanwhile are accepted too, so wait until none is
+                # left. asyncio.wait, not gather: a cancelled aclose must not cancel the writes.
+                while self._flushes:
+                    await asyncio.wait(set(self._flushes))
+            self._ready = False  # every later call is refused before it reaches the worker
+            executor, self._executor = self._executor, None
+            if executor is None:  # never opened, or its open failed: nothing to release
+                return
+            try:
+                # Behind any calls still in flight on the worker, which finish first. Also
+                # closes what an open() whose caller was cancelled left behind.
+                await asyncio.get_running_loop().run_in_executor(executor, self._close)
+            finally:
+                executor.shutdown(wait=False)
