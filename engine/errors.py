@@ -23,6 +23,8 @@ __all__ = [
     "RequestError",
     "TurnoutError",
     "UpstreamError",
+    "error_body",
+    "type_for_status",
 ]
 
 
@@ -56,7 +58,28 @@ class ConfigError(TurnoutError):
         return _problem_text(self.problems)
 
 
-def _error_body(message: str, type_: str, param: str | None, code: str | None) -> dict[str, Any]:
+# OpenAI's `type` for each status, for every error that does not name its own: Turnout's own
+# replies and upstream errors alike. OpenAI answers a bad key with a 401 `invalid_request_error`
+# (code `invalid_api_key`), not Anthropic's `authentication_error`.
+_TYPE_BY_STATUS: dict[int, str] = {
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def type_for_status(status: int) -> str:
+    """The OpenAI error `type` for an HTTP status: the one table."""
+    if status >= 500:
+        return "server_error"
+    return _TYPE_BY_STATUS.get(status, "invalid_request_error")
+
+
+def error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error body, all four keys always present: the one builder."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
@@ -90,7 +113,7 @@ class RequestError(TurnoutError):
 
     def to_body(self) -> dict[str, Any]:
         """The OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
-        return _error_body(self.message, self.type, self.param, self.code)
+        return error_body(self.message, self.type, self.param, self.code)
 
 
 class UpstreamError(TurnoutError):
@@ -127,4 +150,4 @@ class UpstreamError(TurnoutError):
 
     def to_body(self) -> dict[str, Any]:
         """The OpenAI error body; upstream errors never name a client ``param``."""
-        return _error_body(self.message, self.type, None, self.code)
+        return error_body(self.message, self.type, None, self.code)

@@ -4,7 +4,8 @@ File layout (see ``mappings/README.md`` for the reference)::
 
     version: 1
     extends: _dialects/anthropic_messages    # deep-merged below this file; None deletes a key
-    provider: {api_base, api_base_path, api_key_env, auth}   # connection defaults
+    provider: {api_base, api_base_path, api_key_env, auth,   # connection defaults
+               pricing_id, context_window_errors, native_state}   # read by the server
     request: {method, url, headers, body, rejects}
     response: [rules]                         # whole non-streamed reply → ops
     stream: {framing, key, events, default, ignore}
@@ -28,7 +29,7 @@ from turnout.engine import rules as rule_mod
 from turnout.engine.api_base import BaseNormalizer, compile_base_path
 from turnout.engine.canonical import VIEW_FIELDS, CanonicalRequest
 from turnout.engine.diagnostics import Problem, nearest
-from turnout.engine.errors import MappingError, RequestError, UpstreamError
+from turnout.engine.errors import MappingError, RequestError, UpstreamError, type_for_status
 from turnout.engine.expressions import Expression, attribute_uses
 from turnout.engine.framing import FRAMINGS, FrameDecoder, make_decoder
 from turnout.engine.ops import FINISH_STATUSES
@@ -36,7 +37,13 @@ from turnout.engine.schema_check import check, load_schema
 from turnout.engine.template import Node, TemplateProblem, compile_template
 from turnout.engine.yamlstrict import LoadedYaml, load_yaml
 
-__all__ = ["CompiledMapping", "StreamDecoder", "UpstreamRequest", "load_mapping"]
+__all__ = [
+    "CompiledMapping",
+    "StreamDecoder",
+    "UpstreamRequest",
+    "load_mapping",
+    "provider_section",
+]
 
 # Headers a signer adds that must never be logged or stored.
 _SIGNING_SECRETS = frozenset({"authorization", "x-amz-security-token"})
@@ -54,13 +61,6 @@ class UpstreamRequest:
     stream: bool
     # Header names whose values are secrets: never logged, never stored.
     secret_headers: frozenset[str] = field(default=frozenset())
-
-
-_STATUS_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    404: "not_found_error", 409: "invalid_request_error", 413: "invalid_request_error",
-    422: "invalid_request_error", 429: "rate_limit_error",
-}  # fmt: skip
 
 
 def _deep_merge(base: Any, over: Any) -> Any:
@@ -304,7 +304,7 @@ class CompiledMapping:
             int(out_status),
             f"{self.provider}: {text}",
             code=str(code) if code is not None else None,
-            type=_STATUS_TYPES.get(int(out_status), "server_error"),
+            type=type_for_status(int(out_status)),
             retry_after=retry_after,
             provider=self.provider,
         )
@@ -417,6 +417,17 @@ def _secret_header_names(headers: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(
         str(k).lower() for k, v in headers.items() if isinstance(v, str) and "credentials" in v
     )
+
+
+def provider_section(path: Path, root: Path | None = None) -> dict[str, Any]:
+    """The ``provider:`` section of one mapping with its ``extends:`` applied, without compiling
+    the rest: what the server reads of a mapping folder it did not load itself (price catalogue
+    id, context-window errors, native reasoning state)."""
+    problems: list[Problem] = []
+    data, _files = _load_chain(path, root or path.parent, problems)
+    if problems:
+        raise MappingError(problems)
+    return dict(data.get("provider") or {})
 
 
 def load_mapping(

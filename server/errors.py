@@ -32,7 +32,7 @@ from litestar.exceptions import (
 )
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
-from turnout.engine.errors import RequestError, UpstreamError
+from turnout.engine.errors import RequestError, UpstreamError, error_body, type_for_status
 
 __all__ = [
     "error_body",
@@ -43,14 +43,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("turnout.errors")
-
-# OpenAI's `type` vocabulary by status; used when an exception does not name its own type.
-_TYPE_BY_STATUS: dict[int, str] = {
-    401: "invalid_request_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    429: "rate_limit_error",
-}
 
 # Litestar's own HTTP exceptions carry no OpenAI `code`; give the common ones a stable one so
 # clients can branch on it.
@@ -64,23 +56,10 @@ _CODE_BY_STATUS: dict[int, str] = {
 _GENERIC_500 = "The server had an error while processing your request."
 
 
-def type_for_status(status: int) -> str:
-    """The OpenAI error `type` for an HTTP status."""
-    if status >= 500:
-        return "server_error"
-    return _TYPE_BY_STATUS.get(status, "invalid_request_error")
-
-
-def error_body(
-    message: str, *, type_: str, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
 def error_bytes(
     message: str, *, type_: str, param: str | None = None, code: str | None = None
 ) -> bytes:
-    return orjson.dumps(error_body(message, type_=type_, param=param, code=code))
+    return orjson.dumps(error_body(message, type_, param, code))
 
 
 def error_response(

@@ -17,6 +17,9 @@ models:
 Precedence: the deployment's `pricing`, then a `pricing` key equal to the alias the client sent,
 then one equal to `provider/model`, then the first glob that matches either, then genai-prices.
 
+Which genai-prices provider a Turnout provider is priced as comes from its mapping,
+`provider.pricing_id` (see :class:`CatalogueIds`); this module names no provider.
+
 Usage is OpenAI's count (what the builder produces for every provider): `input_tokens` is the
 total, of which `cached_tokens` were read from the cache and `cache_write_tokens` written to it;
 `output_tokens` is the total, of which `reasoning_tokens` were reasoning. Each partition is priced
@@ -33,14 +36,19 @@ import bisect
 import fnmatch
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from turnout.server.router import MappingsLike
 
 __all__ = [
     "GENAI_PROVIDERS",
+    "CatalogueIds",
     "Price",
     "PriceBook",
     "PriceOverride",
@@ -51,31 +59,63 @@ __all__ = [
 
 log = logging.getLogger("turnout.pricing")
 
-# Turnout provider id (mapping file stem) -> genai-prices provider id. A provider missing here
-# has no price data (self-hosted servers, hosts genai-prices does not track): its models need a
-# config override, and meanwhile cost is null. We never fall back to "any provider serving a
-# model of that name": open models cost different amounts on different hosts.
-GENAI_PROVIDERS: Mapping[str, str] = {
-    "openai": "openai",
-    "openai_chat": "openai",
-    "azure": "azure",
-    "azure_chat": "azure",
-    "azure_ai": "azure",
-    "anthropic": "anthropic",
-    "gemini": "google",
-    "vertex_ai": "google",
-    "bedrock": "aws",
-    "groq": "groq",
-    "mistral": "mistral",
-    "deepseek": "deepseek",
-    "xai": "x-ai",
-    "together": "together",
-    "fireworks": "fireworks",
-    "openrouter": "openrouter",
-    "cerebras": "cerebras",
-    "perplexity": "perplexity",
-    "moonshot": "moonshotai",
-}
+
+@dataclass(frozen=True, slots=True)
+class CatalogueIds:
+    """Turnout provider id (mapping file stem) -> genai-prices provider id, from each mapping's
+    `provider.pricing_id`. Left out, the provider id itself is tried, and only a catalogue
+    provider of exactly that id counts (genai-prices would also match an id merely containing
+    `openai`, pricing a local server at OpenAI's rates); `false`, or a provider no mapping
+    names, has no price data: its models need a config override, and meanwhile cost is null.
+    We never fall back to "any provider serving a model of that name": open models cost
+    different amounts on different hosts."""
+
+    declared: Mapping[str, str]  # pricing_id given: used as genai-prices resolves ids
+    own: frozenset[str] = frozenset()  # no pricing_id: the provider id, matched exactly
+
+    @classmethod
+    def of(cls, mappings: MappingsLike) -> CatalogueIds:
+        declared: dict[str, str] = {}
+        own: set[str] = set()
+        for pid in mappings.providers:
+            mapping = mappings.get(pid)
+            value = (mapping.defaults if mapping is not None else {}).get("pricing_id")
+            if value is None:
+                own.add(pid)
+            elif isinstance(value, str) and value:
+                declared[pid] = value
+        return cls(declared, frozenset(own))
+
+    def get(self, provider: str) -> tuple[str, bool] | None:
+        """(genai-prices id, whether only an exact id match counts), or None: no price data."""
+        found = self.declared.get(provider)
+        if found is not None:
+            return found, False
+        return (provider, True) if provider in self.own else None
+
+
+@cache
+def _bundled_ids() -> CatalogueIds:
+    from turnout.server.router import bundled_mappings
+
+    return CatalogueIds.of(bundled_mappings())
+
+
+class _DeclaredIds(Mapping[str, str]):
+    """The `pricing_id`s the bundled mappings declare, read on first use."""
+
+    def __getitem__(self, provider: str) -> str:
+        return _bundled_ids().declared[provider]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_bundled_ids().declared)
+
+    def __len__(self) -> int:
+        return len(_bundled_ids().declared)
+
+
+# Provider id -> genai-prices id, as the bundled mappings declare them (`provider.pricing_id`).
+GENAI_PROVIDERS: Mapping[str, str] = _DeclaredIds()
 
 _MTOK = Decimal(1_000_000)
 _CACHE_SIZE = 4096
@@ -182,9 +222,16 @@ def _to_float(value: Decimal) -> float:
 
 class PriceBook:
     """Prices for (provider, model, usage). Thread-safe enough for one event loop: the lookup
-    cache is a bounded LRU of genai-prices' (provider, model) resolution, hits or misses."""
+    cache is a bounded LRU of genai-prices' (provider, model) resolution, hits or misses.
+    `mappings` (the registry in use) says which catalogue provider each provider is priced as;
+    without it, the bundled mappings do."""
 
-    def __init__(self, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        mappings: MappingsLike | None = None,
+    ) -> None:
         self._exact: dict[str, PriceOverride] = {}
         self._globs: list[tuple[str, PriceOverride]] = []
         for key, spec in (overrides or {}).items():
@@ -193,8 +240,15 @@ class PriceBook:
                 self._globs.append((key, price))
             else:
                 self._exact[key] = price
-        self._lookups: OrderedDict[tuple[str, str], tuple[Any, Any] | None] = OrderedDict()
+        self._lookups: OrderedDict[tuple[str, bool, str], tuple[Any, Any] | None] = OrderedDict()
         self._affine = AffinePrices()
+        self._ids = CatalogueIds.of(mappings) if mappings is not None else None
+
+    @property
+    def catalogue_ids(self) -> CatalogueIds:
+        if self._ids is None:
+            self._ids = _bundled_ids()
+        return self._ids
 
     def override(
         self, provider: str, model: str, alias: str | None, deployment: Mapping[str, Any] | None
@@ -240,10 +294,11 @@ class PriceBook:
         return Price(_to_float(total), "genai-prices")
 
     def _lookup(self, provider: str, model: str) -> tuple[Any, Any] | None:
-        gp_id = GENAI_PROVIDERS.get(provider)
-        if gp_id is None or not model:
+        entry = self.catalogue_ids.get(provider)
+        if entry is None or not model:
             return None
-        key = (gp_id, model)
+        gp_id, exact = entry
+        key = (gp_id, exact, model)
         cache = self._lookups
         if key in cache:
             cache.move_to_end(key)
@@ -252,7 +307,14 @@ class PriceBook:
         try:
             from genai_prices import data_snapshot
 
-            found = data_snapshot.get_snapshot().find_provider_model(model, None, gp_id, None)
+            snapshot = data_snapshot.get_snapshot()
+            if exact:
+                same = next((p for p in snapshot.providers if p.id == gp_id), None)
+                if same is None:
+                    raise LookupError(gp_id)
+                found = snapshot.find_provider_model(model, same, None, None)
+            else:
+                found = snapshot.find_provider_model(model, None, gp_id, None)
         except LookupError:
             found = None
         except Exception:

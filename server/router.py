@@ -15,6 +15,9 @@ Decisions, and why:
 * **Affinity first** (anchor-failures 12): a conversation carrying opaque reasoning state goes to
   the deployment that minted it, else to a deployment of the same provider, else anywhere (the
   mappings then drop the state the new provider cannot read).
+* **Provider knowledge comes from the mappings** (:class:`ProviderTraits`): which error codes and
+  messages mean "the prompt does not fit" (`provider.context_window_errors`) and which providers
+  mint reasoning state of their own (`provider.native_state`). This module names no provider.
 * **Cooldown is a circuit breaker**: `allowed_fails` retryable failures within 60 s take a
   deployment out for `cooldown_s`; when every deployment of every group is out, the client gets a
   fast 503 with `Retry-After` instead of a request that would most likely fail too.
@@ -30,40 +33,142 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cache, cached_property
+from pathlib import Path
+from typing import Any, Protocol
 
 from turnout.engine.errors import UpstreamError
 from turnout.server.config import Deployment, ModelAlias, RouterSettings
 
 __all__ = [
     "MAX_WAIT_S",
-    "NATIVE_STATE_PROVIDERS",
     "WINDOW_S",
     "Affinity",
     "DeploymentState",
+    "MappingsLike",
     "Pick",
+    "ProviderTraits",
     "Router",
     "affinity_of",
+    "bundled_mappings",
     "is_context_window_error",
     "is_retryable",
+    "provider_sections",
 ]
 
 WINDOW_S = 60.0  # rpm/tpm and allowed_fails are counted over this sliding window
 MAX_WAIT_S = 60.0  # never wait longer than this for one retry, whatever Retry-After says
 LATENCY_ALPHA = 0.3  # weight of the newest sample in the latency moving average
-# Providers that read OpenAI's own (not Turnout-wrapped) encrypted reasoning content.
-NATIVE_STATE_PROVIDERS = ("openai", "azure")
 
-_CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
-_CONTEXT_PHRASES = (
-    "context_length_exceeded",
-    "maximum context length",  # OpenAI-compatible servers (vLLM, Groq...)
-    "context window",
-    "prompt is too long",  # Anthropic
-    "exceeds the maximum number of tokens",  # Gemini
-    "input is too long",  # Bedrock
-    "too many tokens",
-)
+
+class HasDefaults(Protocol):
+    @property
+    def defaults(self) -> Mapping[str, Any]: ...
+
+
+class MappingsLike(Protocol):
+    """What the router and the price book read of a mapping registry: each provider's merged
+    `provider:` section (`engine.registry.MappingRegistry` and the gateway's registry fit)."""
+
+    def get(self, provider: str) -> HasDefaults | None: ...
+    @property
+    def providers(self) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Section:
+    defaults: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class _Sections:
+    """Provider sections read without compiling the mappings (MappingsLike)."""
+
+    sections: Mapping[str, Mapping[str, Any]]
+
+    def get(self, provider: str) -> _Section | None:
+        found = self.sections.get(provider)
+        return None if found is None else _Section(found)
+
+    @property
+    def providers(self) -> list[str]:
+        return sorted(self.sections)
+
+
+def provider_sections(folder: str | Path) -> MappingsLike:
+    """Every provider file of a mapping folder (files and folders starting with `_` are shared
+    pieces, as `MappingRegistry` lists them), its `provider:` section only."""
+    from turnout.engine.mapping import provider_section
+
+    root = Path(folder)
+    files = sorted(p for p in root.glob("*.yaml") if not p.name.startswith("_"))
+    return _Sections({p.stem: provider_section(p, root) for p in files})
+
+
+@cache
+def bundled_mappings() -> MappingsLike:
+    """The bundled mappings' provider sections: what a Router or PriceBook built without a
+    registry knows (read once; cheap after the registry loaded the same files)."""
+    from turnout.engine.registry import DEFAULT_MAPPINGS_DIR
+
+    return provider_sections(DEFAULT_MAPPINGS_DIR)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else []
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderTraits:
+    """What the router knows of providers, read from their mappings.
+
+    `context_window`: (code, phrase) pairs, lower case, None = any, from every mapping's
+    `provider.context_window_errors`. They are pooled, not looked up by the failing provider:
+    relays pass other vendors' messages on (OpenRouter, Claude on Bedrock or Vertex, a variant
+    answering under its parent's id), and a false match costs no more than trying the
+    context-window fallbacks for a 4xx that would not have been retried.
+
+    `native_state`: the providers whose replies carry reasoning state of their own (not a
+    Turnout `tnt1.` blob), by `provider.native_state`; the provider named like the format (its
+    owner) first, then the others by id. Such a blob does not say who minted it."""
+
+    context_window: tuple[tuple[str | None, str | None], ...] = ()
+    native_state: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, mappings: MappingsLike) -> ProviderTraits:
+        matchers: dict[tuple[str | None, str | None], None] = {}
+        native: list[tuple[bool, str]] = []
+        for pid in mappings.providers:
+            mapping = mappings.get(pid)
+            defaults: Mapping[str, Any] = mapping.defaults if mapping is not None else {}
+            for spec in _as_list(defaults.get("context_window_errors")):
+                if not isinstance(spec, Mapping):
+                    continue
+                code, phrase = spec.get("code"), spec.get("message")
+                pair = (
+                    str(code).lower() if code else None,
+                    str(phrase).lower() if phrase else None,
+                )
+                if pair != (None, None):
+                    matchers[pair] = None
+            fmt = defaults.get("native_state")
+            if isinstance(fmt, str) and fmt:
+                native.append((fmt != pid, pid))
+        return cls(tuple(matchers), tuple(pid for _, pid in sorted(native)))
+
+    def context_window_error(self, code: str | None, message: str) -> bool:
+        code = (code or "").lower()
+        message = message.lower()
+        for want_code, phrase in self.context_window:
+            if (want_code is None or want_code == code) and (phrase is None or phrase in message):
+                return True
+        return False
+
+
+@cache
+def _bundled_traits() -> ProviderTraits:
+    return ProviderTraits.of(bundled_mappings())
 
 
 def is_retryable(exc: UpstreamError) -> bool:
@@ -72,17 +177,13 @@ def is_retryable(exc: UpstreamError) -> bool:
     return exc.status in (408, 429) or exc.status >= 500
 
 
-def is_context_window_error(exc: UpstreamError) -> bool:
-    """The prompt does not fit the model: detected from the providers' codes and messages."""
+def is_context_window_error(exc: UpstreamError, traits: ProviderTraits | None = None) -> bool:
+    """The prompt does not fit the model: detected from the codes and messages the mappings
+    list (`traits`; by default the bundled mappings')."""
     if exc.status >= 500 or exc.status == 429:
         return False
-    code = (exc.code or "").lower()
-    if code in _CONTEXT_CODES:
-        return True
-    message = exc.message.lower()
-    if any(phrase in message for phrase in _CONTEXT_PHRASES):
-        return True
-    return code == "validationexception" and "too long" in message
+    traits = traits if traits is not None else _bundled_traits()
+    return traits.context_window_error(exc.code, exc.message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +292,10 @@ class Router:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        mappings: MappingsLike | None = None,
     ) -> None:
         self.settings = settings
+        self._mappings = mappings
         self.models = models
         self.clock = clock
         self.rng = rng or random.Random()
@@ -208,6 +311,13 @@ class Router:
 
     def state(self, deployment_id: str) -> DeploymentState | None:
         return self._by_id.get(deployment_id)
+
+    @cached_property
+    def traits(self) -> ProviderTraits:
+        """Provider knowledge from the mappings given (else the bundled ones), read once."""
+        if self._mappings is None:
+            return _bundled_traits()
+        return ProviderTraits.of(self._mappings)
 
     # -- plans -----------------------------------------------------------------------------
 
@@ -414,10 +524,12 @@ class Router:
 def affinity_of(
     entries: Iterable[Mapping[str, Any]],
     chain: Sequence[Any] = (),
+    traits: ProviderTraits | None = None,
 ) -> Affinity:
     """Affinity for a request: from the newest chain record whose output carries opaque
     reasoning state (its deployment id and provider), else from the request's own reasoning
-    items (the provider named in a Turnout `tnt1.` blob; OpenAI's native blobs → openai/azure)."""
+    items (the provider named in a Turnout `tnt1.` blob; a provider's own blob → the providers
+    whose mappings declare `native_state`, from `traits`, by default the bundled mappings')."""
     for record in reversed(chain):
         output = (getattr(record, "response", None) or {}).get("output") or []
         if any(it.get("type") == "reasoning" and it.get("encrypted_content") for it in output):
@@ -430,7 +542,8 @@ def affinity_of(
         if entry.get("provider"):
             return Affinity((str(entry["provider"]),))
         if entry.get("encrypted_content"):
-            return Affinity(NATIVE_STATE_PROVIDERS)
+            traits = traits if traits is not None else _bundled_traits()
+            return Affinity(traits.native_state)
     return Affinity()
 
 
