@@ -599,6 +599,11 @@ class ResponseBuilder:
                 }
             )
 
+    @property
+    def usage(self) -> dict[str, Any]:
+        """The usage object as fed so far (what the terminal event will carry)."""
+        return self._usage_obj()
+
     def _usage_obj(self) -> dict[str, Any]:
         u = self._usage
         inp = u.get("input_tokens", 0)

@@ -10,18 +10,45 @@ terminal event is published, as for every response) and the entry is dropped.
 
 One process owns its background responses: they are not shared between workers, and a process
 that stops cancels them (recorded as failed, so a poller is not left waiting on "queued").
+
+`BackgroundWork` is the gateway's side of it: `create` stores the response queued (builder
+`queue()`) and launches `_run`, which publishes every event group to the `LiveResponse`; the final
+record is written by the same `stored_groups` as any response. Cancel → `builder.cancel()`
+(status `cancelled`, no event) and a final write; shutdown → `response.failed`. The upstream is
+always streamed. `recover` fails, at start-up, what a previous process left unfinished.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
-from turnout.engine.builder import ResponseBuilder
+import anyio
 
-__all__ = ["BackgroundResponses", "LiveResponse"]
+from turnout.engine.builder import ResponseBuilder
+from turnout.engine.canonical import CanonicalRequest
+from turnout.engine.errors import RequestError, UpstreamError
+from turnout.engine.ids import IdFactory
+from turnout.server.config import Settings
+from turnout.server.failover import Failover, Opened
+from turnout.server.finish import Finisher, record, tags
+from turnout.server.history import UNFINISHED
+from turnout.server.pricing import UsageCounts
+from turnout.server.pump import GENERIC_FAILURE, stored_groups
+from turnout.server.replies import DONE, JsonReply, StreamReply, encode_sse
+from turnout.server.request_context import Caller
+from turnout.server.run import Run, bind, new_run, reply_headers
+from turnout.server.stores.base import ResponseStore, StoredResponse
+from turnout.server.targets import Targets
+from turnout.server.telemetry.hub import CURRENT
+from turnout.server.upstream import UpstreamCall
+
+__all__ = ["BackgroundResponses", "BackgroundWork", "LiveResponse", "recover"]
 
 Event = dict[str, Any]
 
@@ -146,3 +173,191 @@ async def _stop(live: LiveResponse) -> None:
     if not task.done() and not task.cancelling():
         task.cancel()
     await asyncio.wait([task])
+
+
+class BackgroundWork:
+    """Creating, running, following and recovering background responses."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        responses: BackgroundResponses,
+        targets: Targets,
+        failover: Failover,
+        finish: Finisher,
+        ids: IdFactory,
+        done_marker: bool,
+    ) -> None:
+        self.settings = settings
+        self.responses = responses
+        self.targets = targets
+        self.failover = failover
+        self.finish = finish
+        self.ids = ids
+        self.done_marker = done_marker
+
+    async def create(
+        self,
+        body: dict[str, Any],
+        canon: CanonicalRequest,
+        chain: list[StoredResponse],
+        prev: str | None,
+        caller: Caller,
+    ) -> JsonReply | StreamReply:
+        """Store the response as queued, start the work, answer at once. For a direct
+        provider/model the request is built first, so an unknown model, a missing key or a
+        parameter the provider cannot honour is still this call's own 4xx."""
+        limit = self.settings.limits.max_background
+        if self.responses.running() >= limit:
+            raise RequestError(
+                429,
+                f"Too many background responses at work ({limit}, limits.max_background): "
+                "retry once some have finished.",
+                param="background",
+                code="rate_limit_exceeded",
+                type="requests",
+            )
+        reply_stream = canon.stream
+        # The upstream always streams, so GET shows the output as it grows and followers get
+        # every delta, whether the create call itself asked for a stream or not.
+        canon = CanonicalRequest({**canon.view, "stream": True}, canon.input_items, canon.body)
+        run, call = await self._queued(body, canon, prev, caller)
+        live = LiveResponse(run.builder)
+        live.publish(run.events)
+        self.responses.reserve(live)  # counted against the cap before the first await
+        try:
+            await self.finish.store.put(
+                record(run, UsageCounts(), None, tags(body.get("metadata")))
+            )
+        except BaseException:
+            self.responses.release(live)
+            raise
+        self.responses.launch(live, self._run(live, run, chain, call))
+        # For an alias no deployment has been tried yet: no x-turnout-* headers that would
+        # name a guess (the stored record and GET name the one that answered).
+        headers = reply_headers(run) if call is not None else {}
+        if reply_stream:
+            return StreamReply(self.follow_sse(live), headers, detached=True)
+        return JsonReply(run.builder.response, headers, detached=True)
+
+    async def _queued(
+        self, body: dict[str, Any], canon: CanonicalRequest, prev: str | None, caller: Caller
+    ) -> tuple[Run, UpstreamCall | None]:
+        """The run, announced queued; with the upstream request already built for a direct
+        provider/model."""
+        spec = self.settings.models.get(canon.model)
+        call = None
+        if spec is None or not spec.deployments:
+            target = self.targets.resolve(canon.model)
+            call = await self.failover.call(canon, target)
+        else:
+            # The router picks (and fails over) when the work starts; a deployment without a key
+            # must not fail the create call when another one would answer.
+            target = self.targets.placeholder(canon.model)
+        run = new_run(
+            body, canon, prev, target, caller,
+            ids=self.ids, max_image_bytes=self.settings.limits.max_image_bytes,
+        )  # fmt: skip
+        run.events.extend(run.builder.queue())
+        return run, call
+
+    async def _run(
+        self,
+        live: LiveResponse,
+        run: Run,
+        chain: list[StoredResponse],
+        call: UpstreamCall | None,
+    ) -> None:
+        live.started = True
+        ctx = CURRENT.get()
+        try:
+            opening = run.builder.start()  # response.in_progress: the work has begun
+            run.events.extend(opening)
+            live.publish(opening)
+            opened = await self._open(live, run, chain, call)
+            if opened is None:
+                return
+            bind(run, opened, self.failover.router)
+            async with aclosing(stored_groups(run, self.finish)) as groups:
+                async for group in groups:
+                    live.publish(group)
+        except asyncio.CancelledError:
+            # The cancel call, or the gateway shutting down (then it is a failure: the work was
+            # not finished, and a poller must not wait on it forever).
+            with anyio.CancelScope(shield=True):
+                if self.responses.stopping:
+                    message = "The gateway shut down before this background response finished."
+                    await self._end(live, run, run.builder.fail("server_error", message))
+                else:
+                    run.builder.cancel()
+                    await self._end(live, run, [])
+        except Exception:
+            log.exception("background response %s failed", run.builder.response_id)
+            with anyio.CancelScope(shield=True):
+                await self._end(live, run, run.builder.fail("server_error", GENERIC_FAILURE))
+        finally:
+            telemetry = self.finish.telemetry
+            if telemetry is not None and ctx is not None:
+                telemetry.finish(ctx)
+
+    async def _open(
+        self,
+        live: LiveResponse,
+        run: Run,
+        chain: list[StoredResponse],
+        call: UpstreamCall | None,
+    ) -> Opened | None:
+        """The upstream reply; None when no attempt answered (the run is then ended failed).
+        The work outlives the request: its attempts' deadline runs from the work's start."""
+        try:
+            if call is not None:
+                return await self.failover.direct(run.target, call, time.monotonic())
+            return await self.failover.attempt(run.canon, chain, run.attempts)
+        except (RequestError, UpstreamError) as exc:
+            code = exc.code or ("invalid_request" if isinstance(exc, RequestError) else None)
+            await self._end(live, run, run.builder.fail(code or "server_error", exc.message))
+            return None
+
+    async def _end(self, live: LiveResponse, run: Run, events: list[Event]) -> None:
+        """Store the final record, then let the followers see the events they have not seen
+        (a cancel can land between the store write and the terminal event's publication)."""
+        run.events.extend(events)
+        await self.finish(run)
+        live.publish(run.events[len(live.events) :])
+
+    async def follow_sse(
+        self, live: LiveResponse, starting_after: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """A running background response as SSE: its events so far, then the new ones."""
+        async for group in live.follow(starting_after):
+            yield b"".join([encode_sse(event) for event in group])
+        if self.done_marker:
+            yield DONE
+
+
+async def recover(store: ResponseStore, responses: BackgroundResponses) -> int:
+    """At start-up: background responses a previous process left unfinished (it crashed, or
+    was killed) end as failed, so pollers get an answer. Returns how many."""
+    count = 0
+    for response_id in await store.unfinished():
+        if responses.get(response_id) is not None:
+            continue
+        stored = await store.get(response_id)
+        if stored is None or stored.status not in UNFINISHED:
+            continue
+        response = {
+            **stored.response,
+            "status": "failed",
+            "error": {
+                "code": "server_error",
+                "message": "The gateway stopped before this background response finished.",
+            },
+        }
+        events = list(stored.events or [])
+        seq = int(events[-1]["sequence_number"]) + 1 if events else 0
+        events.append({"type": "response.failed", "sequence_number": seq, "response": response})
+        await store.put(replace(stored, status="failed", response=response, events=events))
+        count += 1
+    if count:
+        log.warning("%d background response(s) left unfinished by a previous run: failed", count)
+    return count

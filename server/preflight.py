@@ -94,7 +94,7 @@ def _missing(
     settings: Settings, pid: str, defaults: Mapping[str, Any], dep: Deployment
 ) -> str | None:
     """Why requests to ``dep`` would be refused for want of a credential, or None: the very
-    functions the gateway resolves credentials with (Gateway._target), run ahead of time."""
+    functions the gateway resolves credentials with (targets.Targets), run ahead of time."""
     conn = settings.for_deployment(dep)
     env = settings.env
     try:

@@ -10,24 +10,78 @@ group of two tasks. Here the chunks are sent from the handler's own task inside 
 and one small task waits for `http.disconnect` and cancels that scope: a client that goes away
 still stops the upstream read at once (the server's `send` ignores a gone client rather than
 raising, so the disconnect must be watched), at the cost of one task instead of a task group.
+
+The gateway answers with `JsonReply` or `StreamReply` (framework-free: the route turns them into
+the ASGI replies here), and SSE chunks are encoded here: `encode_sse` one event, `replay_sse` a
+stored event list.
+
+Stream terminator: every stream ends with `data: [DONE]`. OpenAI does not send it, but the Open
+Responses spec requires it and both official SDKs stop cleanly on it (responses-api §7.1), so it
+costs OpenAI clients nothing and makes the stream Open Responses conformant.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import orjson
 from litestar.types import Receive, Scope, Send
 
-__all__ = ["BodyReply", "EventStream", "json_reply"]
+__all__ = [
+    "DONE",
+    "BodyReply",
+    "EventStream",
+    "JsonReply",
+    "StreamReply",
+    "encode_sse",
+    "json_reply",
+    "replay_sse",
+]
 
 log = logging.getLogger("turnout.replies")
 
 _SSE = (b"content-type", b"text/event-stream; charset=utf-8")
+
+DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class JsonReply:
+    response: dict[str, Any]
+    # Response headers (x-turnout-deployment, x-turnout-attempts): no keys, no URLs.
+    headers: dict[str, str] = field(default_factory=dict)
+    # A background response: its work (and its telemetry record) outlives this reply.
+    detached: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReply:
+    chunks: AsyncIterator[bytes]
+    headers: dict[str, str] = field(default_factory=dict)
+    detached: bool = False
+
+
+def encode_sse(event: Mapping[str, Any]) -> bytes:
+    """One event, one chunk: `event:` equals the JSON `type` (Open Responses requires it)."""
+    return b"event: " + str(event["type"]).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+async def replay_sse(
+    events: Sequence[Mapping[str, Any]], starting_after: int | None, *, done_marker: bool = True
+) -> AsyncIterator[bytes]:
+    """Stored events as SSE from `#0` (the SDK resume helpers need `response.created`), or only
+    those with `sequence_number > starting_after`."""
+    for event in events:
+        if starting_after is not None and int(event.get("sequence_number", -1)) <= starting_after:
+            continue
+        yield encode_sse(event)
+    if done_marker:
+        yield DONE
 
 
 def _encode(headers: Mapping[str, str] | None) -> list[tuple[bytes, bytes]]:

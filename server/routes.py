@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
@@ -23,8 +24,9 @@ from litestar.types import ASGIApp
 
 from turnout.engine.errors import RequestError
 from turnout.server.config import ModelAlias
-from turnout.server.gateway import Gateway, JsonReply, replay_sse
-from turnout.server.replies import BodyReply, EventStream, json_reply
+from turnout.server.gateway import Gateway
+from turnout.server.replies import BodyReply, EventStream, JsonReply, json_reply, replay_sse
+from turnout.server.request_context import Caller
 from turnout.server.stores.base import SpendQuery, StoredResponse, UnknownCursorError
 from turnout.server.telemetry import CONTENT_TYPE_LATEST, CURRENT, RequestContext, Telemetry
 
@@ -110,9 +112,20 @@ def _int(query: MultiDict[str], name: str, default: int | None, low: int, high: 
     return number
 
 
-async def _record(request: Request[Any, Any, Any], response_id: str) -> StoredResponse:
-    record = await _gateway(request).store.get(response_id)
-    if record is None or record.deleted:
+def _caller(scope: Any, deadline_s: float | None = None) -> Caller:
+    """Who is calling, built once per request from what the headers carry (the key as its
+    hash, never the key); `deadline_s` from now bounds the upstream attempts."""
+    authorization, request_id = _caller_headers(scope)
+    return Caller(
+        key_id=api_key_id(authorization),
+        request_id=request_id,
+        deadline=None if deadline_s is None else time.monotonic() + deadline_s,
+    )
+
+
+async def _record(gateway: Gateway, response_id: str, caller: Caller) -> StoredResponse:
+    record = await gateway.retrieve(response_id, caller)
+    if record is None:
         raise _not_found(response_id)
     return record
 
@@ -126,18 +139,20 @@ async def create_response(request: Request[Any, Any, Any]) -> ASGIApp:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise RequestError(400, _INVALID_JSON, code="invalid_json") from None
+    gateway = _gateway(request)
+    caller = _caller(request.scope, gateway.settings.router.timeout_s)
     telemetry: Telemetry | None = getattr(request.app.state, "telemetry", None)
     if telemetry is None:
-        reply = await _gateway(request).create(body)
+        reply = await gateway.create(body, caller)
     else:
         # One telemetry record per request, emitted once the reply is over (or failed).
         ctx = telemetry.begin(
             stream=isinstance(body, dict) and body.get("stream") is True,
             model=str(body.get("model")) if isinstance(body, dict) else None,
-            api_key_id=api_key_id(_authorization(request.scope)),
+            api_key_id=caller.key_id,
         )
         try:
-            reply = await _gateway(request).create(body)
+            reply = await gateway.create(body, caller)
         except Exception as exc:
             telemetry.finish(ctx, error=exc)
             raise
@@ -165,6 +180,17 @@ def _authorization(scope: Any) -> str:
         if name == b"authorization":
             return bytes(value).decode("latin-1")
     return ""
+
+
+def _caller_headers(scope: Any) -> tuple[str, str | None]:
+    """Authorization and x-request-id, in one pass over the ASGI scope's headers."""
+    authorization, request_id = "", None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization = bytes(value).decode("latin-1")
+        elif name == b"x-request-id":
+            request_id = bytes(value).decode("latin-1")
+    return authorization, request_id
 
 
 def api_key_id(authorization: str) -> str | None:
@@ -208,12 +234,13 @@ async def get_response(request: Request[Any, Any, Any], response_id: FromPath[st
     stream = _flag(query, "stream")
     starting_after = _int(query, "starting_after", None, -1, 2**62)
     gateway = _gateway(request)
-    live = gateway.background.get(response_id)
+    caller = _caller(request.scope)
+    live = gateway.live(response_id, caller)
     if live is not None:  # a background response at work: its live state, its live events
         if not stream:
             return _json(live.response)
-        return EventStream(gateway.follow_sse(live, starting_after), SSE_HEADERS)
-    record = await _record(request, response_id)
+        return EventStream(gateway.follow_sse(live, starting_after, caller), SSE_HEADERS)
+    record = await _record(gateway, response_id, caller)
     if not stream:
         return _json(record.response)
     if record.events is None:
@@ -227,9 +254,7 @@ async def get_response(request: Request[Any, Any, Any], response_id: FromPath[st
 
 @delete("/responses/{response_id:str}", status_code=200)
 async def delete_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> ASGIApp:
-    gateway = _gateway(request)
-    await gateway.background.cancel(response_id)  # else its final write would bring it back
-    if not await gateway.store.delete(response_id):
+    if not await _gateway(request).delete(response_id, _caller(request.scope)):
         raise _not_found(response_id)
     return _json({"id": response_id, "object": "response", "deleted": True})
 
@@ -239,12 +264,11 @@ async def cancel_response(request: Request[Any, Any, Any], response_id: FromPath
     # Only background responses can be cancelled (OpenAI's rule). One still at work stops and
     # is stored "cancelled"; a finished one is returned as it is (cancel is idempotent).
     gateway = _gateway(request)
-    live = await gateway.background.cancel(response_id)
+    caller = _caller(request.scope)
+    live = await gateway.cancel(response_id, caller)
     if live is not None:
         return _json(live.response)
-    record = await gateway.store.get(response_id)
-    if record is None or record.deleted:
-        raise _not_found(response_id)
+    record = await _record(gateway, response_id, caller)
     if record.response.get("background") is True:
         return _json(record.response)
     raise RequestError(
@@ -267,8 +291,12 @@ async def list_input_items(request: Request[Any, Any, Any], response_id: FromPat
         )  # fmt: skip
     after = query.get("after") or None
     try:
-        page = await _gateway(request).store.list_input_items(
-            response_id, limit=limit, order="asc" if order == "asc" else "desc", after=after
+        page = await _gateway(request).input_items(
+            response_id,
+            _caller(request.scope),
+            limit=limit,
+            order="asc" if order == "asc" else "desc",
+            after=after,
         )
     except UnknownCursorError as exc:
         raise RequestError(400, str(exc), param="after", code="invalid_value") from None

@@ -704,7 +704,7 @@ async def test_a_model_name_no_header_can_carry_is_percent_encoded(
 
 
 def test_in_band_error_ops_are_masked_whatever_their_types() -> None:
-    from turnout.server.gateway import _masked
+    from turnout.server.redaction import mask_ops as _masked
 
     ops = _masked(
         [

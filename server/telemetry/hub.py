@@ -3,7 +3,7 @@
 The route opens a `RequestContext` (`Telemetry.begin`) and closes it once the reply is done
 (`Telemetry.finish`): after the JSON body is built, after the last SSE chunk, or when `create`
 raised. The gateway fills in what only it knows (provider, deployment, usage, cost, attempts)
-through the context variable `CURRENT`, from `Gateway._notify`, right after the store write. So
+through the context variable `CURRENT`, from `finish.Finisher`, right after the store write. So
 there is exactly one emission point per request, and it runs after the stored response is
 durable: no sink can lose or delay it.
 
@@ -60,7 +60,7 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     started_wall: float = field(default_factory=time.time)
     first_byte: float | None = None
-    # Filled by the gateway (Gateway._notify) once the reply is terminal.
+    # Filled by the gateway (finish.Finisher) once the reply is terminal.
     response_id: str | None = None
     status: str | None = None
     provider: str | None = None

@@ -1,0 +1,150 @@
+"""The finish step of a response: price it, hand the telemetry its facts, write the record.
+
+Runs once per response, awaited just before its terminal event (or JSON reply) leaves, so the
+stored Response, the terminal event and the JSON body agree on `usage.cost`, and a follow-up
+chained on the response finds it at once (anchor-failures 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from turnout.server.pricing import Price, PriceBook, UsageCounts, usage_counts
+from turnout.server.router import Router
+from turnout.server.run import Run
+from turnout.server.stores.base import ResponseStore, StoredResponse
+from turnout.server.telemetry.hub import CURRENT, RequestContext, Telemetry
+
+__all__ = ["Finisher", "record", "tags"]
+
+log = logging.getLogger("turnout.gateway")
+
+
+class Finisher:
+    """Cost, record and notify for every response of one gateway."""
+
+    def __init__(self, store: ResponseStore, router: Router, prices: PriceBook) -> None:
+        self.store = store
+        self.router = router
+        self.prices = prices
+        # The telemetry hub is wired in by the app (server/app.py) and stays None for a bare
+        # Gateway (unit tests).
+        self.telemetry: Telemetry | None = None
+
+    async def __call__(self, run: Run) -> None:
+        """Price the response, hand the telemetry its facts, then write the record. With
+        `store: false` nothing is written (the client's choice: spend queries do not see that
+        response); its cost still reaches the logs and metrics."""
+        response = run.builder.response
+        created_at = int(response.get("created_at") or time.time())
+        counts = usage_counts(response.get("usage"))
+        price = self._cost(run, counts, created_at)
+        usage = response.get("usage")
+        if isinstance(usage, dict):
+            # In the body as `usage.cost` (US dollars, null when unknown): an extra key that the
+            # SDK's strict validation and OpenAI's schema accept. Set before the terminal event
+            # leaves, so the stored Response, the terminal event and the JSON reply agree.
+            usage["cost"] = None if price is None else price.cost
+        run_tags = tags(run.request.get("metadata"))
+        self._notify(CURRENT.get(), run, counts, price, run_tags)
+        if not run.store:
+            return
+        await self.store.put(record(run, counts, price, run_tags))
+
+    def _cost(self, run: Run, counts: UsageCounts, created_at: int) -> Price | None:
+        """The response's price, or None (counted as an unknown price, never an error)."""
+        target = run.target
+        pricing = None
+        if target.deployment_id is not None:
+            state = self.router.state(target.deployment_id)
+            pricing = state.deployment.pricing if state is not None else None
+        try:
+            price = self.prices.cost(
+                target.provider, target.model, counts, alias=run.canon.model,
+                deployment_pricing=pricing, created_at=created_at,
+            )  # fmt: skip
+        except Exception:  # pricing must never fail a response
+            log.exception("pricing %s/%s failed", target.provider, target.model)
+            price = None
+        if price is None and self.telemetry is not None:
+            self.telemetry.unknown_price(target.provider, target.model)
+        return price
+
+    def _notify(
+        self,
+        ctx: RequestContext | None,
+        run: Run,
+        counts: UsageCounts,
+        price: Price | None,
+        run_tags: dict[str, str],
+    ) -> None:
+        """What only the gateway knows, for the request's telemetry record (emitted by the
+        route once the reply is over: `Telemetry.finish`)."""
+        if ctx is None:
+            return
+        response = run.builder.response
+        ctx.response_id = str(response.get("id"))
+        ctx.status = str(response.get("status"))
+        ctx.provider = run.target.provider
+        ctx.upstream_model = run.target.model
+        ctx.response_model = str(response.get("model") or run.canon.model)
+        ctx.deployment = run.target.deployment
+        ctx.attempts = list(run.attempts)
+        ctx.usage = {
+            "input_tokens": counts.input_tokens,
+            "cached_tokens": counts.cached_tokens,
+            "cache_write_tokens": counts.cache_write_tokens,
+            "output_tokens": counts.output_tokens,
+            "reasoning_tokens": counts.reasoning_tokens,
+        }
+        ctx.cost = None if price is None else price.cost
+        ctx.cost_source = None if price is None else price.source
+        ctx.metadata = run_tags
+        error = response.get("error")
+        if isinstance(error, dict):
+            ctx.error = {**error, "type": "response.failed"}
+        telemetry = self.telemetry
+        if telemetry is not None and telemetry.capture_prompts:
+            ctx.captured["instructions"] = response.get("instructions")
+            ctx.captured["input"] = run.canon.input_items
+        if telemetry is not None and telemetry.capture_outputs:
+            ctx.captured["output"] = response.get("output")
+
+
+def record(
+    run: Run, counts: UsageCounts, price: Price | None, run_tags: dict[str, str]
+) -> StoredResponse:
+    """The stored record of the run as it stands; its caller's key id for spend by key."""
+    response = run.builder.response
+    return StoredResponse(
+        id=str(response["id"]),
+        created_at=int(response.get("created_at") or time.time()),
+        model=str(response.get("model") or run.canon.model),
+        provider=run.target.provider,
+        status=str(response.get("status")),
+        response=response,
+        input_items=run.canon.input_items,
+        events=run.events,
+        request=run.request,
+        previous_response_id=run.previous_response_id,
+        deployment=run.target.deployment,
+        attempts=run.attempts,
+        cost=None if price is None else price.cost,
+        input_tokens=counts.input_tokens,
+        cached_tokens=counts.cached_tokens,
+        cache_write_tokens=counts.cache_write_tokens,
+        output_tokens=counts.output_tokens,
+        reasoning_tokens=counts.reasoning_tokens,
+        api_key_id=run.caller.key_id,
+        tags=run_tags,
+    )
+
+
+def tags(metadata: Any) -> dict[str, str]:
+    """The request's `metadata` as spend tags (OpenAI allows 16 string pairs; anything else
+    is not a tag)."""
+    if not isinstance(metadata, dict):
+        return {}
+    return {str(k): str(v) for k, v in list(metadata.items())[:16] if isinstance(v, str | int)}

@@ -1,0 +1,53 @@
+"""The `previous_response_id` chain: the stored responses a request continues, oldest first,
+and the items they hand the next turn."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from turnout.engine.errors import RequestError
+from turnout.server.stores.base import ChainError, ResponseStore, StoredResponse
+
+__all__ = ["UNFINISHED", "items", "load_chain"]
+
+# Statuses of a background response still at work: nothing can continue from it yet.
+UNFINISHED = frozenset({"queued", "in_progress"})
+
+
+async def load_chain(
+    store: ResponseStore, previous_response_id: str | None
+) -> list[StoredResponse]:
+    """The chain ending at `previous_response_id` (404 `previous_response_not_found` when a
+    link is missing, 400 `previous_response_not_finished` while its end is still at work)."""
+    if previous_response_id is None:
+        return []
+    try:
+        chain = await store.chain(previous_response_id)
+    except ChainError as exc:
+        # Name the link that broke: an ancestor deleted mid-chain is not the id the client
+        # sent, which GET still finds.
+        message = f"Previous response with id '{previous_response_id}' not found."
+        if exc.at_id != previous_response_id:
+            message = f"The conversation before '{previous_response_id}' cannot be rebuilt: {exc}"
+        raise RequestError(
+            404, message, param="previous_response_id", code="previous_response_not_found"
+        ) from None
+    if chain and chain[-1].status in UNFINISHED:
+        raise RequestError(
+            400,
+            f"Previous response with id '{previous_response_id}' is still "
+            f"{chain[-1].status}: wait until it has finished to continue from it.",
+            param="previous_response_id",
+            code="previous_response_not_finished",
+        )
+    return chain
+
+
+def items(chain: Sequence[StoredResponse]) -> list[dict[str, Any]]:
+    """Input + output items of the chain, oldest first (instructions are not carried)."""
+    out: list[dict[str, Any]] = []
+    for record in chain:
+        out.extend(record.input_items)
+        out.extend(record.response.get("output") or [])
+    return out

@@ -1,0 +1,111 @@
+"""One create call from start to the store write: the `Run` every step hands on, how it is
+started, bound to the upstream reply that answered, and the headers its reply carries."""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+from urllib.parse import quote
+
+from turnout.engine.builder import ResponseBuilder, make_echo
+from turnout.engine.canonical import CanonicalRequest
+from turnout.engine.ids import IdFactory
+from turnout.server.failover import Opened, release
+from turnout.server.request_context import Caller
+from turnout.server.router import Router
+from turnout.server.source import Source
+from turnout.server.targets import Target
+from turnout.server.telemetry.hub import CURRENT
+
+__all__ = ["Run", "bind", "new_run", "reply_headers"]
+
+
+@dataclass(slots=True)
+class Run:
+    """Everything one create call carries from start to the store write."""
+
+    canon: CanonicalRequest
+    target: Target
+    builder: ResponseBuilder
+    source: Source | None  # None until the upstream answered (a queued background response)
+    request: dict[str, Any]
+    previous_response_id: str | None
+    store: bool
+    upstream_status: int
+    caller: Caller
+    events: list[dict[str, Any]] = field(default_factory=list)
+    # One entry per upstream attempt: deployment, status, error code, latency (no secrets).
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def new_run(
+    body: dict[str, Any],
+    canon: CanonicalRequest,
+    prev: str | None,
+    target: Target,
+    caller: Caller,
+    *,
+    ids: IdFactory,
+    max_image_bytes: int | None,
+) -> Run:
+    builder = ResponseBuilder(
+        ids.response(),
+        int(time.time()),
+        make_echo(body),
+        target.mapping.finish_reasons,
+        canon.model,
+        ids=ids,
+        provider=target.provider,
+        max_image_bytes=max_image_bytes,
+    )
+    return Run(
+        canon=canon,
+        target=target,
+        builder=builder,
+        source=None,
+        # The body minus input (kept as input_items); it holds no credentials.
+        request={k: v for k, v in body.items() if k != "input"},
+        previous_response_id=prev,
+        store=bool(canon.view.get("store", True)),
+        upstream_status=0,
+        caller=caller,
+    )
+
+
+def bind(run: Run, opened: Opened, router: Router) -> None:
+    """Attach the upstream reply that answered (and what it took to get it) to the run."""
+    run.target = opened.target
+    run.source = opened.source
+    run.upstream_status = opened.status
+    run.attempts = opened.attempts
+    run.builder.route(opened.target.mapping.finish_reasons, opened.target.provider)
+    ctx = CURRENT.get()
+    if ctx is not None:
+        # Known now: a reply the client abandons mid-stream still names its response.
+        ctx.response_id = run.builder.response_id
+        ctx.provider = opened.target.provider
+        ctx.upstream_model = opened.target.model
+        ctx.deployment = opened.target.deployment
+        ctx.attempts = list(opened.attempts)
+    if opened.state is not None:
+        # Released when the upstream reply is (or, if the client never read it, at GC).
+        opened.source.on_close = weakref.finalize(
+            opened.source, release, router, opened.state, run.builder
+        )
+
+
+@lru_cache(maxsize=1024)
+def _header_text(text: str) -> str:
+    return quote(text, safe="/:._-@+=~!$&'()*,;")
+
+
+def reply_headers(run: Run) -> dict[str, str]:
+    # The model string is the client's own text: percent-encode what a header cannot carry
+    # (non-ASCII, control characters) rather than fail the reply after it was stored.
+    return {
+        "x-turnout-deployment": _header_text(run.target.deployment or run.canon.model),
+        "x-turnout-attempts": str(len(run.attempts)),
+    }
