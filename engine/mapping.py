@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -455,82 +455,17 @@ def load_mapping(
         request.get("headers", {}), ("request", "headers"), sources, problems
     )
     body = _compile_or_report(request.get("body", {}), ("request", "body"), sources, problems)
-    rejects: list[tuple[Expression, str, str, tuple[str, ...]]] = []
-    for name, rej in (request.get("rejects") or {}).items():
-        where = ("request", "rejects", name, "when")
-        reads = tuple(sorted(attribute_uses(rej["when"], "req")))
-        if not reads:
-            problems.append(
-                sources.problem(where, "a reject must test a req.* field the client sets")
-            )
-        try:
-            rejects.append((Expression(rej["when"]), rej["param"], rej["message"], reads))
-        except ValueError as exc:
-            problems.append(sources.problem(where, str(exc)))
+    rejects = _compile_rejects(request.get("rejects") or {}, sources, problems)
     response = _compile_rules_or_report(
         rule_mod.compile_rules, data["response"], ("response",), sources, problems
     )
-    stream_spec = data["stream"]
-    framing = stream_spec.get("framing", "sse")
-    if framing not in FRAMINGS:
-        problems.append(
-            sources.problem(("stream", "framing"), f"unknown framing {framing!r}",
-                            f"known: {', '.join(sorted(FRAMINGS))}")
-        )  # fmt: skip
-    spec = {k: v for k, v in stream_spec.items() if k != "framing"}
-    stream = _compile_rules_or_report(
-        rule_mod.compile_dispatch, spec, ("stream",), sources, problems
-    )
-    finish = {str(k): str(v) for k, v in data["finish_reasons"].items()}
-    for native, status in finish.items():
-        if status not in FINISH_STATUSES:
-            problems.append(
-                sources.problem(("finish_reasons", native), f"unknown status {status!r}",
-                                f"one of: {', '.join(sorted(FINISH_STATUSES))}")
-            )  # fmt: skip
-    errors: dict[str, Any] = {"status": {}}
-    for key, value in (data.get("errors") or {}).items():
-        if key == "status":
-            errors["status"] = {str(k): int(v) for k, v in value.items()}
-            continue
-        try:
-            errors[key] = rule_mod._getter(value, ("errors", key))
-        except rule_mod.RuleProblem as exc:
-            problems.append(sources.problem(exc.path, exc.message))
-    signing: Node | None = None
-    if request.get("signing"):
-        from turnout.engine.signing import SIGNERS
-
-        spec = request["signing"]
-        if spec.get("type") not in SIGNERS:
-            problems.append(
-                sources.problem(
-                    ("request", "signing", "type"),
-                    f"unknown signer {spec.get('type')!r}",
-                    f"known: {', '.join(sorted(SIGNERS))}",
-                )
-            )
-        signing = _compile_or_report(spec, ("request", "signing"), sources, problems)
-    variants: list[tuple[re.Pattern[str], str]] = []
-    for i, variant in enumerate(data.get("variants") or []):
-        try:
-            variants.append((re.compile(str(variant["model"])), str(variant["use"])))
-        except re.error as exc:
-            problems.append(sources.problem(("variants", i, "model"), f"bad regex: {exc}"))
-        if not (root / f"{variant['use']}.yaml").is_file():
-            problems.append(
-                sources.problem(
-                    ("variants", i, "use"), f"no mapping {variant['use']!r} under {root}"
-                )
-            )
+    framing, stream = _compile_stream(data["stream"], sources, problems)
+    finish = _finish_reasons(data["finish_reasons"], sources, problems)
+    errors = _compile_errors(data.get("errors") or {}, sources, problems)
+    signing = _compile_signing(request.get("signing"), sources, problems)
+    variants = _compile_variants(data.get("variants") or [], root, sources, problems)
     provider_defaults = dict(data.get("provider") or {})
-    normalize_base = BaseNormalizer()
-    try:
-        normalize_base = compile_base_path(provider_defaults.get("api_base_path"))
-    except re.error as exc:
-        problems.append(
-            sources.problem(("provider", "api_base_path", "hosts"), f"bad host regex: {exc}")
-        )
+    normalize_base = _compile_base(provider_defaults, sources, problems)
     if problems:
         raise MappingError(problems)
     return CompiledMapping(
@@ -552,3 +487,116 @@ def load_mapping(
         variants=variants,
         normalize_base=normalize_base,
     )
+
+
+# Each step below compiles one section of a mapping, adding what is wrong to `problems` (so one
+# run reports every problem of the file) and returning what compiled.
+
+
+def _compile_rejects(
+    spec: Mapping[str, Any], sources: _Sources, problems: list[Problem]
+) -> list[tuple[Expression, str, str, tuple[str, ...]]]:
+    rejects: list[tuple[Expression, str, str, tuple[str, ...]]] = []
+    for name, rej in spec.items():
+        where = ("request", "rejects", name, "when")
+        reads = tuple(sorted(attribute_uses(rej["when"], "req")))
+        if not reads:
+            problems.append(
+                sources.problem(where, "a reject must test a req.* field the client sets")
+            )
+        try:
+            rejects.append((Expression(rej["when"]), rej["param"], rej["message"], reads))
+        except ValueError as exc:
+            problems.append(sources.problem(where, str(exc)))
+    return rejects
+
+
+def _compile_stream(
+    stream_spec: Mapping[str, Any], sources: _Sources, problems: list[Problem]
+) -> tuple[str, Any]:
+    """(framing name, compiled event dispatch) of the `stream` section."""
+    framing = str(stream_spec.get("framing", "sse"))
+    if framing not in FRAMINGS:
+        problems.append(
+            sources.problem(("stream", "framing"), f"unknown framing {framing!r}",
+                            f"known: {', '.join(sorted(FRAMINGS))}")
+        )  # fmt: skip
+    spec = {k: v for k, v in stream_spec.items() if k != "framing"}
+    stream = _compile_rules_or_report(
+        rule_mod.compile_dispatch, spec, ("stream",), sources, problems
+    )
+    return framing, stream
+
+
+def _finish_reasons(
+    spec: Mapping[str, Any], sources: _Sources, problems: list[Problem]
+) -> dict[str, str]:
+    finish = {str(k): str(v) for k, v in spec.items()}
+    for native, status in finish.items():
+        if status not in FINISH_STATUSES:
+            problems.append(
+                sources.problem(("finish_reasons", native), f"unknown status {status!r}",
+                                f"one of: {', '.join(sorted(FINISH_STATUSES))}")
+            )  # fmt: skip
+    return finish
+
+
+def _compile_errors(
+    spec: Mapping[str, Any], sources: _Sources, problems: list[Problem]
+) -> dict[str, Any]:
+    errors: dict[str, Any] = {"status": {}}
+    for key, value in spec.items():
+        if key == "status":
+            errors["status"] = {str(k): int(v) for k, v in value.items()}
+            continue
+        try:
+            errors[key] = rule_mod._getter(value, ("errors", key))
+        except rule_mod.RuleProblem as exc:
+            problems.append(sources.problem(exc.path, exc.message))
+    return errors
+
+
+def _compile_signing(spec: Any, sources: _Sources, problems: list[Problem]) -> Node | None:
+    if not spec:
+        return None
+    from turnout.engine.signing import SIGNERS
+
+    if spec.get("type") not in SIGNERS:
+        problems.append(
+            sources.problem(
+                ("request", "signing", "type"),
+                f"unknown signer {spec.get('type')!r}",
+                f"known: {', '.join(sorted(SIGNERS))}",
+            )
+        )
+    return _compile_or_report(spec, ("request", "signing"), sources, problems)
+
+
+def _compile_variants(
+    spec: Sequence[Any], root: Path, sources: _Sources, problems: list[Problem]
+) -> list[tuple[re.Pattern[str], str]]:
+    variants: list[tuple[re.Pattern[str], str]] = []
+    for i, variant in enumerate(spec):
+        try:
+            variants.append((re.compile(str(variant["model"])), str(variant["use"])))
+        except re.error as exc:
+            problems.append(sources.problem(("variants", i, "model"), f"bad regex: {exc}"))
+        if not (root / f"{variant['use']}.yaml").is_file():
+            problems.append(
+                sources.problem(
+                    ("variants", i, "use"), f"no mapping {variant['use']!r} under {root}"
+                )
+            )
+    return variants
+
+
+def _compile_base(
+    provider_defaults: Mapping[str, Any], sources: _Sources, problems: list[Problem]
+) -> BaseNormalizer:
+    try:
+        return compile_base_path(provider_defaults.get("api_base_path"))
+    except re.error as exc:
+        problems.append(
+            sources.problem(("provider", "api_base_path", "hosts"), f"bad host regex: {exc}")
+        )
+        return BaseNormalizer()
