@@ -19,6 +19,7 @@ from turnout.engine.diagnostics import Problem
 
 __all__ = [
     "ConfigError",
+    "InternalError",
     "MappingError",
     "RequestError",
     "TurnoutError",
@@ -114,6 +115,27 @@ class RequestError(TurnoutError):
     def to_body(self) -> dict[str, Any]:
         """The OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
         return error_body(self.message, self.type, self.param, self.code)
+
+
+class InternalError(TurnoutError):
+    """A defect of Turnout itself (a mapping whose template fails to render), never the
+    client's or the provider's: answered 500 ``server_error`` naming what failed, logged with its
+    cause, and never counted against a deployment or retried elsewhere as if it were upstream."""
+
+    status = 500
+    type = "server_error"
+
+    def __init__(self, message: str, *, code: str, provider: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.provider = provider
+
+    def __repr__(self) -> str:
+        return f"InternalError(message={self.message!r}, code={self.code!r})"
+
+    def to_body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, None, self.code)
 
 
 class UpstreamError(TurnoutError):

@@ -29,7 +29,13 @@ from turnout.engine import rules as rule_mod
 from turnout.engine.api_base import BaseNormalizer, compile_base_path
 from turnout.engine.canonical import VIEW_FIELDS, CanonicalRequest
 from turnout.engine.diagnostics import Problem, nearest
-from turnout.engine.errors import MappingError, RequestError, UpstreamError, type_for_status
+from turnout.engine.errors import (
+    InternalError,
+    MappingError,
+    RequestError,
+    UpstreamError,
+    type_for_status,
+)
 from turnout.engine.expressions import Expression, attribute_uses
 from turnout.engine.framing import FRAMINGS, FrameDecoder, make_decoder
 from turnout.engine.ops import FINISH_STATUSES
@@ -208,11 +214,9 @@ class CompiledMapping:
         except RequestError:
             raise
         except Exception as exc:  # a template fault is ours, never the client's
-            raise UpstreamError(
-                500,
+            raise InternalError(
                 f"mapping {self.provider!r} failed to render the request: {type(exc).__name__}",
                 code="mapping_error",
-                type="server_error",
                 provider=self.provider,
             ) from exc
         headers = {str(k).lower(): str(v) for k, v in raw_headers.items()}

@@ -8,6 +8,7 @@ Exception → status:
 
     RequestError                → its own status (client mistake, 4xx)
     UpstreamError               → its own status; `Retry-After` passed on for 429/503
+    InternalError               → 500 `server_error` naming what failed (Turnout's own defect)
     litestar HTTPException      → its status (404 route, 405 method, 413 body, 400 validation)
     anything else               → 500 with a generic message; traceback logged server-side only
 
@@ -32,7 +33,13 @@ from litestar.exceptions import (
 )
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
-from turnout.engine.errors import RequestError, UpstreamError, error_body, type_for_status
+from turnout.engine.errors import (
+    InternalError,
+    RequestError,
+    UpstreamError,
+    error_body,
+    type_for_status,
+)
 
 __all__ = [
     "error_body",
@@ -142,6 +149,14 @@ def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     return error_response(status, message, code=_CODE_BY_STATUS.get(status), headers=headers)
 
 
+def _on_internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, InternalError)
+    # Our own defect: the cause goes to the server log, the client gets what failed (its
+    # message names the mapping, never a value).
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, exc.message, type_=exc.type, code=exc.code)
+
+
 def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     # The traceback goes to the server log (redacted by the logging filter); the client only
     # learns that something failed.
@@ -157,6 +172,7 @@ def exception_handlers() -> dict[type[Exception] | int, Handler]:
     return {
         RequestError: _on_request_error,
         UpstreamError: _on_upstream_error,
+        InternalError: _on_internal_error,
         ValidationException: _on_validation,
         HTTPException: _on_http,
         Exception: _on_unexpected,
