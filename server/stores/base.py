@@ -382,7 +382,7 @@ class ResponseStore(ABC):
     def scratch_url(cls, folder: str) -> str | None:
         """The URL of a new, empty store the contract suite may fill and throw away (files go
         under ``folder``); None when this backend cannot run here (a server that is not
-        configured), which skips it."""
+        configured), which fails the contract suite for it: no backend is left untested."""
         raise NotImplementedError(f"{cls.__name__} names no scratch store for the contract suite")
 
     # -- lifecycle ---------------------------------------------------------------------------
