@@ -28,18 +28,20 @@ from turnout.server.gateway import Gateway, RegistryLike
 from turnout.server.routes import health, health_deployments, metrics, v1_router
 from turnout.server.stores import ResponseStore, create_store
 from turnout.server.telemetry import Telemetry
+from turnout.server.telemetry.sinks import otel_provider_names
 from turnout.server.upstream import Upstream
 
 __all__ = ["create_app"]
 
 
-def _telemetry(settings: Settings) -> Telemetry:
+def _telemetry(settings: Settings, mappings: RegistryLike) -> Telemetry:
     """The `logging:` sinks, built at once so a bad entry stops start-up as a config error."""
     try:
         return Telemetry(
             settings.logging,
             env=settings.env,
             extra_secrets=[settings.master_key] if settings.master_key else [],
+            provider_names=otel_provider_names(mappings),
         )
     except (ValueError, TypeError, ImportError, AttributeError) as exc:
         where = settings.config_path or "<config>"
@@ -56,7 +58,7 @@ def create_app(
     """Build the app. `registry`/`store`/`transport` replace the real ones (tests); a store
     passed in is neither opened nor closed here, since the caller owns it."""
     mappings: RegistryLike = registry or MappingRegistry.load(settings.mappings_dir)
-    telemetry = _telemetry(settings)
+    telemetry = _telemetry(settings, mappings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -20,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests import oas
 from tests.receivers import receiver
 from tests.test_server_unit import KEY, Env, FakeMapping, FakeRegistry, sse_events
+from turnout.engine.registry import MappingRegistry
 from turnout.server.telemetry import QueueSink, SinkContext, Telemetry
-from turnout.server.telemetry.sinks import OtelSink, WebhookSink
+from turnout.server.telemetry.sinks import OtelSink, WebhookSink, otel_provider_names
 
 pytestmark = pytest.mark.anyio
 
@@ -139,6 +140,32 @@ def test_records_are_redacted_and_captures_are_opt_in() -> None:
 
 
 # -- OpenTelemetry -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("provider", "name"),
+    [
+        ("gemini", "gcp.gemini"),
+        ("vertex_ai", "gcp.vertex_ai"),
+        ("bedrock", "aws.bedrock"),
+        ("azure_chat", "azure.ai.openai"),
+        ("openai_chat", "openai"),
+        ("anthropic", "anthropic"),  # no otel_name: the provider id
+        ("groq", "groq"),
+    ],
+)
+async def test_otel_provider_names_come_from_the_mappings(provider: str, name: str) -> None:
+    names = otel_provider_names(MappingRegistry.load())
+    exporter = InMemorySpanExporter()
+    sink = OtelSink({"type": "otel"}, SinkContext(provider_names=names), exporter=exporter)
+    await sink.start()
+    sink.emit(record(provider=provider))
+    await sink.drain()
+    (span,) = exporter.get_finished_spans()
+    attrs = dict(span.attributes or {})
+    assert attrs["gen_ai.provider.name"] == name == attrs["gen_ai.system"]
+    assert attrs["turnout.provider"] == provider
+    await sink.aclose()
 
 
 async def test_otel_spans_follow_the_genai_conventions() -> None:

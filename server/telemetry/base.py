@@ -51,6 +51,8 @@ class SinkContext:
     secrets: Sequence[str] = field(default=(), repr=False)
     # The Prometheus metrics object (server/telemetry/metrics.py), for sinks that need it.
     metrics: Any = None
+    # Provider id -> its OpenTelemetry `gen_ai.provider.name`, from the mappings (`otel_name`).
+    provider_names: Mapping[str, str] = field(default_factory=dict)
 
 
 def redact_record(value: Any, secrets: Sequence[str]) -> Any:

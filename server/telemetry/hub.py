@@ -88,13 +88,19 @@ class Telemetry:
         extra_secrets: Sequence[str] = (),
         sinks: Sequence[Sink] = (),
         metrics: Metrics | None = None,
+        provider_names: Mapping[str, str] | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         secrets = tuple(
             sorted({*secret_values(env or {}), *(s for s in extra_secrets if len(s) >= 8)},
                    key=len, reverse=True)
         )  # fmt: skip
-        self.context = SinkContext(on_drop=self._dropped, secrets=secrets, metrics=self.metrics)
+        self.context = SinkContext(
+            on_drop=self._dropped,
+            secrets=secrets,
+            metrics=self.metrics,
+            provider_names=dict(provider_names or {}),
+        )
         self.sinks: list[Sink] = [build_sink(c, self.context) for c in sink_configs]
         self.sinks.extend(sinks)
         self.metrics_enabled = any(s.type_name == "prometheus" for s in self.sinks)

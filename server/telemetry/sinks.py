@@ -129,26 +129,21 @@ class WebhookSink(QueueSink):
             self._client = None
 
 
-# OpenTelemetry GenAI semantic conventions: well-known gen_ai.provider.name values.
-_OTEL_PROVIDERS = {
-    "openai": "openai",
-    "openai_chat": "openai",
-    "azure": "azure.ai.openai",
-    "azure_chat": "azure.ai.openai",
-    "azure_ai": "azure.ai.inference",
-    "anthropic": "anthropic",
-    "gemini": "gcp.gemini",
-    "vertex_ai": "gcp.vertex_ai",
-    "bedrock": "aws.bedrock",
-    "groq": "groq",
-    "mistral": "mistral_ai",
-    "deepseek": "deepseek",
-    "xai": "x_ai",
-    "perplexity": "perplexity",
-}
+def otel_provider_names(mappings: Any) -> dict[str, str]:
+    """Each provider's `gen_ai.provider.name` (OpenTelemetry's GenAI conventions), from its
+    mapping's `provider.otel_name`; a provider without one is named by its id."""
+    names: dict[str, str] = {}
+    for pid in mappings.providers:
+        mapping = mappings.get(pid)
+        name = mapping.defaults.get("otel_name") if mapping is not None else None
+        if name:
+            names[pid] = str(name)
+    return names
 
 
-def span_attributes(record: Mapping[str, Any]) -> dict[str, Any]:
+def span_attributes(
+    record: Mapping[str, Any], provider_names: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """The span attributes of one record, GenAI semantic conventions first."""
     provider = record.get("provider")
     usage = record.get("usage") or {}
@@ -173,7 +168,7 @@ def span_attributes(record: Mapping[str, Any]) -> dict[str, Any]:
         "turnout.ttfb_s": (record.get("timings") or {}).get("ttfb_s"),
     }
     if provider:
-        name = _OTEL_PROVIDERS.get(str(provider), str(provider))
+        name = (provider_names or {}).get(str(provider), str(provider))
         attrs["gen_ai.provider.name"] = name
         attrs["gen_ai.system"] = name  # the attribute's name before semconv 1.37
         attrs["turnout.provider"] = provider
@@ -226,7 +221,7 @@ class OtelSink(QueueSink):
                 f"chat {model}".strip(),
                 kind=SpanKind.CLIENT,
                 start_time=start_ns,
-                attributes=span_attributes(record),
+                attributes=span_attributes(record, self.ctx.provider_names),
             )
             if record.get("error"):
                 span.set_status(Status(StatusCode.ERROR, str(record["error"].get("message"))))
