@@ -51,9 +51,6 @@ __all__ = [
 DEFAULT_STORE = "sqlite:///turnout.db"
 DEFAULT_MAPPINGS_DIR = str(DEFAULT_MAPPINGS_FOLDER)
 
-# Extra, conventional key variables tried after <PID>_API_KEY.
-_EXTRA_KEY_ENV: Mapping[str, tuple[str, ...]] = {"gemini": ("GOOGLE_API_KEY",)}
-
 
 @dataclass(frozen=True)
 class ProviderSettings:
@@ -144,7 +141,8 @@ def env_prefix(pid: str) -> str:
 
 def key_variables(pid: str) -> tuple[str, ...]:
     """The conventional API key variables of provider ``pid``, in the order they are tried."""
-    return (f"{env_prefix(pid)}_API_KEY", *_EXTRA_KEY_ENV.get(pid, ()))
+    # A provider's other names (Gemini's GOOGLE_API_KEY) are its mapping's `api_key_env`.
+    return (f"{env_prefix(pid)}_API_KEY",)
 
 
 @dataclass(frozen=True)

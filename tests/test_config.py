@@ -7,12 +7,15 @@ from pathlib import Path
 import pytest
 
 from turnout.engine.errors import ConfigError
+from turnout.engine.registry import MappingRegistry
 from turnout.server.config import (
     DEFAULT_MAPPINGS_DIR,
     Deployment,
     ProviderSettings,
+    key_variables,
     load_config,
 )
+from turnout.server.credentials import api_key_credentials
 
 SAMPLE = """\
 store: sqlite:///turnout.db        # or memory://
@@ -194,7 +197,7 @@ logging: [{type: stdout, level: info}]
     assert (s.server.host, s.server.port, s.limits.max_body_bytes) == ("0.0.0.0", 8080, 1000)
     assert s.logging == [{"type": "stdout", "level": "info"}]
     gemini = s.provider("gemini")
-    assert gemini.api_key == "g-key"  # GOOGLE_API_KEY fallback
+    assert _gemini_key(gemini.api_key, env) == "g-key"  # GOOGLE_API_KEY fallback
     assert gemini.settings == {"safety": "off"}  # `off` stayed a string
     assert gemini.timeout_s == 30.0
     groq = s.for_deployment(fast.deployments[0])
@@ -204,6 +207,16 @@ logging: [{type: stdout, level: info}]
         "http://dep",
         {"region": "us", "x": 1},
     )
+
+
+def _gemini_key(configured: str | None, env: dict[str, str]) -> str:
+    """The key a gemini request is sent with, resolved as the gateway does."""
+    mapping = MappingRegistry.load().get("gemini")
+    assert mapping is not None
+    found = api_key_credentials(
+        "gemini", mapping.defaults, configured, env, key_variables("gemini")
+    )
+    return found["api_key"]
 
 
 def test_provider_env_conventions() -> None:
@@ -217,7 +230,8 @@ def test_provider_env_conventions() -> None:
     s = load_config(None, env)
     assert s.provider("openai").api_key == "o"
     assert s.provider("openai").api_base is None
-    assert s.provider("gemini").api_key == "gm"  # GEMINI_API_KEY wins over GOOGLE_API_KEY
+    # GEMINI_API_KEY wins over GOOGLE_API_KEY (gemini.yaml's api_key_env names the latter).
+    assert _gemini_key(s.provider("gemini").api_key, env) == "gm"
     assert s.provider("together-ai").api_key == "t"
     assert s.provider("mistral").api_key is None  # empty counts as unset
 
