@@ -19,6 +19,7 @@ from turnout.engine.errors import RequestError
 
 __all__ = [
     "KNOWN_FIELDS",
+    "OPENAI_ONLY_FIELDS",
     "VIEW_FIELDS",
     "CanonicalRequest",
     "decode_state",
@@ -38,6 +39,10 @@ KNOWN_FIELDS = frozenset(
         "prompt", "moderation", "context_management", "prompt_cache_options",
     }
 )  # fmt: skip
+
+# Request fields only OpenAI's own Responses API can honour: a mapping sends them (its body reads
+# them, or the raw request) or refuses them (a reject reads them); lint refuses anything else.
+OPENAI_ONLY_FIELDS = ("prompt", "context_management", "moderation")
 
 VIEW_FIELDS = frozenset(
     {

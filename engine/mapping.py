@@ -27,7 +27,7 @@ import orjson
 
 from turnout.engine import rules as rule_mod
 from turnout.engine.api_base import BaseNormalizer, compile_base_path
-from turnout.engine.canonical import VIEW_FIELDS, CanonicalRequest
+from turnout.engine.canonical import OPENAI_ONLY_FIELDS, VIEW_FIELDS, CanonicalRequest
 from turnout.engine.diagnostics import Problem, nearest
 from turnout.engine.errors import (
     InternalError,
@@ -460,6 +460,7 @@ def load_mapping(
     )
     body = _compile_or_report(request.get("body", {}), ("request", "body"), sources, problems)
     rejects = _compile_rejects(request.get("rejects") or {}, sources, problems)
+    _check_openai_only(request.get("body", {}), rejects, sources, problems)
     response = _compile_rules_or_report(
         rule_mod.compile_rules, data["response"], ("response",), sources, problems
     )
@@ -513,6 +514,41 @@ def _compile_rejects(
         except ValueError as exc:
             problems.append(sources.problem(where, str(exc)))
     return rejects
+
+
+def _req_reads(tree: Any) -> set[str]:
+    """Every `req.<field>` a template tree reads."""
+    if isinstance(tree, str):
+        return attribute_uses(tree, "req")
+    if isinstance(tree, dict):
+        return {name for value in tree.values() for name in _req_reads(value)}
+    if isinstance(tree, list):
+        return {name for value in tree for name in _req_reads(value)}
+    return set()
+
+
+def _check_openai_only(
+    body: Any,
+    rejects: Sequence[tuple[Expression, str, str, tuple[str, ...]]],
+    sources: _Sources,
+    problems: list[Problem],
+) -> None:
+    """An OpenAI-only field is sent (the body reads it, or the whole raw request) or refused (a
+    reject reads it): a mapping that does neither would drop it silently."""
+    sent = _req_reads(body)
+    if "raw" in sent:
+        return
+    refused = {name for _, _, _, reads in rejects for name in reads}
+    for name in OPENAI_ONLY_FIELDS:
+        if name not in sent and name not in refused:
+            problems.append(
+                sources.problem(
+                    ("request",),
+                    f"the OpenAI-only field req.{name} is neither sent (request.body) nor "
+                    "refused (request.rejects): it would be dropped silently",
+                    "extend _dialects/not_openai, or add a reject that tests it",
+                )
+            )
 
 
 def _compile_stream(

@@ -8,6 +8,7 @@ of the URL it called (`called_url`), and that a 404 or an unreachable host names
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -298,9 +299,7 @@ def test_no_rule_only_drops_trailing_slashes() -> None:
 
 
 def _mapping_with(tmp_path: Path, block: str) -> Path:
-    (tmp_path / "_dialects").mkdir()
-    dialect = (ROOT / "mappings/_dialects/openai_chat.yaml").read_text(encoding="utf-8")
-    (tmp_path / "_dialects/openai_chat.yaml").write_text(dialect, encoding="utf-8")
+    shutil.copytree(ROOT / "mappings/_dialects", tmp_path / "_dialects")
     path = tmp_path / "acme.yaml"
     path.write_text(
         "version: 1\nextends: _dialects/openai_chat\nprovider:\n"

@@ -312,6 +312,10 @@ def test_turnout_lint_reports_a_broken_mapping(tmp_path: Path) -> None:
     (folder / "acme.yaml").write_text(
         "version: 1\nextends: _dialects/openai_chat\nprovider:\n  api_base: x\n", encoding="utf-8"
     )
+    # The dialect extends the shared refusals: they come along unchanged.
+    (folder / "_dialects" / "not_openai.yaml").write_text(
+        (ROOT / "mappings/_dialects/not_openai.yaml").read_text(), encoding="utf-8"
+    )
     (folder / "_dialects" / "openai_chat.yaml").write_text(
         (ROOT / "mappings/_dialects/openai_chat.yaml")
         .read_text()

@@ -22,6 +22,11 @@ request:
   url: "{{ api_base }}/v1/chat"
   headers:
     authorization: "Bearer {{ credentials.api_key }}"
+  rejects:
+    openai_only:
+      when: "{{ req.prompt or req.context_management or req.moderation }}"
+      param: prompt
+      message: OpenAI's own fields
   body:
     model: "{{ model }}"
     max_tokens: "{{ req.max_output_tokens }}"
@@ -319,3 +324,41 @@ def test_registry_load_raises_with_each_problem_once(tmp_path: Path) -> None:
 def test_registry_load_of_a_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(MappingError):
         MappingRegistry.load(tmp_path / "absent")
+
+
+# --- OpenAI-only fields: sent or refused, never dropped ---------------------------------------
+
+
+def test_a_mapping_that_drops_openai_only_fields_is_refused(tmp_path: Path) -> None:
+    text = _replace(
+        '      when: "{{ req.prompt or req.context_management or req.moderation }}"',
+        '      when: "{{ req.prompt }}"',
+    )
+    problems = _lint_one(tmp_path, text)
+    assert [p.key_path for p in problems] == ["request", "request"], [str(p) for p in problems]
+    messages = " ".join(p.message for p in problems)
+    assert "req.context_management is neither sent" in messages
+    assert "req.moderation is neither sent" in messages
+    assert all(p.line == _line_of(text, "request:") for p in problems)
+
+
+def test_the_shared_refusals_or_the_raw_request_satisfy_it(tmp_path: Path) -> None:
+    shutil.copytree(DEFAULT_MAPPINGS_DIR / "_dialects", tmp_path / "_dialects")
+    without = BASE.replace(
+        "  rejects:\n    openai_only:\n"
+        '      when: "{{ req.prompt or req.context_management or req.moderation }}"\n'
+        "      param: prompt\n      message: OpenAI's own fields\n",
+        "",
+    )
+    assert "openai_only" not in without
+    (tmp_path / "refuses.yaml").write_text(
+        without.replace("version: 1\n", "version: 1\nextends: _dialects/not_openai\n"),
+        encoding="utf-8",
+    )
+    (tmp_path / "sends.yaml").write_text(
+        without.replace('    model: "{{ model }}"\n', '    model: "{{ model }}"\n'
+                        '    extra: "{{ req.raw }}"\n'),
+        encoding="utf-8",
+    )  # fmt: skip
+    count, problems = lint_dir(tmp_path)
+    assert count == 2 and problems == [], [str(p) for p in problems]
