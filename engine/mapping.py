@@ -90,11 +90,17 @@ class _Sources:
         self.files = files  # most specific first
 
     def problem(self, path: KeyPath, message: str, hint: str | None = None) -> Problem:
+        """At the file that writes the longest part of ``path`` (a dialect's `request.body.x`
+        is its own, even when the provider file has a `request:` of its own); on a tie, the
+        most specific file."""
+        best: tuple[int, LoadedYaml] | None = None
         for loaded in self.files:
             for cut in range(len(path), 0, -1):
                 if tuple(path[:cut]) in loaded.marks:
-                    return loaded.problem(path, message, hint)
-        return self.files[0].problem(path, message, hint)
+                    if best is None or cut > best[0]:
+                        best = (cut, loaded)
+                    break
+        return (best[1] if best is not None else self.files[0]).problem(path, message, hint)
 
 
 # Ops whose `text` is appended to the output: a provider sending a number or an object there
@@ -412,7 +418,7 @@ def _compile_rules_or_report(
     try:
         return fn(spec, path)
     except rule_mod.RuleProblem as exc:
-        problems.append(sources.problem(exc.path, exc.message, exc.hint))
+        problems.extend(sources.problem(one.path, one.message, one.hint) for one in exc.all)
         return None
 
 

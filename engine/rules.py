@@ -27,7 +27,14 @@ from turnout.engine.expressions import Expression, TextTemplate, compile_leaf
 from turnout.engine.ops import OPS
 from turnout.engine.paths import compile_path
 
-__all__ = ["Dispatch", "RuleProblem", "compile_dispatch", "compile_key", "compile_rules"]
+__all__ = [
+    "Dispatch",
+    "RuleProblem",
+    "RuleProblems",
+    "compile_dispatch",
+    "compile_key",
+    "compile_rules",
+]
 
 Path = tuple[str | int, ...]
 Getter = Callable[[Any, dict[str, Any]], Any]
@@ -40,6 +47,33 @@ class RuleProblem(Exception):
         self.path = path
         self.message = message
         self.hint = hint
+
+    @property
+    def all(self) -> list[RuleProblem]:
+        """Every problem this one stands for (itself, or the ones `RuleProblems` gathered)."""
+        return [self]
+
+
+class RuleProblems(RuleProblem):
+    """Several rules were wrong: every one is reported, not only the first (the first stands
+    for them where one problem is expected)."""
+
+    def __init__(self, problems: list[RuleProblem]) -> None:
+        first = problems[0]
+        super().__init__(first.path, first.message, first.hint)
+        self.problems = problems
+
+    @property
+    def all(self) -> list[RuleProblem]:
+        return self.problems
+
+
+def _raise_all(found: list[RuleProblem]) -> None:
+    problems = [one for problem in found for one in problem.all]
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise RuleProblems(problems)
 
 
 def _getter(value: Any, path: Path) -> Getter:
@@ -174,16 +208,21 @@ class _EachRule:
 def compile_rules(spec: Any, path: Path) -> list[Any]:
     specs = spec if isinstance(spec, list) else [spec]
     rules: list[Any] = []
+    found: list[RuleProblem] = []
     for n, one in enumerate(specs):
         where = (*path, n) if isinstance(spec, list) else path
-        if not isinstance(one, dict):
-            raise RuleProblem(where, "a rule is a mapping with 'op' or 'each'")
-        if "each" in one:
-            rules.append(_EachRule(one, where))
-        elif "op" in one:
-            rules.append(_OpRule(one, where))
-        else:
-            raise RuleProblem(where, "a rule needs 'op' or 'each'")
+        try:
+            if not isinstance(one, dict):
+                raise RuleProblem(where, "a rule is a mapping with 'op' or 'each'")
+            if "each" in one:
+                rules.append(_EachRule(one, where))
+            elif "op" in one:
+                rules.append(_OpRule(one, where))
+            else:
+                raise RuleProblem(where, "a rule needs 'op' or 'each'")
+        except RuleProblem as exc:
+            found.append(exc)
+    _raise_all(found)
     return rules
 
 
@@ -216,8 +255,19 @@ def compile_dispatch(spec: Mapping[str, Any], path: Path) -> Dispatch:
     events = spec.get("events") or {}
     if not isinstance(events, dict):
         raise RuleProblem((*path, "events"), "'events' maps a key to a rule or a list of rules")
-    table = {str(k): compile_rules(v, (*path, "events", k)) for k, v in events.items()}
-    default = compile_rules(spec["default"], (*path, "default")) if "default" in spec else None
+    table: dict[str, list[Any]] = {}
+    found: list[RuleProblem] = []
+    for k, v in events.items():
+        try:
+            table[str(k)] = compile_rules(v, (*path, "events", k))
+        except RuleProblem as exc:
+            found.append(exc)
+    default = None
+    try:
+        default = compile_rules(spec["default"], (*path, "default")) if "default" in spec else None
+    except RuleProblem as exc:
+        found.append(exc)
+    _raise_all(found)
     key = compile_key(spec["key"], (*path, "key")) if "key" in spec else None
     if key is None and table:
         raise RuleProblem(path, "'events' needs a 'key' to dispatch on")

@@ -362,3 +362,43 @@ def test_the_shared_refusals_or_the_raw_request_satisfy_it(tmp_path: Path) -> No
     )  # fmt: skip
     count, problems = lint_dir(tmp_path)
     assert count == 2 and problems == [], [str(p) for p in problems]
+
+
+# --- every occurrence, where it is written ----------------------------------------------------
+
+
+def test_a_bad_op_in_two_events_is_reported_twice_in_the_dialect(tmp_path: Path) -> None:
+    dialect = BASE.replace(
+        "delta: {op: text_delta, text: $.delta.text}", "delta: {op: txt_delta, text: $.delta.text}"
+    ).replace("stop: {op: finish, reason: $.reason}", "stop: {op: fnish, reason: $.reason}")
+    (tmp_path / "_dialects").mkdir()
+    (tmp_path / "_dialects" / "base.yaml").write_text(dialect, encoding="utf-8")
+    # The provider file has sections of its own: the problems still point into the dialect.
+    (tmp_path / "acme.yaml").write_text(
+        "version: 1\nextends: _dialects/base\nrequest:\n  headers: {x-acme: '1'}\n"
+        "stream:\n  ignore: [ping, pong]\n",
+        encoding="utf-8",
+    )
+    count, problems = lint_dir(tmp_path)
+    assert count == 1
+    found = sorted((p.key_path, p.line) for p in problems)
+    assert found == [
+        ("stream.events.delta.op", _line_of(dialect, "txt_delta")),
+        ("stream.events.stop.op", _line_of(dialect, "fnish")),
+    ], [str(p) for p in problems]
+    assert all(p.file.endswith("base.yaml") for p in problems)
+
+
+def test_a_dialect_body_problem_is_not_blamed_on_the_provider_request(tmp_path: Path) -> None:
+    dialect = BASE.replace('max_tokens: "{{ req.max_output_tokens }}"',
+                           'max_tokens: "{{ req.max_output_tokenz }}"')  # fmt: skip
+    (tmp_path / "_dialects").mkdir()
+    (tmp_path / "_dialects" / "base.yaml").write_text(dialect, encoding="utf-8")
+    (tmp_path / "acme.yaml").write_text(
+        "version: 1\nextends: _dialects/base\nrequest:\n  headers: {x-acme: '1'}\n",
+        encoding="utf-8",
+    )
+    _, problems = lint_dir(tmp_path)
+    (problem,) = problems
+    assert problem.file.endswith("base.yaml"), str(problem)
+    assert problem.line == _line_of(dialect, "max_output_tokenz")
