@@ -20,6 +20,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from tests.formats import format_of
 from tests.simulators import Simulator
 from turnout.engine.registry import MappingRegistry
 from turnout.server.config import env_prefix
@@ -39,10 +40,6 @@ class Case:
     dialect: str
 
 
-_DIALECTS = {
-    "openai": "responses", "azure": "responses", "anthropic": "anthropic", "gemini": "gemini",
-    "vertex_ai": "gemini", "bedrock": "bedrock",
-}  # fmt: skip
 _MODELS = {
     "gemini": "gemini/gemini-2.5-flash",
     "anthropic": "anthropic/claude-sonnet-4-5",
@@ -50,11 +47,14 @@ _MODELS = {
     "bedrock": "bedrock/us.anthropic.claude-sonnet-4-5-20250929-v1:0",
 }
 CASES: dict[str, Case] = {
-    pid: Case(pid, _MODELS.get(pid, f"{pid}/test-model"), _DIALECTS.get(pid, "chat"))
+    # The format comes from the mapping's own `extends:` chain (tests/formats.py).
+    pid: Case(pid, _MODELS.get(pid, f"{pid}/test-model"), format_of(pid))
     for pid in MAPPED
 }
 # A provider serving a model through a variant mapping counts as a target of its own.
-CASES["vertex_ai_claude"] = Case("vertex_ai", "vertex_ai/claude-sonnet-4-5@20250929", "anthropic")
+CASES["vertex_ai_claude"] = Case(
+    "vertex_ai", "vertex_ai/claude-sonnet-4-5@20250929", format_of("_variants/vertex_anthropic")
+)
 PROVIDERS = sorted(CASES)
 
 

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.formats import format_of
 from turnout.engine.canonical import normalize
-from turnout.engine.mapping import CompiledMapping
 from turnout.engine.registry import MappingRegistry
 
 REGISTRY = MappingRegistry.load()
@@ -54,26 +54,8 @@ CREDENTIALS = {
 SETTINGS = {"region": "us-east-1", "project": "p", "location": "us-east5", "api_version": "v"}
 
 
-def _dialect(mapping: CompiledMapping) -> str:
-    """Which wire format a mapping speaks, read from the URL it builds."""
-    req = normalize({"model": "m", "input": "x"})
-    url = mapping.build_request(
-        req, model="m", api_base="http://upstream", credentials=CREDENTIALS, settings=SETTINGS
-    ).url
-    for suffix, name in (
-        ("/v1/messages", "anthropic"),
-        ("rawPredict", "anthropic"),
-        ("/converse", "bedrock"),
-        ("generateContent", "gemini"),
-        ("/chat/completions", "chat"),
-        ("/responses", "responses"),
-    ):
-        if suffix in url:
-            return name
-    raise AssertionError(f"{mapping.provider}: unknown dialect for {url}; add a locator here")
-
-
-DIALECTS = {p: _dialect(m) for p in PROVIDERS if (m := REGISTRY.get(p)) is not None}
+# Each mapping's wire format, from its own `extends:` chain (tests/formats.py).
+DIALECTS = {p: format_of(p) for p in PROVIDERS if REGISTRY.get(p) is not None}
 
 
 def _body(provider: str, request: dict[str, Any]) -> dict[str, Any]:
