@@ -36,6 +36,7 @@ from .render_common import Rendered
 from .render_gemini import render_gemini
 from .render_responses import render_responses
 from .turn import Ids, Turn, compute_usage, last_user_text
+from .wire import WireFormat
 
 __all__ = ["Context", "error_response", "respond"]
 
@@ -50,6 +51,7 @@ class Context:
     stream: bool
     gemini_sse: bool  # streamGenerateContent?alt=sse (else a streamed JSON array)
     ids: Ids
+    wire: WireFormat | None = None  # a dialect served from data (wire.py)
 
 
 def _json_type(dialect: Dialect) -> str:
@@ -62,9 +64,10 @@ def error_response(
     exc: Invalid | None = None,
     body: Any = None,
     headers: dict[str, str] | None = None,
+    wire: WireFormat | None = None,
 ) -> HttpResponse:
     if body is None:
-        body = error_body(dialect, status, exc)
+        body = wire.error_body(status, exc) if wire else error_body(dialect, status, exc)
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     merged = {"content-type": _json_type(dialect), **default_error_headers(dialect, status)}
     if dialect == "bedrock" and exc is not None and exc.kind:
@@ -93,6 +96,8 @@ def _turn(reply: Reply, ctx: Context) -> Turn:
         text, stop = reply.text, "max_tokens"
     elif (isinstance(reply, MidStreamError) and reply.text is not None) or isinstance(reply, Image):
         text = reply.text
+    elif ctx.wire is not None:
+        text = ctx.wire.user_text(ctx.body)
     else:
         text = last_user_text(ctx.dialect, ctx.body)
     images: list[tuple[str, list[str], str]] = []
@@ -118,6 +123,8 @@ def _turn(reply: Reply, ctx: Context) -> Turn:
 
 
 def _render(turn: Turn, ctx: Context, fail: tuple[int, str] | None = None) -> Rendered:
+    if ctx.wire is not None:
+        return ctx.wire.render(turn, ctx.stream, ctx.ids)
     if ctx.dialect == "anthropic":
         return render_anthropic(turn, ctx.stream, ctx.ids)
     if ctx.dialect == "bedrock":
@@ -144,7 +151,9 @@ async def respond(reply: Reply, ctx: Context) -> HttpResponse:
     if isinstance(reply, Hang):
         await asyncio.Event().wait()  # cancelled when the client leaves or the simulator stops
     if isinstance(reply, Error):
-        return error_response(ctx.dialect, reply.status, None, reply.native_body, reply.headers)
+        return error_response(
+            ctx.dialect, reply.status, None, reply.native_body, reply.headers, ctx.wire
+        )
     if isinstance(reply, Replay):
         return _replay(reply)
     if isinstance(reply, Garbage):
@@ -200,6 +209,12 @@ def _mid_stream_error(reply: MidStreamError, ctx: Context) -> HttpResponse:
     rendered = _render(turn, ctx)
     frames = rendered.frames[:n]
     headers = [("content-type", rendered.content_type)]
+    if ctx.wire is not None:
+        failure = ctx.wire.failure_frame(reply.message)
+        if failure is None:  # no in-band error in this dialect: the connection drops
+            return HttpResponse(200, headers, chunks=_frames(frames), cut=True)
+        frames.append(failure)
+        return HttpResponse(200, headers, chunks=_frames(frames))
     if ctx.dialect == "gemini":  # Gemini has no in-band error: the connection just drops
         return HttpResponse(200, headers, chunks=_frames(frames), cut=True)
     if ctx.dialect == "anthropic":

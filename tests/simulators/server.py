@@ -23,6 +23,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -54,6 +55,7 @@ from .validate_bedrock import validate_bedrock
 from .validate_chat import validate_chat
 from .validate_gemini import validate_gemini
 from .validate_responses import validate_responses
+from .wire import WireFormat
 
 __all__ = ["RecordedRequest", "Simulator"]
 
@@ -110,8 +112,15 @@ class Simulator:
     read recorded requests from theirs.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        wires: Mapping[str, WireFormat] | None = None,
+    ) -> None:
         self.host = host
+        # Dialects served from data (wire.py), by dialect name; matched before the routes above.
+        self.wires: dict[str, WireFormat] = dict(wires or {})
         self.port = port
         self.requests: list[RecordedRequest] = []
         self._queues: dict[str, deque[Reply]] = {}
@@ -245,6 +254,9 @@ class Simulator:
             cloud = match_cloud(match["rest"], raw_rest)
             if cloud is not None:
                 return await self._handle_cloud(match["provider"], cloud, request)
+        wire = self._wire(match["rest"]) if match else None
+        if match is not None and wire is not None:
+            return await self._handle_wire(match["provider"], wire, request)
         route = _route(match["rest"]) if match else None
         if match is None or route is None:
             return HttpResponse(404, [("content-type", "text/plain")], b"no such route\n")
@@ -261,18 +273,7 @@ class Simulator:
             return error_response(dialect, exc.status, exc)
         assert isinstance(body, dict)  # every validator insists on an object
         provider = match["provider"]
-        with self._lock:
-            self.requests.append(
-                RecordedRequest(
-                    provider,
-                    request.path,
-                    request.query,
-                    request.headers,
-                    body,
-                    dialect,
-                    request.body,
-                )
-            )
+        self._record(provider, request, body, dialect)
         ctx = Context(
             dialect=dialect,
             body=body,
@@ -280,6 +281,50 @@ class Simulator:
             stream=gemini_stream if dialect == "gemini" else body.get("stream") is True,
             gemini_sse=request.query.get("alt") == "sse",
             ids=self._ids,
+        )
+        return await respond(self._next_reply(provider), ctx)
+
+    def _record(
+        self,
+        provider: str,
+        request: HttpRequest,
+        body: Any,
+        dialect: Dialect,
+        platform: str = "",
+        model: str | None = None,
+    ) -> None:
+        recorded = RecordedRequest(
+            provider, request.path, request.query, request.headers, body, dialect,
+            request.body, platform, model,
+        )  # fmt: skip
+        with self._lock:
+            self.requests.append(recorded)
+
+    def _wire(self, rest: str) -> WireFormat | None:
+        return next((w for w in self.wires.values() if w.serves(rest)), None)
+
+    async def _handle_wire(
+        self, provider: str, wire: WireFormat, request: HttpRequest
+    ) -> HttpResponse:
+        if request.method != "POST":
+            return error_response(wire.name, 405, Invalid("method not allowed"), wire=wire)
+        try:
+            body = orjson.loads(request.body) if request.body else None
+            wire.validate(request.headers, body)
+        except orjson.JSONDecodeError as exc:
+            return error_response(wire.name, 400, Invalid(f"invalid json: {exc}"), wire=wire)
+        except Invalid as exc:
+            return error_response(wire.name, exc.status, exc, wire=wire)
+        assert isinstance(body, dict)
+        self._record(provider, request, body, wire.name)
+        ctx = Context(
+            dialect=wire.name,
+            body=body,
+            model=wire.model(body),
+            stream=wire.is_stream(body),
+            gemini_sse=False,
+            ids=self._ids,
+            wire=wire,
         )
         return await respond(self._next_reply(provider), ctx)
 
@@ -324,20 +369,7 @@ class Simulator:
         assert isinstance(body, dict)
         model = route.model or str(body.get("model") or "sim-model")
         stream = route.stream if route.stream is not None else body.get("stream") is True
-        with self._lock:
-            self.requests.append(
-                RecordedRequest(
-                    provider,
-                    request.path,
-                    request.query,
-                    request.headers,
-                    body,
-                    route.dialect,
-                    request.body,
-                    route.platform,
-                    route.model,
-                )
-            )
+        self._record(provider, request, body, route.dialect, route.platform, route.model)
         ctx = Context(
             dialect=route.dialect,
             body=body,
