@@ -20,15 +20,16 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.formats import format_of
+from tests.formats import MAPPINGS_ROOT, WIRES, Facts, facts, format_of
 from tests.simulators import Simulator
-from turnout.engine.registry import MappingRegistry
+from turnout.engine.registry import DEFAULT_MAPPINGS_DIR, MappingRegistry
 from turnout.server.config import env_prefix
 
 pytest_plugins = ["tests.simulators.pytest_plugin"]
 
 ROOT = Path(__file__).resolve().parents[1]
-MAPPED = MappingRegistry.load().providers
+# The bundled mappings, or the folder $TURNOUT_TEST_MAPPINGS names (tests/formats.py).
+MAPPED = MappingRegistry.load(MAPPINGS_ROOT).providers
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,11 @@ def label_for(case: str) -> str:
 
 def dialect(case: str) -> str:
     return CASES[case].dialect
+
+
+def facts_of(case: str) -> Facts:
+    """What the tests know about the case's wire format (tests/simulators/formats.yaml)."""
+    return facts(CASES[case].dialect)
 
 
 # Where each provider expects its base URL to end (the simulator accepts any prefix).
@@ -110,6 +116,10 @@ class Gateway:
 def start_gateway(
     config: Path, env: dict[str, str], log: Path, *, timeout_s: float = 20.0
 ) -> Gateway:
+    text = config.read_text(encoding="utf-8")
+    if MAPPINGS_ROOT != DEFAULT_MAPPINGS_DIR and "mappings_dir:" not in text:
+        # Every gateway a test starts serves the mappings the run is about.
+        config.write_text(f"mappings_dir: '{MAPPINGS_ROOT}'\n{text}", encoding="utf-8")
     port = free_port()
     turnout = Path(sys.executable).parent / "turnout"
     command = [str(turnout)] if turnout.exists() else [sys.executable, "-m", "turnout.server.cli"]
@@ -183,6 +193,13 @@ def gateway(
     gw = start_gateway(config, env, folder / "gateway.log")
     yield gw
     stop_gateway(gw)
+
+
+@pytest.fixture(scope="session")
+def provider_sim_session() -> Iterator[Simulator]:
+    """The plugin's session simulator, also speaking the wire formats described as data."""
+    with Simulator(wires=WIRES) as simulator:
+        yield simulator
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from tests.conftest import (
     PROVIDERS,
     Gateway,
-    dialect,
+    facts_of,
     gateway_env,
     label_for,
     model_for,
@@ -84,13 +84,13 @@ def expected_usage(case: str, body: dict[str, Any], text: str, thought: str) -> 
     u = compute_usage(body, text, [], thought)
     # Anthropic and Bedrock report cache writes but no separate reasoning count (see
     # test_e2e_features.test_usage_is_normalised_like_openai_counts_it).
-    writes = dialect(case) in ("anthropic", "bedrock")
+    fmt = facts_of(case)
     return UsageCounts(
         input_tokens=u.input_total,
         cached_tokens=u.cached,
-        cache_write_tokens=u.cache_write if writes else 0,
+        cache_write_tokens=u.cache_write if fmt.reports_cache_writes else 0,
         output_tokens=u.output_total,
-        reasoning_tokens=0 if writes else u.reasoning,
+        reasoning_tokens=u.reasoning if fmt.reports_reasoning_tokens else 0,
     )
 
 
@@ -114,7 +114,7 @@ def test_cost_per_provider_streamed_equals_non_streamed(
     gw, log = costed
     thought, text = "I should greet.", "Hello there"
     args: dict[str, Any] = {"model": model_for(case), "input": "Greet me, please."}
-    if dialect(case) != "chat":
+    if facts_of(case).asks_for_reasoning:
         args["reasoning"] = {"effort": "low", "summary": "auto"}
     costs = []
     with gw.client() as client:

@@ -14,7 +14,7 @@ import pytest
 from openai import OpenAI
 
 from tests import oas
-from tests.conftest import PROVIDERS, Gateway, dialect, label_for, model_for
+from tests.conftest import PROVIDERS, Gateway, facts_of, label_for, model_for
 from tests.simulators import MaxTokens, Simulator, Thinking
 from tests.simulators.turn import compute_usage
 from tests.test_e2e_providers import TOOL_PROVIDERS
@@ -44,7 +44,8 @@ def test_usage_is_normalised_like_openai_counts_it(
     thought, text = "I should greet.", "Hello there"
     sim.script(label_for(provider), Thinking(thought=thought, signature="sig", text=text))
     args: dict[str, Any] = {"model": model_for(provider), "input": "Greet me, please."}
-    if dialect(provider) != "chat":
+    fmt = facts_of(provider)
+    if fmt.asks_for_reasoning:
         args["reasoning"] = {"effort": "low", "summary": "auto"}
     if streamed:
         with client.responses.stream(**args) as stream:
@@ -54,9 +55,8 @@ def test_usage_is_normalised_like_openai_counts_it(
     assert response.output_text == text
     u = compute_usage(sim.last.json, text, [], thought)
     # Anthropic and Bedrock do not report reasoning tokens apart; only they report cache writes.
-    reports_writes = dialect(provider) in ("anthropic", "bedrock")
-    reasoning = 0 if reports_writes else u.reasoning
-    cache_write = u.cache_write if reports_writes else 0
+    reasoning = u.reasoning if fmt.reports_reasoning_tokens else 0
+    cache_write = u.cache_write if fmt.reports_cache_writes else 0
     assert response.usage is not None
     assert usage_tuple(response.usage) == (
         u.input_total, u.cached, cache_write, u.output_total, reasoning,
@@ -75,19 +75,6 @@ SCHEMA = {
 }
 
 
-def schema_sent(provider: str, body: dict[str, Any]) -> Any:
-    if dialect(provider) == "anthropic":
-        return body["output_config"]["format"]["schema"]
-    if dialect(provider) == "gemini":
-        assert body["generationConfig"]["responseMimeType"] == "application/json"
-        return body["generationConfig"]["responseJsonSchema"]
-    if dialect(provider) == "responses":
-        return body["text"]["format"]["schema"]
-    if dialect(provider) == "bedrock":  # a JSON string on this wire
-        return orjson.loads(body["outputConfig"]["textFormat"]["structure"]["jsonSchema"]["schema"])
-    return body["response_format"]["json_schema"]["schema"]
-
-
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_structured_output_reaches_every_provider(
     provider: str, client: OpenAI, sim: Simulator
@@ -99,7 +86,7 @@ def test_structured_output_reaches_every_provider(
         input=answer,  # the simulator echoes it back: a schema-valid reply
         text={"format": {"type": "json_schema", "name": "city", "schema": SCHEMA, "strict": True}},
     )
-    assert schema_sent(provider, sim.last.json) == SCHEMA
+    assert facts_of(provider).schema_sent(sim.last.json) == SCHEMA
     jsonschema.validate(orjson.loads(response.output_text), SCHEMA)
     assert response.text.format.type == "json_schema"  # echoed back
 
@@ -112,18 +99,6 @@ def test_json_object_is_a_400_where_the_provider_has_no_such_mode(client: OpenAI
             text={"format": {"type": "json_object"}},
         )
     assert err.value.body["param"] == "text.format"  # type: ignore[index]
-
-
-def image_sent(provider: str, body: dict[str, Any]) -> Any:
-    if dialect(provider) == "anthropic":
-        return body["messages"][-1]["content"][1]["source"]
-    if dialect(provider) == "gemini":
-        return body["contents"][-1]["parts"][1]["inlineData"]
-    if dialect(provider) == "responses":
-        return body["input"][-1]["content"][1]["image_url"]
-    if dialect(provider) == "bedrock":
-        return body["messages"][-1]["content"][1]["image"]
-    return body["messages"][-1]["content"][1]["image_url"]["url"]
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -144,15 +119,8 @@ def test_image_input_as_data_url(provider: str, client: OpenAI, sim: Simulator) 
             }
         ],
     )
-    sent = image_sent(provider, sim.last.json)
-    if dialect(provider) == "anthropic":
-        assert sent == {"type": "base64", "media_type": "image/png", "data": PNG}
-    elif dialect(provider) == "gemini":
-        assert sent == {"mimeType": "image/png", "data": PNG}
-    elif dialect(provider) == "bedrock":
-        assert sent == {"format": "png", "source": {"bytes": PNG}}
-    else:
-        assert sent == f"data:image/png;base64,{PNG}"
+    fmt = facts_of(provider)
+    assert fmt.image_sent(sim.last.json) == fmt.image_expected("data_url", png=PNG)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -162,7 +130,9 @@ def test_image_input_by_url(provider: str, client: OpenAI, sim: Simulator) -> No
         {"type": "input_text", "text": "Describe."},
         {"type": "input_image", "image_url": url, "detail": "low"},
     ]
-    if dialect(provider) in ("gemini", "bedrock"):  # they take inline bytes only
+    fmt = facts_of(provider)
+    expected = fmt.image_expected("url", url=url)
+    if expected is None:  # inline bytes only (Gemini, Bedrock)
         with pytest.raises(openai.BadRequestError) as err:
             client.responses.create(
                 model=model_for(provider), input=[{"role": "user", "content": content}]
@@ -170,8 +140,7 @@ def test_image_input_by_url(provider: str, client: OpenAI, sim: Simulator) -> No
         assert err.value.body["param"] == "input"  # type: ignore[index]
         return
     client.responses.create(model=model_for(provider), input=[{"role": "user", "content": content}])
-    sent = image_sent(provider, sim.last.json)
-    assert sent == ({"type": "url", "url": url} if dialect(provider) == "anthropic" else url)
+    assert fmt.image_sent(sim.last.json) == expected
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -189,28 +158,6 @@ def test_max_tokens_stop_is_incomplete(provider: str, gateway: Gateway, sim: Sim
     assert body["max_output_tokens"] == 16
 
 
-def tool_choice_sent(provider: str, body: dict[str, Any]) -> Any:
-    if dialect(provider) == "anthropic":
-        return body["tool_choice"]
-    if dialect(provider) == "gemini":
-        return body["toolConfig"]["functionCallingConfig"]
-    if dialect(provider) == "bedrock":
-        return body["toolConfig"]["toolChoice"]
-    return body["tool_choice"]
-
-
-EXPECTED_CHOICE = {
-    "anthropic": {"required": {"type": "any"}, "function": {"type": "tool", "name": "f"}},
-    "gemini": {
-        "required": {"mode": "ANY"},
-        "function": {"mode": "ANY", "allowedFunctionNames": ["f"]},
-    },
-    "responses": {"required": "required", "function": {"type": "function", "name": "f"}},
-    "chat": {"required": "required", "function": {"type": "function", "function": {"name": "f"}}},
-    "bedrock": {"required": {"any": {}}, "function": {"tool": {"name": "f"}}},
-}
-
-
 @pytest.mark.parametrize("provider", TOOL_PROVIDERS)
 @pytest.mark.parametrize("choice", ["required", "function"])
 def test_tool_choice_is_translated(
@@ -221,7 +168,8 @@ def test_tool_choice_is_translated(
     response = client.responses.create(
         model=model_for(provider), input="hi", tools=tools, tool_choice=value
     )
-    assert tool_choice_sent(provider, sim.last.json) == EXPECTED_CHOICE[dialect(provider)][choice]
+    fmt = facts_of(provider)
+    assert fmt.tool_choice_sent(sim.last.json) == fmt.tool_choice_expected(choice)
     assert response.tool_choice == (value if choice == "required" else response.tool_choice)
     assert response.tools[0].name == "f"  # type: ignore[union-attr]
 
