@@ -158,6 +158,8 @@ class UpstreamError(TurnoutError):
         self.type = type
         self.retry_after = retry_after
         self.provider = provider
+        # The upstream attempts that led here (set by the gateway's failover; no secrets).
+        self.attempts: list[dict[str, Any]] = []
 
     def __str__(self) -> str:
         prefix = f"{self.provider}: " if self.provider else ""

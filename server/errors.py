@@ -40,6 +40,7 @@ from turnout.engine.errors import (
     error_body,
     type_for_status,
 )
+from turnout.server.trail import error_trail_headers
 
 __all__ = [
     "error_body",
@@ -108,12 +109,9 @@ def _on_upstream_error(_: Request[Any, Any, Any], exc: Exception) -> Response[by
     assert isinstance(exc, UpstreamError)
     # Upstream failures are logged without headers or bodies: both may echo credentials.
     log.warning("upstream error from %s: %s %s", exc.provider, exc.status, exc.code)
+    headers = {**_retry_headers(exc.status, exc.retry_after), **error_trail_headers(exc.attempts)}
     return error_response(
-        exc.status,
-        exc.message,
-        type_=exc.type or None,
-        code=exc.code,
-        headers=_retry_headers(exc.status, exc.retry_after),
+        exc.status, exc.message, type_=exc.type or None, code=exc.code, headers=headers
     )
 
 

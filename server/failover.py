@@ -3,8 +3,13 @@ attempts (retries, cooldowns, fallbacks, context-window fallbacks) until one ans
 
 Nothing has reached the client while this runs, so failing over is always safe. Each attempt
 resolves its own `Target`, so a fallback to another provider speaks that provider's dialect.
-The trail of attempts (`entry`) goes into the caller's list as it grows, so a caller still has it
-when every attempt failed.
+The trail of attempts (`entry`) goes into the caller's list as it grows, and rides on the error
+raised when every attempt failed (`UpstreamError.attempts`), so the error reply's headers and the
+telemetry record show what was tried.
+
+When every attempt failed, the client gets the most useful of the errors: a provider's 429 (with
+its `Retry-After`) over anything else, then an error a provider answered over a deployment that
+could not be reached, so a dead deployment never hides a live one's answer.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from turnout.engine.canonical import CanonicalRequest
 from turnout.engine.errors import RequestError, UpstreamError
 from turnout.server.config import Settings
 from turnout.server.router import (
+    EJECT_CODES,
     MAX_WAIT_S,
     Affinity,
     DeploymentState,
@@ -86,6 +92,18 @@ def release(router: Router, state: DeploymentState, builder: ResponseBuilder) ->
     router.finished(state, tokens)
 
 
+# Failures before any provider answered: a provider's own error is worth more to the client.
+_TRANSPORT_CODES = EJECT_CODES | {"upstream_timeout"}
+
+
+def _remember(walk: _Walk, exc: UpstreamError) -> None:
+    walk.last_upstream = exc
+    if exc.code not in _TRANSPORT_CODES:
+        walk.answered = exc
+    if exc.status == 429:
+        walk.rate_limited = exc
+
+
 @dataclass(slots=True)
 class _Walk:
     """One aliased request's way through the router's plan."""
@@ -97,6 +115,8 @@ class _Walk:
     attempts: list[dict[str, Any]]
     i: int = 0  # the next alias of `queue`
     last_upstream: UpstreamError | None = None
+    answered: UpstreamError | None = None  # the last error a provider answered (not transport)
+    rate_limited: UpstreamError | None = None  # the last 429, with its Retry-After
     first_refusal: RequestError | None = None
     limited: list[float] = field(default_factory=list)  # retry-afters of rate-limited aliases
     cooling: list[float] = field(default_factory=list)  # ... and of cooling ones
@@ -152,7 +172,11 @@ class Failover:
             target = self.targets.resolve(canon.model)
             started = time.monotonic()
             call = await self.call(canon, target)
-            source, status = await open_source(self.upstream, call, target, self.secrets)
+            try:
+                source, status = await open_source(self.upstream, call, target, self.secrets)
+            except UpstreamError as exc:
+                exc.attempts = [entry(target, None, exc.status, started, exc.code)]
+                raise
             return Opened(target, source, status, [entry(target, None, status, started)], None)
         if deadline is None:
             deadline = time.monotonic() + self.settings.router.timeout_s
@@ -163,13 +187,17 @@ class Failover:
             affinity=affinity_of(canon.view.get("entries") or [], chain, self.router.traits),
             attempts=[] if attempts is None else attempts,
         )
-        while walk.i < len(walk.queue):
-            alias = walk.queue[walk.i]
-            walk.i += 1
-            opened = await self._alias(walk, alias)
-            if opened is not None:
-                return opened
-        raise self._exhausted(walk)
+        try:
+            while walk.i < len(walk.queue):
+                alias = walk.queue[walk.i]
+                walk.i += 1
+                opened = await self._alias(walk, alias)
+                if opened is not None:
+                    return opened
+            raise self._exhausted(walk)
+        except UpstreamError as exc:
+            exc.attempts = list(walk.attempts)
+            raise
 
     async def _alias(self, walk: _Walk, alias: str) -> Opened | None:
         """The attempts on one alias's deployments, retries included; None: on to the next
@@ -189,12 +217,13 @@ class Failover:
                 return None
             remaining = walk.deadline - time.monotonic()
             if pick.wait > MAX_WAIT_S or pick.wait >= remaining:
+                walk.limited.append(pick.wait)  # it asked us to hold back longer than we can
                 return None  # not worth waiting for: on to the fallbacks
             if pick.wait > 0:
                 await anyio.sleep(pick.wait)
                 remaining = walk.deadline - time.monotonic()
             try:
-                return await self._try(walk, state, alias, remaining)
+                return await self._try(walk, state, alias, remaining, not tried.get(state.id))
             except RequestError as exc:
                 # This deployment cannot serve the request (a parameter its provider cannot
                 # honour, no key configured): another one may.
@@ -202,19 +231,20 @@ class Failover:
                 walk.first_refusal = walk.first_refusal or exc
             except UpstreamError as exc:
                 if is_context_window_error(exc, self.router.traits) and self._widen(walk, alias):
-                    walk.last_upstream = exc
+                    _remember(walk, exc)
                     return None
                 if not is_retryable(exc):
                     raise
                 tried[state.id] = tried.get(state.id, 0) + 1
-                walk.last_upstream = exc
+                _remember(walk, exc)
         return None
 
     async def _try(
-        self, walk: _Walk, state: DeploymentState, alias: str, remaining: float
+        self, walk: _Walk, state: DeploymentState, alias: str, remaining: float, first: bool
     ) -> Opened:
-        """One attempt on one deployment, the router told how it went and the trail extended;
-        its error is raised on."""
+        """One attempt on one deployment, the router told how it went (`first`: this request's
+        first failure there counts toward its cooldown, a retry's does not) and the trail
+        extended; its error is raised on."""
         router = self.router
         started = time.monotonic()
         router.begin(state)
@@ -228,7 +258,7 @@ class Failover:
             walk.attempts.append(entry(state, state, exc.status, started, exc.code))
             raise
         except UpstreamError as exc:
-            router.failed(state, exc, time.monotonic() - started)
+            router.failed(state, exc, time.monotonic() - started, counts=first)
             router.finished(state)
             walk.attempts.append(entry(state, state, exc.status, started, exc.code))
             log.info(
@@ -258,9 +288,10 @@ class Failover:
 
     @staticmethod
     def _exhausted(walk: _Walk) -> Exception:
-        """What to answer when no attempt got a 2xx."""
-        if walk.last_upstream is not None:
-            return walk.last_upstream
+        """What to answer when no attempt got a 2xx (see the module docstring)."""
+        best = walk.rate_limited or walk.answered or walk.last_upstream
+        if best is not None:
+            return best
         if walk.first_refusal is not None:
             return walk.first_refusal
         model = walk.canon.model

@@ -19,8 +19,12 @@ Decisions, and why:
   messages mean "the prompt does not fit" (`provider.context_window_errors`) and which providers
   mint reasoning state of their own (`provider.native_state`). This module names no provider.
 * **Cooldown is a circuit breaker**: `allowed_fails` retryable failures within 60 s take a
-  deployment out for `cooldown_s`; when every deployment of every group is out, the client gets a
-  fast 503 with `Retry-After` instead of a request that would most likely fail too.
+  deployment out for `cooldown_s`; a deployment that cannot be reached at all (connection refused,
+  DNS: `upstream_unreachable`) is taken out at its first failure (outlier ejection). A client
+  request counts once toward `allowed_fails` however often it retried the deployment. A cooldown
+  exists to move traffic elsewhere, so it never takes out the last deployment its alias and the
+  alias's fallbacks have left to try: that one keeps serving (and failing honestly) rather than
+  turning one upstream 500 into a 503 for every client.
 * **Retries** go to a deployment not tried yet in this request without waiting; only a second try
   of the same deployment waits (exponential backoff with jitter, at least its `Retry-After`).
   A `Retry-After` beyond `MAX_WAIT_S` or past the request deadline is not waited for.
@@ -41,6 +45,7 @@ from turnout.engine.errors import UpstreamError
 from turnout.server.config import Deployment, ModelAlias, RouterSettings
 
 __all__ = [
+    "EJECT_CODES",
     "MAX_WAIT_S",
     "WINDOW_S",
     "Affinity",
@@ -57,6 +62,8 @@ __all__ = [
 ]
 
 WINDOW_S = 60.0  # rpm/tpm and allowed_fails are counted over this sliding window
+# Failures that say the deployment cannot be reached at all: ejected at once, no second try.
+EJECT_CODES = frozenset({"upstream_unreachable"})
 MAX_WAIT_S = 60.0  # never wait longer than this for one retry, whatever Retry-After says
 LATENCY_ALPHA = 0.3  # weight of the newest sample in the latency moving average
 
@@ -453,9 +460,12 @@ class Router:
         self._latency(state, elapsed)
         state.retry_at = 0.0
 
-    def failed(self, state: DeploymentState, exc: UpstreamError, elapsed: float) -> bool:
-        """Count a failed attempt (the caller still calls `finished`). Returns True when this
-        failure put the deployment into cooldown."""
+    def failed(
+        self, state: DeploymentState, exc: UpstreamError, elapsed: float, *, counts: bool = True
+    ) -> bool:
+        """Count a failed attempt (the caller still calls `finished`); `counts` False for a
+        retry of a deployment this client request already failed on (one request, one
+        failure). Returns True when this failure put the deployment into cooldown."""
         if not is_retryable(exc):
             return False
         now = self.clock()
@@ -464,12 +474,26 @@ class Router:
             self._latency(state, elapsed)
         if exc.retry_after is not None:
             state.retry_at = now + min(exc.retry_after, MAX_WAIT_S)
+        if not counts:
+            return False
         state.prune(now)
         state.failures.append(now)
-        if len(state.failures) >= max(1, self.settings.allowed_fails) and self.settings.cooldown_s:
-            state.cooldown_until = now + self.settings.cooldown_s
-            state.failures.clear()
-            return True
+        tripped = exc.code in EJECT_CODES or len(state.failures) >= max(
+            1, self.settings.allowed_fails
+        )
+        if not tripped or not self.settings.cooldown_s or not self._has_alternative(state, now):
+            return False
+        state.cooldown_until = now + self.settings.cooldown_s
+        state.failures.clear()
+        return True
+
+    def _has_alternative(self, state: DeploymentState, now: float) -> bool:
+        """Whether the alias of `state`, with its fallbacks, has another deployment that is
+        not cooling down: only then may `state` be taken out."""
+        for alias in self.plan(state.alias):
+            for other in self.groups.get(alias, ()):
+                if other is not state and not other.cooling(now):
+                    return True
         return False
 
     def finished(self, state: DeploymentState, tokens: int | None = None) -> None:

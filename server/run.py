@@ -6,9 +6,7 @@ from __future__ import annotations
 import time
 import weakref
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
-from urllib.parse import quote
 
 from turnout.engine.builder import ResponseBuilder, make_echo
 from turnout.engine.canonical import CanonicalRequest
@@ -19,6 +17,7 @@ from turnout.server.router import Router
 from turnout.server.source import Source
 from turnout.server.targets import Target
 from turnout.server.telemetry.hub import CURRENT
+from turnout.server.trail import trail_headers
 
 __all__ = ["Run", "bind", "new_run", "reply_headers"]
 
@@ -97,15 +96,5 @@ def bind(run: Run, opened: Opened, router: Router) -> None:
         )
 
 
-@lru_cache(maxsize=1024)
-def _header_text(text: str) -> str:
-    return quote(text, safe="/:._-@+=~!$&'()*,;")
-
-
 def reply_headers(run: Run) -> dict[str, str]:
-    # The model string is the client's own text: percent-encode what a header cannot carry
-    # (non-ASCII, control characters) rather than fail the reply after it was stored.
-    return {
-        "x-turnout-deployment": _header_text(run.target.deployment or run.canon.model),
-        "x-turnout-attempts": str(len(run.attempts)),
-    }
+    return trail_headers(run.target.deployment or run.canon.model, len(run.attempts))

@@ -8,6 +8,7 @@ request log in the simulator. Every test uses its own aliases and labels: the ro
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -32,12 +33,23 @@ def _deps(*items: str) -> str:
     return "\n".join(f"      - {{{item}}}" for item in items)
 
 
+def _closed_port() -> str:
+    """A loopback URL where nothing listens: connections to it are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+DEAD = _closed_port()
+
+
 def _config(sim: str, db: Path) -> str:
     def alias(name: str, deps: list[str], extra: str = "") -> str:
         return f"  {name}:\n    deployments:\n{_deps(*deps)}\n{extra}"
 
     return (
         f"store: sqlite:///{db}\n"
+        f"logging:\n  - {{type: jsonl, path: '{db.parent / 'requests.jsonl'}'}}\n"
         "router: {strategy: weighted, retries: 1, timeout_s: 30, cooldown_s: 1, "
         "allowed_fails: 3, backoff_s: 0.01}\n"
         "models:\n"
@@ -47,7 +59,11 @@ def _config(sim: str, db: Path) -> str:
                 "    fallbacks: [chain-c]\n")
         + alias("chain-c", [f"model: groq/llama-3.3-70b, api_base: '{sim}/cc'"])
         + alias("retry", [f"model: {ANTHROPIC}, api_base: '{sim}/rt'"])
-        + alias("cool", [f"model: groq/llama, api_base: '{sim}/co'"])
+        + alias("cool", [f"model: groq/llama, api_base: '{sim}/co'",
+                         f"model: groq/llama, api_base: '{sim}/co2', weight: 0"])
+        + alias("solo", [f"model: groq/llama, api_base: '{sim}/so'"])
+        + alias("ra", [f"model: groq/llama, api_base: '{sim}/r1'",
+                       f"model: groq/llama, api_base: '{DEAD}', weight: 0"])
         + alias("ctx", [f"model: {ANTHROPIC}, api_base: '{sim}/w1'"],
                 "    fallbacks: [chain-c]\n    context_window_fallbacks: [long]\n")
         + alias("long", [f"model: {GEMINI}, api_base: '{sim}/w2'"])
@@ -160,24 +176,84 @@ def test_non_retryable_errors_are_not_retried(gw: Gateway, sim: Simulator) -> No
 
 def test_a_cooled_down_deployment_recovers(gw: Gateway, sim: Simulator) -> None:
     sim.script("co", *[Error(500)] * 3)
-    assert post(gw, {"model": "cool", "input": "hi"}).status_code == 502  # 2 attempts
-    assert post(gw, {"model": "cool", "input": "hi"}).status_code == 502  # 3rd fail: cooldown
+    for _ in range(3):  # co fails once per request; the standby co2 answers each time
+        reply = post(gw, {"model": "cool", "input": "hi"})
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["x-turnout-attempts"] == "2"
     health = httpx.get(f"{gw.url}/health/deployments").json()
     (state,) = [d for d in health["deployments"] if d["id"] == "cool#0"]
     assert state["state"] == "cooling_down" and 0 < state["cooldown_remaining_s"] <= 1
     assert state["model"] == "groq/llama" and "api_base" not in state
     fast = post(gw, {"model": "cool", "input": "hi"})
-    assert fast.status_code == 503
-    assert fast.json()["error"]["code"] == "no_healthy_deployment"
-    assert 1 <= int(fast.headers["retry-after"]) <= 1
-    assert len(sim.requests_for("co")) == 3  # the cooling deployment was left alone
+    assert fast.status_code == 200 and fast.headers["x-turnout-attempts"] == "1"
+    assert labels(sim, "co", "co2") == {"co": 3, "co2": 4}  # the cooling one was left alone
     time.sleep(1.1)
     back = post(gw, {"model": "cool", "input": "back again"})
     assert back.status_code == 200, back.text
+    assert labels(sim, "co", "co2") == {"co": 4, "co2": 4}
     health = httpx.get(f"{gw.url}/health/deployments").json()
     (state,) = [d for d in health["deployments"] if d["id"] == "cool#0"]
     assert state["state"] == "healthy" and state["failures_total"] == 3
     assert state["latency_ema_ms"] is not None and state["in_flight"] == 0
+
+
+def test_upstream_500s_never_take_the_only_deployment_of_an_alias_out(
+    router_gw: tuple[Gateway, Path], sim: Simulator
+) -> None:
+    """Issue 12: before, the third failure put `solo` into cooldown and the next request from
+    any client was a 503 no_healthy_deployment that never reached the upstream."""
+    gw, db = router_gw
+    sim.script("so", *[Error(500)] * 4)
+    for _ in range(2):
+        failed = post(gw, {"model": "solo", "input": "hi"})
+        assert failed.status_code == 502, failed.text
+        # The error reply names what was tried; the telemetry record keeps the trail.
+        assert failed.headers["x-turnout-attempts"] == "2"
+        assert failed.headers["x-turnout-deployment"] == "groq/llama"
+    served = post(gw, {"model": "solo", "input": "still here"})
+    assert served.status_code == 200, served.text
+    assert len(sim.requests_for("so")) == 5
+    record = _last_log_record(db.parent / "requests.jsonl", status="error", model="solo")
+    assert record["provider"] == "groq" and record["attempt_count"] == 2
+    assert [(a["deployment_id"], a["status"]) for a in record["attempts"]] == [
+        ("solo#0", 502),
+        ("solo#0", 502),
+    ]
+
+
+def _last_log_record(path: Path, **fields: Any) -> dict[str, Any]:
+    for _ in range(200):
+        if path.exists():
+            for line in reversed(path.read_text().splitlines()):
+                record = orjson.loads(line)
+                if all(record.get(k) == v for k, v in fields.items()):
+                    return dict(record)
+        time.sleep(0.01)
+    raise AssertionError(f"no log record with {fields}")
+
+
+def test_a_429_is_not_hidden_by_a_dead_deployment_and_its_retry_after_is_honoured(
+    gw: Gateway, sim: Simulator
+) -> None:
+    """Issue 12: [r1 answers 429 Retry-After 1, the other refuses connections]. Before, the
+    request ended in 0.1 s with 502 'Could not reach the upstream provider', hiding r1's 429."""
+    sim.script("r1", Error(429, headers={"retry-after": "1", "retry-after-ms": "1000"}))
+    first = post(gw, {"model": "ra", "input": "hi"})
+    assert first.status_code == 429, first.text  # r1's own answer, with its Retry-After
+    assert first.headers["retry-after"] == "1"
+    oas.validate_error_body(first.json())
+    assert first.headers["x-turnout-attempts"] == "2"
+    # The dead deployment was ejected at once: the next request waits out r1's Retry-After
+    # (within the deadline) and gets r1's answer; it never calls the dead one again.
+    started = time.monotonic()
+    second = post(gw, {"model": "ra", "input": "after the wait"})
+    assert second.status_code == 200, second.text
+    assert second.json()["output"][0]["content"][0]["text"] == "after the wait"
+    assert second.headers["x-turnout-attempts"] == "1"
+    assert 0.5 <= time.monotonic() - started < 5
+    health = httpx.get(f"{gw.url}/health/deployments").json()
+    (dead,) = [d for d in health["deployments"] if d["id"] == "ra#1"]
+    assert dead["failures_total"] == 1 and dead["requests_total"] == 1  # never called again
 
 
 def test_context_window_fallback(router_gw: tuple[Gateway, Path], sim: Simulator) -> None:

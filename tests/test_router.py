@@ -187,13 +187,76 @@ def test_failures_outside_the_window_do_not_add_up() -> None:
     assert not a.cooling(clock())
 
 
+# g has one deployment and falls back to h.
+WITH_FALLBACK = {
+    "g": ModelAlias(deployments=[dep()], fallbacks=["h"]),
+    "h": ModelAlias(deployments=[dep("groq/m")]),
+}
+
+
 def test_everything_cooling_is_reported_with_the_time_left() -> None:
     clock = Clock()
-    router = make([dep()], clock=clock, allowed_fails=1, cooldown_s=8)
-    router.failed(router.groups["g"][0], err(500), 0.1)
+    router = make([], clock=clock, allowed_fails=1, cooldown_s=8, models=WITH_FALLBACK)
+    assert router.failed(router.groups["g"][0], err(500), 0.1)  # h is left to serve g
     pick = router.pick("g")
     assert pick.state is None and pick.reason == "cooling"
     assert pick.retry_after == pytest.approx(8)
+
+
+# -- a cooldown never takes out the last deployment standing (issue 12) --------------------------
+
+
+def test_the_only_deployment_of_an_alias_is_never_taken_out() -> None:
+    """Before: one upstream 500 (three counted attempts) made every client's next request a 503
+    no_healthy_deployment for cooldown_s, without any upstream call."""
+    clock = Clock()
+    router = make([dep()], clock=clock, allowed_fails=1, cooldown_s=30)
+    (a,) = router.groups["g"]
+    for _ in range(5):
+        assert not router.failed(a, err(500), 0.1)
+        assert not router.failed(a, err(502, code="upstream_unreachable"), 0.1)
+    assert not a.cooling(clock())
+    assert router.pick("g").state is a
+    assert a.failures_total == 10  # still counted, still visible in /health/deployments
+
+
+def test_the_last_healthy_deployment_stays_in_when_the_others_cool() -> None:
+    clock = Clock()
+    router = make([dep(), dep()], clock=clock, allowed_fails=1, cooldown_s=30)
+    a, b = router.groups["g"]
+    assert router.failed(a, err(500), 0.1)  # b is left
+    assert not router.failed(b, err(500), 0.1)  # b is the last one: it stays in
+    assert router.pick("g").state is b
+    clock.now += 30.01
+    assert router.failed(b, err(500), 0.1)  # a is back, so now b may go
+    assert router.pick("g").state is a
+
+
+def test_a_deployment_may_cool_when_a_fallback_alias_can_serve() -> None:
+    clock = Clock()
+    router = make([], clock=clock, allowed_fails=1, cooldown_s=30, models=WITH_FALLBACK)
+    assert router.failed(router.groups["g"][0], err(500), 0.1)
+
+
+def test_one_client_request_counts_once_toward_allowed_fails() -> None:
+    clock = Clock()
+    router = make([dep(), dep()], clock=clock, allowed_fails=2, cooldown_s=30)
+    a, _b = router.groups["g"]
+    assert not router.failed(a, err(500), 0.1)  # request 1, first attempt on a
+    assert not router.failed(a, err(500), 0.1, counts=False)  # request 1 retrying a
+    assert not router.failed(a, err(500), 0.1, counts=False)
+    assert not a.cooling(clock()) and len(a.failures) == 1
+    assert router.failed(a, err(500), 0.1)  # request 2: the second failure
+    assert a.failures_total == 4
+
+
+def test_an_unreachable_deployment_is_ejected_at_its_first_failure() -> None:
+    clock = Clock()
+    router = make([dep(), dep()], clock=clock, allowed_fails=3, cooldown_s=30)
+    a, b = router.groups["g"]
+    assert router.failed(b, err(502, code="upstream_unreachable"), 0.01)
+    assert b.cooling(clock())
+    assert not router.failed(a, err(502, code="upstream_unreachable"), 0.01)  # the last one
 
 
 # -- retries and backoff -----------------------------------------------------------------------

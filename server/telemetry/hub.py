@@ -173,9 +173,17 @@ class Telemetry:
         status = ctx.status
         http_status = 200
         err = ctx.error
+        attempts = ctx.attempts
+        provider, deployment = ctx.provider, ctx.deployment
         if error is not None:
             status = "error"
             http_status = int(getattr(error, "status", 500) or 500)
+            # Every attempt failed: the trail rides on the error (server/failover.py).
+            failed = getattr(error, "attempts", None) or []
+            if failed and not attempts:
+                attempts = list(failed)
+                provider = provider or failed[-1].get("provider")
+                deployment = deployment or failed[-1].get("deployment")
             err = {
                 "code": getattr(error, "code", None) or "server_error",
                 "message": str(getattr(error, "message", None) or error),
@@ -192,11 +200,11 @@ class Telemetry:
             "stream": ctx.stream,
             "model": ctx.model,
             "response_model": ctx.response_model,
-            "provider": ctx.provider,
+            "provider": provider,
             "upstream_model": ctx.upstream_model,
-            "deployment": ctx.deployment,
-            "attempts": ctx.attempts,
-            "attempt_count": len(ctx.attempts),
+            "deployment": deployment,
+            "attempts": attempts,
+            "attempt_count": len(attempts),
             "timings": {
                 "total_s": round(now - ctx.started, 6),
                 "ttfb_s": round(ctx.first_byte - ctx.started, 6),
