@@ -42,10 +42,21 @@ def _telemetry(settings: Settings, mappings: RegistryLike) -> Telemetry:
             env=settings.env,
             extra_secrets=[settings.master_key] if settings.master_key else [],
             provider_names=otel_provider_names(mappings),
+            known_models=_known_models(settings),
         )
     except (ValueError, TypeError, ImportError, AttributeError) as exc:
         where = settings.config_path or "<config>"
         raise ConfigError([Problem(where, 1, 1, "logging", str(exc))]) from None
+
+
+def _known_models(settings: Settings) -> set[str]:
+    """The model names the config names (aliases, their deployments' models): they keep their
+    own metric series whatever clients send."""
+    names = set(settings.models)
+    for alias in settings.models.values():
+        for dep in alias.deployments:
+            names.update((dep.model, dep.provider_model))
+    return names
 
 
 def create_app(

@@ -22,6 +22,9 @@ __all__ = ["Source", "open_source"]
 log = logging.getLogger("turnout.gateway")
 
 _REPORTED_UNKNOWN: set[tuple[str, str]] = set()
+# Event names are the upstream's text (a proxy's, a self-hosted server's): past this many the
+# rest are not logged, so the set cannot grow without bound.
+_MAX_REPORTED = 1000
 
 
 def _report_unknown_events(mapping: MappingLike, unknown: dict[str, int]) -> None:
@@ -29,7 +32,7 @@ def _report_unknown_events(mapping: MappingLike, unknown: dict[str, int]) -> Non
     it is how a provider's new event types get noticed (the tests fail on them)."""
     provider = str(getattr(mapping, "provider", "?"))
     for name, count in unknown.items():
-        if (provider, name) not in _REPORTED_UNKNOWN:
+        if (provider, name) not in _REPORTED_UNKNOWN and len(_REPORTED_UNKNOWN) < _MAX_REPORTED:
             _REPORTED_UNKNOWN.add((provider, name))
             log.warning("mapping %s has no rule for stream event %r (seen %d times)",
                         provider, name, count)  # fmt: skip

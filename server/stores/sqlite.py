@@ -43,6 +43,8 @@ from typing import Any, TypeVar
 
 import orjson
 
+from turnout.server.private_files import open_private, tighten
+
 from .base import (
     GROUP_BY_COLUMNS,
     UNFINISHED_STATUSES,
@@ -249,9 +251,12 @@ class SQLiteStore(ResponseStore):
         if self._path != ":memory:":
             target = Path(self._path)
             target.parent.mkdir(parents=True, exist_ok=True)
-            # Stored bodies are user content: create the file owner-only (SQLite gives the
-            # -wal/-shm files the same mode as the database).
-            os.close(os.open(target, os.O_CREAT | os.O_RDWR, 0o600))
+            # Stored bodies are user content: the file is the owner's only, an existing one
+            # made so too (SQLite gives new -wal/-shm files the database's mode; ones a crash
+            # left behind are tightened like it).
+            os.close(open_private(target, os.O_RDWR, holds_captures=True))
+            for suffix in ("-wal", "-shm"):
+                tighten(f"{self._path}{suffix}")
         # Connected on the worker, so the connection is created by, and only ever used from,
         # the thread that owns it (sqlite3's check_same_thread stays on as a guard).
         conn = sqlite3.connect(self._path, isolation_level=None)

@@ -36,13 +36,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from turnout.server.redaction import secret_values
 from turnout.server.telemetry.base import Sink, SinkContext, build_sink
+from turnout.server.telemetry.labels import DEFAULT_MAX_LABEL_VALUES
 from turnout.server.telemetry.metrics import Metrics
 
 __all__ = ["CURRENT", "RequestContext", "Telemetry"]
@@ -50,6 +51,16 @@ __all__ = ["CURRENT", "RequestContext", "Telemetry"]
 log = logging.getLogger("turnout.telemetry")
 
 CURRENT: ContextVar[RequestContext | None] = ContextVar("turnout_request", default=None)
+
+_MAX_WARNED = 10_000  # distinct (provider, model) pairs warned about; later ones only counted
+
+
+def _max_label_values(sink_configs: Sequence[Mapping[str, Any]]) -> int:
+    """The `prometheus` sink's `max_label_values`, else the default."""
+    for config in sink_configs:
+        if config.get("type") == "prometheus" and config.get("max_label_values"):
+            return int(config["max_label_values"])
+    return DEFAULT_MAX_LABEL_VALUES
 
 
 @dataclass(eq=False)
@@ -89,8 +100,13 @@ class Telemetry:
         sinks: Sequence[Sink] = (),
         metrics: Metrics | None = None,
         provider_names: Mapping[str, str] | None = None,
+        known_models: Iterable[str] = (),
     ) -> None:
-        self.metrics = metrics or Metrics()
+        """`known_models`: the configured model names, which always keep their own metric
+        series (see server/telemetry/labels.py)."""
+        self.metrics = metrics or Metrics(
+            max_label_values=_max_label_values(sink_configs), known_models=known_models
+        )
         secrets = tuple(
             sorted({*secret_values(env or {}), *(s for s in extra_secrets if len(s) >= 8)},
                    key=len, reverse=True)
@@ -113,8 +129,9 @@ class Telemetry:
 
     def unknown_price(self, provider: str, model: str) -> None:
         """Count a response whose cost is unknown; warn once per model."""
-        self.metrics.unknown_prices.labels(provider, model).inc()
-        if (provider, model) not in self._warned and len(self._warned) < 10_000:
+        self.metrics.unknown_price(provider, model)
+        # Bounded like a metric label: the model id is the client's (any provider/model).
+        if (provider, model) not in self._warned and len(self._warned) < _MAX_WARNED:
             self._warned.add((provider, model))
             log.warning(
                 "no price for %s/%s: cost recorded as null (add a `pricing:` entry to the config)",

@@ -4,15 +4,22 @@ apps in one process, as in tests, do not collide).
 Always present: in-flight requests, dropped log records, unknown prices. The per-request
 families (requests, latencies, tokens, cost, errors) are filled by the `prometheus` sink
 (`logging: [{type: prometheus}]`), which also turns `GET /metrics` on.
+
+Label values a client or an upstream decides (`model`, the error `code`) are bounded by
+`LabelValues` (server/telemetry/labels.py): past `max_label_values` distinct values a new one is
+counted as `other`. `provider`, `deployment`, `sink`, `status`, `stream` and `type` come from the
+mappings, the config or a fixed set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from turnout.server.telemetry.labels import DEFAULT_MAX_LABEL_VALUES, LabelValues
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -24,7 +31,20 @@ _TOKEN_KINDS = ("input", "cached", "cache_write", "output", "reasoning")
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        max_label_values: int = DEFAULT_MAX_LABEL_VALUES,
+        known_models: Iterable[str] = (),
+    ) -> None:
+        """`known_models`: the configured names (aliases, deployments' models), which always
+        keep their own series; `max_label_values`: how many others each bounded label holds."""
+        known = tuple(known_models)
+        self.models = LabelValues(max_label_values, known)
+        # The upstream model id of a response with no price: only served models reach it.
+        self.price_models = LabelValues(max_label_values, known)
+        # Error codes are Turnout's or the provider's own: few, but not a closed set.
+        self.codes = LabelValues(max_label_values)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.in_flight = Gauge(
@@ -79,16 +99,16 @@ class Metrics:
             registry=r,
         )
 
+    def unknown_price(self, provider: str, model: str) -> None:
+        self.unknown_prices.labels(provider, self.price_models(model)).inc()
+
     def observe(self, record: Mapping[str, Any]) -> None:
         """Count one request record (the `prometheus` sink calls this)."""
         provider = str(record.get("provider") or "")
-        # A request refused before its model resolved carries whatever the client typed: no
-        # model label for it, or any client could grow the series without bound.
-        labels = (
-            provider,
-            str(record.get("model") or "") if provider else "",
-            str(record.get("deployment") or ""),
-        )
+        # The model is whatever the client typed: a name no upstream has served (no provider:
+        # refused before the reply) is `other` unless configured or served before.
+        model = self.models(str(record.get("model") or ""), proven=bool(provider))
+        labels = (provider, model, str(record.get("deployment") or ""))
         stream = "true" if record.get("stream") else "false"
         self.requests.labels(*labels, str(record.get("status") or ""), stream).inc()
         timings = record.get("timings") or {}
@@ -108,7 +128,7 @@ class Metrics:
             self.cost.labels(*labels).inc(float(cost))
         error = record.get("error")
         if error:
-            self.errors.labels(*labels, str(error.get("code") or "error")).inc()
+            self.errors.labels(*labels, self.codes(str(error.get("code") or "error"))).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, TextIO
 import httpx
 import orjson
 
+from turnout.server.private_files import open_private
 from turnout.server.redaction import redact
 from turnout.server.telemetry.base import QueueSink, Record, Sink, SinkContext, register_sink
 
@@ -26,8 +28,9 @@ log = logging.getLogger("turnout.telemetry")
 
 @register_sink("jsonl")
 class JsonlSink(QueueSink):
-    """One JSON object per line, to stdout or appended to a file (`path`). Writes happen on a
-    worker thread: a slow disk stalls the sink, never the event loop."""
+    """One JSON object per line, to stdout or appended to a file (`path`, created with mode
+    0600: server/private_files.py). Writes happen on a worker thread: a slow disk stalls the
+    sink, never the event loop."""
 
     def __init__(self, config: Mapping[str, Any], ctx: SinkContext) -> None:
         super().__init__(config, ctx)
@@ -41,7 +44,11 @@ class JsonlSink(QueueSink):
             else:
                 target = Path(self.path)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self._file = target.open("a", encoding="utf-8")
+                # Records name keys' ids, metadata and errors, with capture prompts too: a new
+                # file is the owner's only, and an existing one is made so when it gets prompts.
+                captures = self.capture_prompts or self.capture_outputs
+                fd = open_private(target, os.O_WRONLY | os.O_APPEND, holds_captures=captures)
+                self._file = os.fdopen(fd, "a", encoding="utf-8")
         return self._file
 
     def _write_lines(self, text: str) -> None:
