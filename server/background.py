@@ -39,10 +39,11 @@ from turnout.server.failover import Failover, Opened
 from turnout.server.finish import Finisher, record, tags
 from turnout.server.history import UNFINISHED
 from turnout.server.pricing import UsageCounts
-from turnout.server.pump import GENERIC_FAILURE, stored_groups
+from turnout.server.pump import GENERIC_FAILURE, store_failure, stored_groups
 from turnout.server.replies import DONE, JsonReply, StreamReply, encode_sse
 from turnout.server.request_context import Caller
 from turnout.server.run import Run, bind, new_run, reply_headers
+from turnout.server.store_health import StoreUnavailable
 from turnout.server.stores.base import ResponseStore, StoredResponse
 from turnout.server.targets import Targets
 from turnout.server.telemetry.hub import CURRENT
@@ -226,8 +227,8 @@ class BackgroundWork:
         live.publish(run.events)
         self.responses.reserve(live)  # counted against the cap before the first await
         try:
-            await self.finish.store.put(
-                record(run, UsageCounts(), None, tags(body.get("metadata")))
+            await self.finish.health.put(
+                self.finish.store, record(run, UsageCounts(), None, tags(body.get("metadata")))
             )
         except BaseException:
             self.responses.release(live)
@@ -291,6 +292,13 @@ class BackgroundWork:
                 else:
                     run.builder.cancel()
                     await self._end(live, run, [])
+        except StoreUnavailable as exc:
+            # The final write failed (logged by StoreHealth): followers and pollers of this
+            # process learn it from a response.failed that says so; nothing was stored.
+            failed = store_failure(run, exc)
+            run.events.append(failed)
+            live.publish([failed])
+            raise  # kept live by `launch` (the store still says "queued"): GET reads it here
         except Exception:
             log.exception("background response %s failed", run.builder.response_id)
             with anyio.CancelScope(shield=True):

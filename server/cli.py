@@ -145,7 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
     from turnout.server.access_log import AccessLog
     from turnout.server.app import create_app
     from turnout.server.config import load_config
-    from turnout.server.preflight import check_providers, missing_credentials
+    from turnout.server.preflight import check_providers, check_store, missing_credentials
 
     level = getattr(logging, args.log_level.upper())
     # Other libraries: as quiet as before (WARNING), quieter when asked.
@@ -155,6 +155,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = load_config(args.config, os.environ)
         registry = MappingRegistry.load(settings.mappings_dir)
         check_providers(settings, registry.providers)
+        check_store(settings, mask_store_url(settings.store))
         app = create_app(settings, registry=registry)
     except (ConfigError, MappingError) as exc:
         _print_problems(exc)

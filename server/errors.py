@@ -40,6 +40,7 @@ from turnout.engine.errors import (
     error_body,
     type_for_status,
 )
+from turnout.server.store_health import StoreUnavailable
 from turnout.server.trail import error_trail_headers
 
 __all__ = [
@@ -115,6 +116,12 @@ def _on_upstream_error(_: Request[Any, Any, Any], exc: Exception) -> Response[by
     )
 
 
+def _on_store_unavailable(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, StoreUnavailable)
+    # The upstream answered (and was paid): the store failed. Logged once by StoreHealth.
+    return error_response(exc.status, exc.message, type_=exc.type, code=exc.code)
+
+
 def _on_validation(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     assert isinstance(exc, ValidationException)
     param: str | None = None
@@ -171,6 +178,7 @@ def exception_handlers() -> dict[type[Exception] | int, Handler]:
         RequestError: _on_request_error,
         UpstreamError: _on_upstream_error,
         InternalError: _on_internal_error,
+        StoreUnavailable: _on_store_unavailable,
         ValidationException: _on_validation,
         HTTPException: _on_http,
         Exception: _on_unexpected,

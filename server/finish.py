@@ -14,6 +14,7 @@ from typing import Any
 from turnout.server.pricing import Price, PriceBook, UsageCounts, usage_counts
 from turnout.server.router import Router
 from turnout.server.run import Run
+from turnout.server.store_health import StoreHealth, StoreUnavailable
 from turnout.server.stores.base import ResponseStore, StoredResponse
 from turnout.server.telemetry.hub import CURRENT, RequestContext, Telemetry
 
@@ -25,10 +26,13 @@ log = logging.getLogger("turnout.gateway")
 class Finisher:
     """Cost, record and notify for every response of one gateway."""
 
-    def __init__(self, store: ResponseStore, router: Router, prices: PriceBook) -> None:
+    def __init__(
+        self, store: ResponseStore, router: Router, prices: PriceBook, health: StoreHealth
+    ) -> None:
         self.store = store
         self.router = router
         self.prices = prices
+        self.health = health
         # The telemetry hub is wired in by the app (server/app.py) and stays None for a bare
         # Gateway (unit tests).
         self.telemetry: Telemetry | None = None
@@ -48,10 +52,17 @@ class Finisher:
             # leaves, so the stored Response, the terminal event and the JSON reply agree.
             usage["cost"] = None if price is None else price.cost
         run_tags = tags(run.request.get("metadata"))
-        self._notify(CURRENT.get(), run, counts, price, run_tags)
+        ctx = CURRENT.get()
+        self._notify(ctx, run, counts, price, run_tags)
         if not run.store:
             return
-        await self.store.put(record(run, counts, price, run_tags))
+        try:
+            await self.health.put(self.store, record(run, counts, price, run_tags))
+        except StoreUnavailable as exc:
+            if ctx is not None:  # the log record says what the client got
+                ctx.status = "failed"
+                ctx.error = {"code": exc.code, "message": exc.message, "type": exc.type}
+            raise
 
     def _cost(self, run: Run, counts: UsageCounts, created_at: int) -> Price | None:
         """The response's price, or None (counted as an unknown price, never an error)."""

@@ -43,6 +43,7 @@ from turnout.server.replies import DONE, JsonReply, StreamReply, encode_sse, rep
 from turnout.server.request_context import ANONYMOUS, Caller
 from turnout.server.router import Router
 from turnout.server.run import bind, new_run, reply_headers
+from turnout.server.store_health import StoreHealth
 from turnout.server.stores.base import ItemPage, ResponseStore, StoredResponse
 from turnout.server.targets import MappingLike, RegistryLike, Target, Targets
 from turnout.server.telemetry.hub import Telemetry
@@ -91,7 +92,9 @@ class Gateway:
         self.failover = Failover(settings, self.router, self.targets, upstream, secrets)
         # Cost of every response (server/pricing.py), then the record and the telemetry.
         self.prices = PriceBook(settings.pricing, mappings=registry)
-        self.finish = Finisher(store, self.router, self.prices)
+        # Whether the store takes writes: a failed write is a 503 / response.failed, and /health.
+        self.store_health = StoreHealth()
+        self.finish = Finisher(store, self.router, self.prices, self.store_health)
         self.background = BackgroundResponses()
         self.work = BackgroundWork(
             settings, self.background, self.targets, self.failover, self.finish, self.ids,

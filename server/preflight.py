@@ -5,11 +5,14 @@ listens (server/cli.py).
 a provider no mapping file defines, located at its key with a did-you-mean (else the server would
 start and every request to the alias would fail with a confusing "model does not exist").
 :func:`missing_credentials` lists the alias deployments whose credentials cannot be found, for a
-start-up warning that names the variables to set (never a value).
+start-up warning that names the variables to set (never a value). :func:`check_store` opens and
+closes the store once, so an unwritable path (or a database that does not answer) stops start-up
+with one line naming the store and the reason, not a traceback from the server's lifespan.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -23,8 +26,9 @@ from turnout.server.credentials import (
     resolve_settings,
     static_credentials,
 )
+from turnout.server.stores import open_store
 
-__all__ = ["check_providers", "missing_credentials"]
+__all__ = ["check_providers", "check_store", "missing_credentials"]
 
 
 def _locate(
@@ -69,6 +73,25 @@ def check_providers(settings: Settings, providers: Collection[str]) -> None:
     if problems:
         problems.sort(key=lambda p: (p.line, p.col))
         raise ConfigError(problems)
+
+
+def check_store(settings: Settings, shown_url: str) -> None:
+    """Open and close the configured store; a :class:`ConfigError` at the ``store`` key naming
+    it (as ``shown_url``: secrets masked) and the reason when that fails."""
+
+    async def open_and_close() -> None:
+        store = await open_store(settings.store)
+        await store.aclose()
+
+    try:
+        asyncio.run(open_and_close())
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        problem = _locate(
+            settings, ("store",), f"cannot open the store {shown_url}: {reason}",
+            "check that the path is writable by this user, or that the database answers",
+        )  # fmt: skip
+        raise ConfigError([problem]) from None
 
 
 def missing_credentials(settings: Settings, registry: MappingRegistry) -> list[Problem]:

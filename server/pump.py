@@ -14,11 +14,20 @@ from typing import Any
 
 import anyio
 
+from turnout.engine.builder import response_error
 from turnout.engine.errors import UpstreamError
 from turnout.server.replies import DONE, encode_sse
 from turnout.server.run import Run
+from turnout.server.store_health import StoreUnavailable
 
-__all__ = ["GENERIC_FAILURE", "TERMINAL_EVENTS", "event_groups", "sse", "stored_groups"]
+__all__ = [
+    "GENERIC_FAILURE",
+    "TERMINAL_EVENTS",
+    "event_groups",
+    "sse",
+    "store_failure",
+    "stored_groups",
+]
 
 log = logging.getLogger("turnout.gateway")
 
@@ -87,16 +96,37 @@ async def stored_groups(run: Run, finish: Finish) -> AsyncGenerator[Group, None]
             yield group[cut:]
 
 
+def store_failure(run: Run, exc: StoreUnavailable) -> dict[str, Any]:
+    """The terminal event that could not be stored, as `response.failed` saying so (same
+    sequence number: the client never saw the original). The run's Response becomes that
+    failed one too, so a poller of a live background response reads the same."""
+    terminal = next(e for e in reversed(run.events) if e.get("type") in TERMINAL_EVENTS)
+    response = run.builder.response
+    response.update(
+        status="failed",
+        completed_at=None,
+        incomplete_details=None,
+        error=response_error(exc.code, exc.message),
+    )
+    return {**terminal, "type": "response.failed", "response": response}
+
+
 async def sse(run: Run, finish: Finish, done_marker: bool) -> AsyncGenerator[bytes, None]:
     """`stored_groups` as SSE, one chunk per group; the terminal event and `data: [DONE]`
-    leave in the same chunk."""
+    leave in the same chunk. A store that fails the final write ends the stream with
+    `response.failed` (`store_unavailable`), never a cut."""
     ended = False
-    async with aclosing(stored_groups(run, finish)) as groups:
-        async for group in groups:
-            data = b"".join([encode_sse(event) for event in group])
-            if done_marker and group[-1].get("type") in TERMINAL_EVENTS:
-                data += DONE  # nothing follows a terminal event: one send for both
-                ended = True
-            yield data
+    try:
+        async with aclosing(stored_groups(run, finish)) as groups:
+            async for group in groups:
+                data = b"".join([encode_sse(event) for event in group])
+                if done_marker and group[-1].get("type") in TERMINAL_EVENTS:
+                    data += DONE  # nothing follows a terminal event: one send for both
+                    ended = True
+                yield data
+    except StoreUnavailable as exc:
+        data = encode_sse(store_failure(run, exc))
+        yield data + DONE if done_marker else data
+        return
     if done_marker and not ended:
         yield DONE

@@ -395,11 +395,15 @@ async def metrics(request: Request[Any, Any, Any]) -> ASGIApp:
 
 @get("/health")
 async def health(request: Request[Any, Any, Any]) -> ASGIApp:
-    """Liveness plus store reachability (a lookup of an id that never exists)."""
+    """Liveness plus the store: reachable (a lookup of an id that never exists) and taking
+    writes (failing since a write failed, until a probe write succeeds: store_health.py)."""
+    gateway = _gateway(request)
     try:
-        await _gateway(request).store.get("resp_health_probe")
+        await gateway.store.get("resp_health_probe")
     except Exception:
         return _json({"status": "degraded", "store": "unreachable"}, status=503)
+    if await gateway.store_health.check(gateway.store) is not None:
+        return _json({"status": "degraded", "store": "failing"}, status=503)
     return _json({"status": "ok", "store": "ok"})
 
 

@@ -234,7 +234,10 @@ async def test_a_store_that_fails_the_final_write_leaves_the_live_state_answerin
         await asyncio.sleep(0.005)
     live = gw.background.get(rid)
     assert live is not None and live.done  # kept: the store would still say "queued"
-    assert live.response["status"] == "completed"
+    # It says what happened (issue 12): not stored, so not "completed".
+    assert live.response["status"] == "failed"
+    assert live.response["error"]["message"].startswith("[store_unavailable] ")
+    assert live.events[-1]["type"] == "response.failed"
 
 
 async def test_background_responses_at_work_are_capped_with_a_429() -> None:

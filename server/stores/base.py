@@ -407,6 +407,12 @@ class ResponseStore(ABC):
     async def put(self, record: StoredResponse) -> None:
         """Insert or replace ``record`` by id; it is durable when this returns."""
 
+    async def probe_write(self) -> None:
+        """Write (and remove) a little data outside the records, raising what a real write
+        would; `/health` calls it while writes fail (server/store_health.py). A backend with
+        nothing that can fill up or go read-only keeps this no-op."""
+        return None
+
     @abstractmethod
     async def get(self, response_id: str) -> StoredResponse | None:
         """The record, or None when unknown or deleted."""

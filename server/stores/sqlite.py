@@ -144,6 +144,8 @@ _UNFINISHED_INDEX = (
     f"CREATE INDEX IF NOT EXISTS responses_unfinished ON responses (status) WHERE {_UNFINISHED}"
 )
 _SELECT_UNFINISHED = f"SELECT id FROM responses WHERE {_UNFINISHED}"
+# The probe write of /health while writes fail (store_health.py); never holds a row for long.
+_CREATE_PROBE = "CREATE TABLE IF NOT EXISTS turnout_probe (blob BLOB)"
 
 _SELECT_LIVE = f"SELECT {_RECORDS.sql_list} FROM responses WHERE id = ? AND deleted = 0"
 _SELECT_ITEMS = "SELECT input_items FROM responses WHERE id = ? AND deleted = 0"
@@ -302,6 +304,20 @@ class SQLiteStore(ResponseStore):
         assert self._conn is not None
         return self._conn
 
+    def _probe(self) -> None:
+        # 64 KiB: needs new pages, so it fails where a record would (a full disk), then is
+        # removed in the same transaction; the freed pages are reused by the next put.
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(_CREATE_PROBE)
+            conn.execute("INSERT INTO turnout_probe (blob) VALUES (zeroblob(65536))")
+            conn.execute("DELETE FROM turnout_probe")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
     def _put_many(self, batch: list[tuple[Any, ...]]) -> None:
         conn = self._db()
         if len(batch) == 1:
@@ -440,6 +456,9 @@ class SQLiteStore(ResponseStore):
         finally:
             # No await between the empty-queue check and this: a put cannot slip in unseen.
             self._writing = False
+
+    async def probe_write(self) -> None:
+        await self._run(self._probe)
 
     async def get(self, response_id: str) -> StoredResponse | None:
         return await self._run(self._get, response_id)
