@@ -241,11 +241,15 @@ mint_reasoning_state = encode_state
 decode_reasoning_state = decode_state
 
 
-def response_error(code: Any, message: Any, type_: Any = None) -> dict[str, str]:
+def response_error(
+    code: Any, message: Any, type_: Any = None, *, provider: str | None = None
+) -> dict[str, str]:
     """Map a native error onto ``{code: ResponseErrorCode, message}``.
 
     The native code (or type) survives as a ``[native]`` prefix of the message so operators and
-    clients still see e.g. ``"[overloaded_error] Overloaded"``.
+    clients still see e.g. ``"[overloaded_error] Overloaded"``; a provider's own failure names
+    the provider first (``"anthropic: [overloaded_error] Overloaded"``): behind an alias the
+    client cannot tell otherwise who failed.
     """
     native = str(code) if code not in (None, "") else ""
     if not native and type_ not in (None, ""):
@@ -259,6 +263,8 @@ def response_error(code: Any, message: Any, type_: Any = None) -> dict[str, str]
     text = str(message) if message not in (None, "") else "upstream error"
     if native and native != mapped:
         text = f"[{native}] {text}"
+    if provider:
+        text = f"{provider}: {text}"
     return {"code": mapped, "message": text}
 
 
@@ -495,7 +501,9 @@ class ResponseBuilder:
             self._terminate(out, "completed")
         elif outcome == "failed":
             reason = self.finish_reason
-            err = response_error(reason, f"upstream stopped with finish reason {reason!r}")
+            err = response_error(
+                reason, f"upstream stopped with finish reason {reason!r}", provider=self.provider
+            )
             self._terminate(out, "failed", err)
         else:  # "incomplete/<reason>"
             self._terminate(out, "incomplete", None, {"reason": outcome.partition("/")[2]})
@@ -1223,7 +1231,9 @@ class ResponseBuilder:
         # The failure is final, but providers still send usage after it (OpenRouter does), and
         # the tokens were spent: close the items now, emit response.failed at finish().
         if self._error is None:
-            self._error = response_error(op.get("code"), op.get("message"), op.get("type"))
+            self._error = response_error(
+                op.get("code"), op.get("message"), op.get("type"), provider=self.provider
+            )
         for blk in list(self._open.values()):
             self._close(blk, out, "incomplete")
 

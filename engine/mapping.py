@@ -121,7 +121,7 @@ def _bad_shape(provider: str, op: str) -> UpstreamError:
 class StreamDecoder:
     """Bytes of one streamed reply → ops. One per upstream response."""
 
-    __slots__ = ("_ctx", "_dispatch", "_frames", "_saw_finish", "provider")
+    __slots__ = ("_ctx", "_dispatch", "_frames", "_saw_finish", "events", "provider")
 
     def __init__(
         self, frames: FrameDecoder, dispatch: rule_mod.Dispatch, provider: str = "upstream"
@@ -131,10 +131,12 @@ class StreamDecoder:
         self._dispatch = dispatch
         self._ctx: dict[str, Any] = {}
         self._saw_finish = False
+        self.events = 0  # frames decoded so far: how far a cut stream got
 
     def _ops(self, frames: list[Any]) -> list[Op]:
         out: list[Op] = []
         ctx = self._ctx
+        self.events += len(frames)
         for frame in frames:
             payload = frame.payload
             if payload is None:  # `[DONE]`
@@ -158,10 +160,13 @@ class StreamDecoder:
     def close(self) -> list[Op]:
         out = self._ops(self._frames.close())
         if not self._saw_finish:
-            # Every provider names a stop reason; a stream without one was cut short.
+            # Every provider names a stop reason; a stream without one was cut short (the
+            # builder puts the provider's name in front, as for its in-band errors).
+            n = self.events
             out.append(
                 {"op": "error", "code": "server_error",
-                 "message": "the upstream stream ended before the reply was complete"}
+                 "message": "the upstream stream ended before the response was complete "
+                            f"(no stop reason after {n} event{'' if n == 1 else 's'})"}
             )  # fmt: skip
         return out
 

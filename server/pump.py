@@ -62,7 +62,10 @@ async def event_groups(run: Run) -> AsyncGenerator[Group, None]:
                 if events:
                     yield events
     except UpstreamError as exc:
-        failure = (exc.code or "server_error", exc.message)
+        # Raised mid-reply only by Turnout itself (a cut, a stall, a bad frame: the provider's
+        # own errors arrive as `error` ops), so its code is ours, not the provider's: the
+        # message says what happened and, like the provider's errors, who it happened with.
+        failure = ("server_error", _named(exc.message, run.target.provider))
     except Exception:
         # A mapping or builder bug mid-reply: the client sees a generic failure, the log gets
         # the traceback.
@@ -76,6 +79,13 @@ async def event_groups(run: Run) -> AsyncGenerator[Group, None]:
     tail = b.fail(*failure) if failure is not None else ([] if b.terminal else b.finish())
     if last or tail:
         yield last + tail
+
+
+def _named(message: str, provider: str) -> str:
+    """Upstream failures name the provider first (Turnout's own messages mostly do already)."""
+    if message.startswith((f"{provider}:", f"{provider} ")):
+        return message
+    return f"{provider}: {message}"
 
 
 async def stored_groups(run: Run, finish: Finish) -> AsyncGenerator[Group, None]:

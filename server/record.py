@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,8 +132,10 @@ class _TapStream(UpstreamStream):
         self._inner = inner
         self._tap = tap
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner.chunks():
+    async def chunks(
+        self, progress: Callable[[], str | None] | None = None
+    ) -> AsyncIterator[bytes]:
+        async for chunk in self._inner.chunks(progress):
             self._tap.body.extend(chunk)
             yield chunk
 

@@ -62,8 +62,13 @@ class Source:
             return
         decoder = self._mapping.stream_decoder()
         secrets = self._secrets
+
+        def progress() -> str | None:  # how far a stream that broke got, for its message
+            n = getattr(decoder, "events", None)
+            return None if n is None else f"{n} event{'' if n == 1 else 's'}"
+
         try:
-            async for chunk in self._stream.chunks():
+            async for chunk in self._stream.chunks(progress):
                 ops = decoder.feed(chunk)
                 if ops:
                     yield mask_ops(ops, secrets)

@@ -7,9 +7,14 @@ hooks, and above all a cookie jar shared by every user's requests, which a gatew
 have) cost about a third of a millisecond per call and do nothing for us. Failures become
 `UpstreamError`:
 
-    timeout (connect or read)        → 504 upstream_timeout
+    timeout before a status          → 504 upstream_timeout
     refused / reset / DNS / protocol → 502 upstream_unreachable
     non-2xx reply                    → mapping.parse_error(status, body, headers)
+    a body that stalls after that    → 504 upstream_timeout ("stopped sending for N s")
+    a body cut short                 → 502 upstream_incomplete
+
+"Could not reach" and "did not answer" are only said before any status arrived: once one came,
+the provider was reached, and a break says how far its reply got (`broken_reply`).
 
 A failure before any status arrived, and a 404 (or 405), name the URL that was called, so a
 wrong `api_base` shows itself: scheme, host, port and path only (`called_url`), never the
@@ -19,7 +24,7 @@ query (Gemini-style `?key=`) or userinfo. Headers are never logged: they carry p
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from functools import lru_cache
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -36,6 +41,7 @@ __all__ = [
     "Upstream",
     "UpstreamCall",
     "UpstreamStream",
+    "broken_reply",
     "called_url",
     "network_error",
 ]
@@ -101,12 +107,10 @@ def called_url(url: str) -> str:
     return f"{parts.scheme}://{host}{f':{port}' if port is not None else ''}{parts.path}"
 
 
-def network_error(
-    exc: httpx.TransportError, provider: str, call: UpstreamCall | None = None
-) -> UpstreamError:
-    """Classify a transport failure. The message names the provider and, for a failure before
-    any reply (``call`` given), the URL called (`called_url`): never headers or the query."""
-    where = f" ({call.method} {called_url(call.url)})" if call is not None else ""
+def network_error(exc: httpx.TransportError, provider: str, call: UpstreamCall) -> UpstreamError:
+    """Classify a transport failure before any status arrived. The message names the provider
+    and the URL called (`called_url`): never headers or the query."""
+    where = f" ({call.method} {called_url(call.url)})"
     if _is_timeout(exc):
         return UpstreamError(
             status=504,
@@ -115,14 +119,51 @@ def network_error(
             type="server_error",
             provider=provider,
         )
-    hint = "; check its api_base" if call is not None else ""
     return UpstreamError(
         status=502,
-        message=f"Could not reach the upstream provider '{provider}'{where}{hint}.",
+        message=f"Could not reach the upstream provider '{provider}'{where}; check its api_base.",
         code="upstream_unreachable",
         type="server_error",
         provider=provider,
     )
+
+
+def broken_reply(
+    exc: httpx.TransportError,
+    provider: str,
+    *,
+    what: str,
+    received: str,
+    read_timeout_s: float,
+) -> UpstreamError:
+    """A reply whose body broke off after its status arrived (`what`: "stream", "reply";
+    `received`: how far it got, "3 events"). The provider was reached, so this never says
+    "could not reach"; named provider first, like the in-band failures of `response.failed`."""
+    if _is_timeout(exc):
+        return UpstreamError(
+            status=504,
+            message=(
+                f"{provider}: the upstream stopped sending for {read_timeout_s:g} s before the "
+                f"response was complete (after {received})"
+            ),
+            code="upstream_timeout",
+            type="server_error",
+            provider=provider,
+        )
+    return UpstreamError(
+        status=502,
+        message=(
+            f"{provider}: the upstream {what} ended before the response was complete "
+            f"(connection closed after {received})"
+        ),
+        code="upstream_incomplete",
+        type="server_error",
+        provider=provider,
+    )
+
+
+def _amount(n: int, unit: str) -> str:
+    return f"{n} {unit}{'' if n == 1 else 's'}"
 
 
 def _unsendable(exc: ValueError, provider: str, call: UpstreamCall) -> UpstreamError:
@@ -151,26 +192,47 @@ def _name_url(error: UpstreamError, call: UpstreamCall) -> UpstreamError:
 class UpstreamStream:
     """An open 2xx streaming reply: iterate raw byte chunks, then `aclose()` (idempotent)."""
 
-    def __init__(self, response: httpx.Response, provider: str) -> None:
+    def __init__(
+        self,
+        response: httpx.Response,
+        provider: str,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+    ) -> None:
         self.response = response
         self._provider = provider
+        self._read_timeout_s = read_timeout_s
 
     @property
     def status_code(self) -> int:
         return self.response.status_code
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(
+        self, progress: Callable[[], str | None] | None = None
+    ) -> AsyncIterator[bytes]:
+        """The body's chunks; a break raises `broken_reply`, saying how far the stream got
+        (`progress()`, e.g. the decoder's "3 events"; else the bytes received)."""
+        response = self.response
         try:
-            async for chunk in self.response.aiter_bytes():
+            async for chunk in response.aiter_bytes():
                 if chunk:
                     yield chunk
         except httpx.TransportError as exc:
-            raise network_error(exc, self._provider) from None
+            got = (progress() if progress else None) or _amount(
+                response.num_bytes_downloaded, "byte"
+            )
+            raise broken_reply(
+                exc, self._provider, what="stream", received=got,
+                read_timeout_s=self._read_timeout_s,
+            ) from None  # fmt: skip
         finally:
             await self.response.aclose()
 
     async def aclose(self) -> None:
         await self.response.aclose()
+
+
+def _read_timeout(read_timeout_s: float | None) -> float:
+    return read_timeout_s or DEFAULT_READ_TIMEOUT_S
 
 
 @lru_cache(maxsize=1024)
@@ -211,7 +273,7 @@ class Upstream:
         return self._transport
 
     def _timeout(self, read_timeout_s: float | None) -> dict[str, float | None]:
-        read = read_timeout_s or DEFAULT_READ_TIMEOUT_S
+        read = _read_timeout(read_timeout_s)
         found = self._timeouts.get(read)
         if found is None:  # a handful of distinct values per process: keep them
             found = self._timeouts[read] = {
@@ -244,7 +306,11 @@ class Upstream:
         try:
             body = await response.aread()
         except httpx.TransportError as exc:
-            raise network_error(exc, errors.provider) from None
+            raise broken_reply(
+                exc, errors.provider, what=f"HTTP {response.status_code} reply",
+                received=_amount(response.num_bytes_downloaded, "byte"),
+                read_timeout_s=_read_timeout(read_timeout_s),
+            ) from None  # fmt: skip
         finally:
             await response.aclose()
         status = response.status_code
@@ -261,7 +327,11 @@ class Upstream:
         try:
             await response.aread()
         except httpx.TransportError as exc:
-            raise network_error(exc, errors.provider) from None
+            got = _amount(response.num_bytes_downloaded, "byte")
+            raise broken_reply(
+                exc, errors.provider, what="reply", received=got,
+                read_timeout_s=_read_timeout(read_timeout_s),
+            ) from None  # fmt: skip
         finally:
             await response.aclose()
         return response
@@ -272,4 +342,4 @@ class Upstream:
         """Send and return once a 2xx status arrived, so errors before the first byte can still
         be answered as plain JSON; the caller must consume `chunks()` or `aclose()` it."""
         response = await self._open(req, errors, read_timeout_s)
-        return UpstreamStream(response, errors.provider)
+        return UpstreamStream(response, errors.provider, _read_timeout(read_timeout_s))

@@ -9,6 +9,7 @@ of the URL it called (`called_url`), and that a 404 or an unreachable host names
 from __future__ import annotations
 
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from turnout.engine.canonical import normalize
 from turnout.engine.errors import MappingError, UpstreamError
 from turnout.engine.mapping import load_mapping
 from turnout.engine.registry import MappingRegistry
-from turnout.server.upstream import Upstream, called_url, network_error
+from turnout.server.upstream import Upstream, broken_reply, called_url
 
 REGISTRY = MappingRegistry.load()
 ROOT = Path(__file__).resolve().parents[1]
@@ -405,6 +406,41 @@ async def test_an_unreachable_host_names_the_url_called() -> None:
     assert "QUERYSECRET" not in error.message and "pw@" not in error.message
 
 
+class _CutBody(httpx.AsyncByteStream):
+    """A body that delivers some bytes, then loses its connection."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b'{"partial": '
+        raise httpx.ReadError("Response payload is not completed")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("status", "what"), [(200, "reply"), (503, "HTTP 503 reply")])
+async def test_a_body_cut_after_the_status_is_not_unreachable(status: int, what: str) -> None:
+    upstream = _upstream(lambda request: httpx.Response(status, stream=_CutBody()))
+    with pytest.raises(UpstreamError) as raised:
+        await upstream.send(_Call(URL), _Errors())
+    error = raised.value
+    assert (error.status, error.code) == (502, "upstream_incomplete")
+    assert error.message == (
+        f"acme: the upstream {what} ended before the response was complete "
+        "(connection closed after 12 bytes)"
+    )
+
+
 def test_a_failure_after_the_reply_started_names_no_url() -> None:
-    error = network_error(httpx.ReadError("reset"), "acme")
-    assert error.message == "Could not reach the upstream provider 'acme'."
+    # The provider answered: a break is its reply ending early, never "could not reach".
+    error = broken_reply(
+        httpx.ReadError("reset"), "acme", what="stream", received="3 events", read_timeout_s=600
+    )
+    assert (error.status, error.code) == (502, "upstream_incomplete")
+    message = "acme: the upstream stream ended before the response was complete (connection "
+    assert error.message == message + "closed after 3 events)"
+    stall = httpx.ReadTimeout("slow")
+    stall.__cause__ = TimeoutError()
+    error = broken_reply(stall, "acme", what="reply", received="10 bytes", read_timeout_s=2.5)
+    assert (error.status, error.code) == (504, "upstream_timeout")
+    assert error.message == (
+        "acme: the upstream stopped sending for 2.5 s before the response was complete "
+        "(after 10 bytes)"
+    )

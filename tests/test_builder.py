@@ -490,7 +490,9 @@ def test_anchor6_error_mid_stream_closes_items_then_fails() -> None:
     assert events[-1]["type"] == "response.failed"
     assert events[-2]["type"] == "response.output_item.done"
     resp = b.response
-    assert resp["error"] == {"code": "server_error", "message": "[overloaded_error] Overloaded"}
+    # The provider first (behind an alias the client cannot tell who failed), then its code.
+    message = "anthropic: [overloaded_error] Overloaded"
+    assert resp["error"] == {"code": "server_error", "message": message}
     assert [it["status"] for it in resp["output"]] == ["completed", "incomplete"]
     assert resp["usage"] is not None and resp["completed_at"] is None
 
@@ -694,6 +696,22 @@ def test_response_error_mapping() -> None:
     assert response_error("429", "x") == {"code": "rate_limit_exceeded", "message": "[429] x"}
     assert response_error("invalid_prompt", "bad") == {"code": "invalid_prompt", "message": "bad"}
     assert response_error(None, None) == {"code": "server_error", "message": "upstream error"}
+    # No native code is no "[None]"; a provider's failure names it first.
+    assert response_error(None, "boom", provider="groq") == {
+        "code": "server_error",
+        "message": "groq: boom",
+    }
+    assert response_error(502, "boom", provider="openrouter")["message"] == "openrouter: [502] boom"
+
+
+def test_a_failed_finish_reason_names_the_provider() -> None:
+    b = new_builder("gemini")
+    b.route({"SAFETY": "failed"}, "gemini")
+    b.start()
+    b.feed([{"op": "text_delta", "text": "x"}, {"op": "finish", "reason": "SAFETY"}])
+    b.finish()
+    message = "gemini: [SAFETY] upstream stopped with finish reason 'SAFETY'"
+    assert b.response["error"] == {"code": "server_error", "message": message}
 
 
 def test_make_echo_defaults_and_normalisation() -> None:

@@ -305,6 +305,30 @@ def test_openrouter_mid_stream_error_keeps_the_provider_message() -> None:
 
 
 @pytest.mark.parametrize(
+    ("provider", "fixture"),
+    [("gemini", "gemini/function_response_followup_stream.sse"),
+     ("groq", "openai_chat/text_stream_after_tool_result.sse")],
+)  # fmt: skip
+def test_a_recorded_stream_cut_before_its_stop_names_the_provider(
+    provider: str, fixture: str
+) -> None:
+    """The connection closed cleanly but early (no stop reason): the failure says so, names the
+    provider first and how far the stream got, and claims no connection problem."""
+    mapping = REGISTRY.get(provider)
+    assert mapping is not None
+    data = _load_stream(FIXTURES / fixture)
+    sep = b"\r\n\r\n" if b"\r\n\r\n" in data else b"\n\n"
+    decoder = mapping.stream_decoder()
+    ops = decoder.feed(sep.join(data.split(sep)[:2]) + sep) + decoder.close()
+    error = _build(mapping, ops)[-1]["response"]["error"]
+    assert error == {
+        "code": "server_error",
+        "message": f"{provider}: the upstream stream ended before the response was complete "
+        "(no stop reason after 2 events)",
+    }
+
+
+@pytest.mark.parametrize(
     "fixture",
     ["openai_responses/image_generation_stream.chunks.txt",
      "azure/responses_image_generation_stream.chunks.txt"],

@@ -36,6 +36,7 @@ CASES = sorted((OVERLAY / "cases" / "cohere").glob("*.yaml"))
 E2E_MODULES = [
     "tests/test_e2e_providers.py",
     "tests/test_e2e_errors.py",
+    "tests/test_e2e_stream_failures.py",
     "tests/test_e2e_background.py",
     "tests/test_e2e_features.py",
     "tests/test_e2e_cost.py",
@@ -49,6 +50,7 @@ MUST_RUN = {
     "test_any_text_round_trips_byte_exact",
     "test_every_providers_native_error_body_is_translated",
     "test_mid_stream_failure_ends_in_response_failed_and_is_stored",
+    "test_a_mid_stream_failure_says_what_the_provider_said",
     "test_background_is_queued_then_polled_to_completion_and_priced",
     "test_usage_is_normalised_like_openai_counts_it",
     "test_structured_output_reaches_every_provider",
