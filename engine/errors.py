@@ -95,6 +95,7 @@ class RequestError(TurnoutError):
         param: str | None = None,
         code: str | None = None,
         type: str = "invalid_request_error",  # the OpenAI field name
+        retry_after: float | None = None,  # seconds; sent as Retry-After with a 429
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -102,6 +103,7 @@ class RequestError(TurnoutError):
         self.param = param
         self.code = code
         self.type = type
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
         return self.message

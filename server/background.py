@@ -55,6 +55,10 @@ Event = dict[str, Any]
 
 log = logging.getLogger("turnout.background")
 
+# Retry-After of the max_background 429: a background response runs for seconds to minutes,
+# so retrying sooner would mostly meet the cap again.
+BACKGROUND_RETRY_AFTER_S = 5.0
+
 
 class LiveResponse:
     """A background response in the making: the builder and every event published so far."""
@@ -217,6 +221,7 @@ class BackgroundWork:
                 param="background",
                 code="rate_limit_exceeded",
                 type="requests",
+                retry_after=BACKGROUND_RETRY_AFTER_S,
             )
         reply_stream = canon.stream
         # The upstream always streams, so GET shows the output as it grows and followers get

@@ -18,6 +18,9 @@ What `turnout serve` prints, all on stderr and through logging (so through the r
   (printed as they are, like every config problem);
 * one WARNING per alias deployment whose credentials are missing, naming the variables to set
   (`preflight.missing_credentials`; never a value); the server still starts;
+* a WARNING when the open-file limit cannot be raised to what `limits.max_connections` needs,
+  and, while the cap refuses connections, one WARNING per 10 s with their count
+  (`server/connections.py`);
 * the ready line, exactly once, at INFO on logger `turnout`, once the socket listens (from the
   uvicorn server's `startup`, after the listening sockets exist; never before):
   `turnout 0.1.0 ready on http://127.0.0.1:4000 · store sqlite:////srv/turnout.db · 29
@@ -50,11 +53,14 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from turnout.engine.errors import ConfigError, MappingError
 from turnout.engine.registry import DEFAULT_MAPPINGS_DIR, lint_dir
 from turnout.server.redaction import redact, secret_values
+
+if TYPE_CHECKING:
+    from turnout.server.config import Settings
 
 __all__ = [
     "RedactingFormatter",
@@ -181,7 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=port,
         # uvloop + httptools when present: the measured fast path (design §7).
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=_http_protocol(settings),
         workers=1,
         timeout_graceful_shutdown=settings.server.shutdown_timeout_s,
         access_log=False,
@@ -193,6 +199,25 @@ def _serve(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn already shut down
         server.run()
     return 0 if server.started else 3
+
+
+def _http_protocol(settings: Settings) -> Any:
+    """The HTTP protocol: uvicorn's httptools one with the read deadline and the connection
+    cap (server/connections.py). Without httptools (a platform uvicorn[standard] has no wheel
+    for) uvicorn's h11 protocol serves, without either limit, and says so."""
+    limits = settings.limits
+    if importlib.util.find_spec("httptools") is None:
+        log.warning(
+            "httptools is not installed: server.read_timeout_s and limits.max_connections "
+            "are not enforced"
+        )
+        return "h11"
+    from turnout.server.connections import ConnectionLimits, protocol_class, raise_file_limit
+
+    problem = raise_file_limit(limits.max_connections)
+    if problem:
+        log.warning("%s", problem)
+    return protocol_class(ConnectionLimits(settings.server.read_timeout_s, limits.max_connections))
 
 
 def _server(config: Any, app: Any, ready: Mapping[str, Any] | None = None) -> Any:

@@ -122,6 +122,10 @@ class ServerSettings:
     # One log line per request (method, path, status, model, deployment, duration, response id);
     # `turnout serve --access-log` turns it on too. Off, it adds nothing to the request path.
     access_log: bool = False
+    # A request's headers and body must arrive within this long of its first byte (a new
+    # connection's first request: of the connection's opening); else the connection is closed,
+    # after a 408 when the headers were in (server/connections.py). Slowloris protection.
+    read_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,10 @@ class LimitsSettings:
     # Background responses running at once in this process; one more is a 429 (each holds an
     # upstream stream, and the create call returns at once, so nothing else would bound them).
     max_background: int = 256
+    # Open client connections (idle keep-alive ones included); one more gets a JSON 503 with
+    # Retry-After (server/connections.py). None: no cap. Each in-flight request also holds an
+    # upstream connection, so the open-file limit is raised to about twice this at start-up.
+    max_connections: int | None = 4096
 
 
 def env_prefix(pid: str) -> str:
@@ -373,11 +381,13 @@ def _build(
             port=server.get("port", defaults_s.port),
             shutdown_timeout_s=server.get("shutdown_timeout_s", defaults_s.shutdown_timeout_s),
             access_log=bool(server.get("access_log", defaults_s.access_log)),
+            read_timeout_s=float(server.get("read_timeout_s", defaults_s.read_timeout_s)),
         ),
         limits=LimitsSettings(
             max_body_bytes=limits.get("max_body_bytes", defaults_l.max_body_bytes),
             max_image_bytes=limits.get("max_image_bytes", defaults_l.max_image_bytes),
             max_background=limits.get("max_background", defaults_l.max_background),
+            max_connections=limits.get("max_connections", defaults_l.max_connections),
         ),
         mappings_dir=mappings_dir,
         logging=[dict(entry) for entry in data.get("logging") or []],

@@ -9,7 +9,8 @@ Exception → status:
     RequestError                → its own status (client mistake, 4xx)
     UpstreamError               → its own status; `Retry-After` passed on for 429/503
     InternalError               → 500 `server_error` naming what failed (Turnout's own defect)
-    litestar HTTPException      → its status (404 route, 405 method, 413 body, 400 validation)
+    litestar HTTPException      → its status (404 route, 405 method, 413 body, 400 validation);
+                                  a body cut off by `server.read_timeout_s`: the 408 already sent
     anything else               → 500 with a generic message; traceback logged server-side only
 
 The SDKs turn `error.code/param/type` into exception attributes, so the body never carries a
@@ -44,6 +45,7 @@ from turnout.server.store_health import StoreUnavailable
 from turnout.server.trail import error_trail_headers
 
 __all__ = [
+    "READ_TIMED_OUT",
     "error_body",
     "error_bytes",
     "error_response",
@@ -63,6 +65,9 @@ _CODE_BY_STATUS: dict[int, str] = {
 }
 
 _GENERIC_500 = "The server had an error while processing your request."
+
+# Scope key: the 408 body server/connections.py sent when this request's body was too slow.
+READ_TIMED_OUT = "turnout.read_timed_out"
 
 
 def error_bytes(
@@ -102,7 +107,12 @@ def _retry_headers(status: int, retry_after: float | None) -> dict[str, str]:
 def _on_request_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     assert isinstance(exc, RequestError)
     return error_response(
-        exc.status, exc.message, type_=exc.type or None, param=exc.param, code=exc.code
+        exc.status,
+        exc.message,
+        type_=exc.type or None,
+        param=exc.param,
+        code=exc.code,
+        headers=_retry_headers(exc.status, exc.retry_after),
     )
 
 
@@ -135,9 +145,15 @@ def _on_validation(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]
     return error_response(400, message, param=param, code="invalid_value" if param else None)
 
 
-def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+def _on_http(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     assert isinstance(exc, HTTPException)
     status = exc.status_code
+    timed_out = request.scope.get(READ_TIMED_OUT)
+    if isinstance(timed_out, bytes):
+        # Litestar's "client disconnected" after the read deadline: not a server error. This
+        # reply is never sent (the connection already has its 408); the access log and the
+        # telemetry record see the same 408.
+        return Response(content=timed_out, status_code=408, media_type=MediaType.JSON)
     if status >= 500:
         # Litestar 5xx details can describe internals; keep them in the log.
         log.error("internal HTTP error %s: %s", status, exc.detail)
