@@ -93,7 +93,7 @@ def release(router: Router, state: DeploymentState, builder: ResponseBuilder) ->
 
 
 # Failures before any provider answered: a provider's own error is worth more to the client.
-_TRANSPORT_CODES = EJECT_CODES | {"upstream_timeout"}
+_TRANSPORT_CODES = EJECT_CODES | {"upstream_timeout", "upstream_incomplete"}
 
 
 def _remember(walk: _Walk, exc: UpstreamError) -> None:
