@@ -199,8 +199,10 @@ class Telemetry:
             failed = getattr(error, "attempts", None) or []
             if failed and not attempts:
                 attempts = list(failed)
-                provider = provider or failed[-1].get("provider")
-                deployment = deployment or failed[-1].get("deployment")
+                last = failed[-1]
+                provider = provider or last.get("provider")
+                if last.get("deployment_id"):  # a configured deployment (else the client's text)
+                    deployment = deployment or last.get("deployment")
             err = {
                 "code": getattr(error, "code", None) or "server_error",
                 "message": str(getattr(error, "message", None) or error),

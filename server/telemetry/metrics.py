@@ -105,9 +105,11 @@ class Metrics:
     def observe(self, record: Mapping[str, Any]) -> None:
         """Count one request record (the `prometheus` sink calls this)."""
         provider = str(record.get("provider") or "")
-        # The model is whatever the client typed: a name no upstream has served (no provider:
-        # refused before the reply) is `other` unless configured or served before.
-        model = self.models(str(record.get("model") or ""), proven=bool(provider))
+        # The model is whatever the client typed: a name no upstream has served (an error before
+        # the reply, whose record may still name the provider its attempts went to) is `other`
+        # unless configured or served before.
+        served = bool(provider) and record.get("status") != "error"
+        model = self.models(str(record.get("model") or ""), proven=served)
         labels = (provider, model, str(record.get("deployment") or ""))
         stream = "true" if record.get("stream") else "false"
         self.requests.labels(*labels, str(record.get("status") or ""), stream).inc()
