@@ -145,6 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
     from turnout.server.access_log import AccessLog
     from turnout.server.app import create_app
     from turnout.server.config import load_config
+    from turnout.server.http_protocol import MAX_HEAD_BYTES, protocol_class
     from turnout.server.preflight import check_providers, missing_credentials
 
     level = getattr(logging, args.log_level.upper())
@@ -180,7 +181,9 @@ def _serve(args: argparse.Namespace) -> int:
         port=port,
         # uvloop + httptools when present: the measured fast path (design §7).
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        # uvicorn's own parser refusals (a URL over the limit) as OpenAI JSON errors.
+        http=protocol_class(),
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         workers=1,
         timeout_graceful_shutdown=settings.server.shutdown_timeout_s,
         access_log=False,
