@@ -16,6 +16,7 @@ import orjson
 
 from turnout.engine import state as state_codec
 from turnout.engine.errors import RequestError
+from turnout.engine.nesting import MAX_DEPTH, deep_path, param_of
 
 __all__ = [
     "KNOWN_FIELDS",
@@ -230,6 +231,32 @@ def _file_entry(role: str, part: Mapping[str, Any], where: str) -> dict[str, Any
     return entry
 
 
+def _check_item_fields(item: Mapping[str, Any], where: str) -> None:
+    """Fields every item kind shares: ids are strings (they are dict keys and store keys)."""
+    for key in ("id", "call_id", "status"):
+        value = item.get(key)
+        if value is not None and not isinstance(value, str):
+            raise _bad(
+                f"Invalid type for '{where}.{key}': expected a string, but got "
+                f"{_type_name(value)} instead.",
+                f"{where}.{key}",
+                "invalid_type",
+            )
+
+
+def _check_depth(value: Any, param: str | None = None) -> None:
+    """400 past MAX_DEPTH, naming `param`, or for the body the field the path runs through."""
+    path = deep_path(value)
+    if path is not None:
+        param = param or param_of(path)
+        raise _bad(
+            f"Invalid '{param}': nested too deeply (at most {MAX_DEPTH} levels of objects and "
+            "arrays).",
+            param,
+            "nesting_too_deep",
+        )
+
+
 def _output_text(output: Any, where: str) -> str:
     if isinstance(output, str):
         return output
@@ -259,15 +286,26 @@ class _Normalizer:
         if not isinstance(item, dict):
             raise _bad(f"Invalid type for '{where}': expected an object.", where, "invalid_type")
         itype = item.get("type", "message" if "role" in item else None)
+        if itype is not None and not isinstance(itype, str):
+            raise _bad(
+                f"Invalid type for '{where}.type': expected a string, but got "
+                f"{_type_name(itype)} instead.",
+                f"{where}.type",
+                "invalid_type",
+            )
         item_id = item.get("id")
         # Idempotent merge: a client that replays history it also chains by
         # previous_response_id must not duplicate items (duplicate tool ids are a 400 upstream).
         if isinstance(item_id, str) and item_id in self.seen_ids:
             return
-        if itype == "function_call" and item.get("call_id") in self.seen_calls:
-            return
-        if itype == "function_call_output" and item.get("call_id") in self.seen_outputs:
-            return
+        if keep is not None:  # the client's items; history was checked when it came in
+            _check_item_fields(item, where)
+        call_id = item.get("call_id")
+        if isinstance(call_id, str):  # a list or object is no call id (and not hashable)
+            if itype == "function_call" and call_id in self.seen_calls:
+                return
+            if itype == "function_call_output" and call_id in self.seen_outputs:
+                return
         stored = self._entries_for(itype, item, where)
         if keep is not None and stored is not None:
             keep.append(stored)
@@ -348,6 +386,8 @@ class _Normalizer:
             args = orjson.loads(arguments) if arguments.strip() else {}
         except orjson.JSONDecodeError:
             args = None
+        # Parsed arguments reach the provider body as JSON, like the rest of the request.
+        _check_depth(args, f"{where}.arguments")
         self.call_names[call_id] = name
         self.seen_calls.add(call_id)
         stored = {
@@ -401,6 +441,7 @@ class _Normalizer:
         )
         encrypted = item.get("encrypted_content")
         provider, state = decode_state(encrypted if isinstance(encrypted, str) else None)
+        _check_depth(state, f"{where}.encrypted_content")
         self.has_reasoning = True
         self.entries.append(
             {"role": "assistant", "kind": "reasoning", "id": item.get("id"), "text": text,
@@ -417,7 +458,10 @@ class _Normalizer:
         signatures: dict[str, str] = {}
         for entry in self.entries:
             if entry["kind"] == "reasoning" and entry["state"]:
-                signatures.update(entry["state"].get("call_signatures") or {})
+                found = entry["state"].get("call_signatures")
+                # The state is the client's to send back: only a str -> str map is usable.
+                if isinstance(found, dict):
+                    signatures.update((k, v) for k, v in found.items() if isinstance(v, str))
         if not signatures:
             return
         for entry in self.entries:
@@ -459,6 +503,8 @@ def _tools(body: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
             raise _bad(f"Missing required parameter: '{where}.type'.", f"{where}.type")
         if tool["type"] != "function":
+            if tool["type"] == "image_generation":
+                _check_image_tool(tool, where)
             hosted.append(tool)
             continue
         name = tool.get("name")
@@ -477,6 +523,42 @@ def _tools(body: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str
              "strict": tool.get("strict")}
         )  # fmt: skip
     return functions, hosted
+
+
+# The image_generation tool's options, typed as OpenAI's ImageGenTool: mappings read them (a
+# Gemini aspect ratio from `size`), the builder echoes them on the image item.
+_IMAGE_TEXT = ("model", "quality", "size", "output_format", "moderation", "background",
+               "input_fidelity", "action")  # fmt: skip
+_IMAGE_INTS = {"partial_images": (0, 3), "output_compression": (0, 100)}
+
+
+def _check_image_tool(tool: Mapping[str, Any], where: str) -> None:
+    for key in _IMAGE_TEXT:
+        value = tool.get(key)
+        if value is not None and not isinstance(value, str):
+            raise _bad(
+                f"Invalid type for '{where}.{key}': expected a string, but got "
+                f"{_type_name(value)} instead.",
+                f"{where}.{key}",
+                "invalid_type",
+            )
+    for key, (low, high) in _IMAGE_INTS.items():
+        value = tool.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise _bad(
+                f"Invalid '{where}.{key}': expected an integer between {low} and {high}.",
+                f"{where}.{key}",
+                "invalid_value",
+            )
+    mask = tool.get("input_image_mask")
+    if mask is not None and not isinstance(mask, dict):
+        raise _bad(
+            f"Invalid type for '{where}.input_image_mask': expected an object.",
+            f"{where}.input_image_mask",
+            "invalid_type",
+        )
 
 
 def _tool_choice(body: Mapping[str, Any], names: set[str]) -> dict[str, Any] | None:
@@ -539,13 +621,14 @@ def _reasoning(body: Mapping[str, Any]) -> dict[str, Any] | None:
     if not reasoning:
         return None
     effort, summary = reasoning.get("effort"), reasoning.get("summary")
-    if effort not in _EFFORTS:
+    # Membership first needs a hashable value: `"effort": []` is a 400, not a TypeError.
+    if not isinstance(effort, (str, type(None))) or effort not in _EFFORTS:
         raise _bad(
             f"Invalid value: '{effort}'. Supported values are: 'none', 'minimal', 'low', "
             "'medium', 'high', 'xhigh' and 'max'.",
             "reasoning.effort",
         )
-    if summary not in _SUMMARIES:
+    if not isinstance(summary, (str, type(None))) or summary not in _SUMMARIES:
         raise _bad(
             f"Invalid value: '{summary}'. Supported values are: 'auto', 'concise' and 'detailed'.",
             "reasoning.summary",
@@ -645,6 +728,7 @@ def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> 
     unknown = [k for k in body if k not in KNOWN_FIELDS]
     if unknown:
         raise _bad(f"Unknown parameter: '{unknown[0]}'.", unknown[0], "unknown_parameter")
+    _check_depth(body)
     model = _model(body)
     _check_echoed(body)
     instructions = _expect(body, "instructions", (str,), "a string")

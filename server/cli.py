@@ -151,6 +151,7 @@ def _serve(args: argparse.Namespace) -> int:
     from turnout.server.access_log import AccessLog
     from turnout.server.app import create_app
     from turnout.server.config import load_config
+    from turnout.server.http_protocol import MAX_HEAD_BYTES
     from turnout.server.preflight import check_providers, check_store, missing_credentials
 
     level = getattr(logging, args.log_level.upper())
@@ -188,6 +189,7 @@ def _serve(args: argparse.Namespace) -> int:
         # uvloop + httptools when present: the measured fast path (design §7).
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http=_http_protocol(settings),
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         workers=1,
         timeout_graceful_shutdown=settings.server.shutdown_timeout_s,
         access_log=False,
@@ -202,16 +204,19 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _http_protocol(settings: Settings) -> Any:
-    """The HTTP protocol: uvicorn's httptools one with the read deadline and the connection
-    cap (server/connections.py). Without httptools (a platform uvicorn[standard] has no wheel
-    for) uvicorn's h11 protocol serves, without either limit, and says so."""
+    """The HTTP protocol: uvicorn's httptools one with the read deadline, the connection cap
+    (server/connections.py) and its parser's refusals as OpenAI JSON (http_protocol.py).
+    Without httptools (a platform uvicorn[standard] has no wheel for) uvicorn's h11 protocol
+    serves, refusing in JSON too but without either limit, and says so."""
     limits = settings.limits
     if importlib.util.find_spec("httptools") is None:
         log.warning(
             "httptools is not installed: server.read_timeout_s and limits.max_connections "
             "are not enforced"
         )
-        return "h11"
+        from turnout.server.http_protocol import protocol_class as json_refusals
+
+        return json_refusals("h11")  # its own parser refusals still as OpenAI JSON
     from turnout.server.connections import ConnectionLimits, protocol_class, raise_file_limit
 
     problem = raise_file_limit(limits.max_connections)

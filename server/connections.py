@@ -32,6 +32,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from turnout.server.errors import READ_TIMED_OUT, error_bytes
+from turnout.server.http_protocol import refuse_httptools
 
 __all__ = ["ConnectionLimits", "LimitedProtocol", "protocol_class", "raise_file_limit"]
 
@@ -124,6 +125,10 @@ class LimitedProtocol(HttpToolsProtocol):
         self._admitted = False
         self._refused_head: bytearray | None = None  # a refused connection's bytes so far
         self._draining = False
+
+    def send_400_response(self, msg: str) -> None:
+        # A request uvicorn's parser refuses (a URL over its limit): OpenAI JSON, not text.
+        refuse_httptools(self)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

@@ -23,6 +23,7 @@ from litestar.params import FromPath
 from litestar.types import ASGIApp
 
 from turnout.engine.errors import RequestError
+from turnout.engine.nesting import MAX_DEPTH
 from turnout.server.config import ModelAlias
 from turnout.server.gateway import Gateway
 from turnout.server.replies import BodyReply, EventStream, JsonReply, json_reply, replay_sse
@@ -48,6 +49,10 @@ SSE_HEADERS = {
 _INVALID_JSON = (
     "We could not parse the JSON body of your request. The body must be valid JSON "
     "(Content-Type: application/json)."
+)
+
+_TOO_DEEP = (
+    f"The JSON body is nested too deeply (at most {MAX_DEPTH} levels of objects and arrays)."
 )
 
 
@@ -137,7 +142,9 @@ async def create_response(request: Request[Any, Any, Any]) -> ASGIApp:
     raw = await request.body()
     try:
         body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if exc.msg.startswith("depth limit"):  # valid JSON, past orjson's 1024 levels
+            raise RequestError(400, _TOO_DEEP, code="nesting_too_deep") from None
         raise RequestError(400, _INVALID_JSON, code="invalid_json") from None
     gateway = _gateway(request)
     caller = _caller(request.scope, gateway.settings.router.timeout_s)

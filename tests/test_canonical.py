@@ -476,3 +476,88 @@ def test_raw_is_the_client_body() -> None:
     assert req.view["raw"] is body
     assert orjson.dumps(req.view["raw"]) == orjson.dumps(body)
     assert req.view["user"] == "u1"
+
+
+# --- issue 12: values that were 500s (unhashable, too deep) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"reasoning": {"effort": []}}, "reasoning.effort"),
+        ({"reasoning": {"summary": {}}}, "reasoning.summary"),
+        ({"input": [{"type": "function_call_output", "call_id": [], "output": "x"}]},
+         "input[0].call_id"),
+        ({"input": [{**_call("c"), "call_id": {"a": 1}}]}, "input[0].call_id"),
+        ({"input": [{"role": "user", "content": "hi", "id": ["x"]}]}, "input[0].id"),
+        ({"input": [{"role": "user", "content": "hi", "status": {}}]}, "input[0].status"),
+        ({"input": [{"type": {}, "role": "user", "content": "hi"}]}, "input[0].type"),
+    ],
+)  # fmt: skip
+def test_unhashable_values_are_400s_naming_the_parameter(extra: dict[str, Any], param: str) -> None:
+    assert _error(_body(**extra)).param == param
+
+
+def _nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": [{**TOOL, "parameters": _nested(130)}]}, "tools[0].parameters"),
+        ({"text": {"format": {"type": "json_schema", "name": "n", "schema": _nested(130)}}},
+         "text.format.schema"),
+        ({"metadata": _nested(130)}, "metadata.a.a"),
+        ({"input": [[[[]]], _nested(300)]}, "input[1].a"),
+        ({"input": [_call("c", arguments="[" * 200 + "]" * 200)]}, "input[0].arguments"),
+    ],
+)  # fmt: skip
+def test_json_nested_past_max_depth_is_a_400_naming_the_field(
+    extra: dict[str, Any], param: str
+) -> None:
+    error = _error(_body(**extra))
+    assert (error.param, error.code) == (param, "nesting_too_deep")
+
+
+def test_reasoning_state_nested_past_max_depth_is_a_400() -> None:
+    blob = encode_state("anthropic", {"s": _nested(200)})
+    item = {"type": "reasoning", "summary": [], "encrypted_content": blob}
+    assert _error(_body(input=[item, "hi"])).param == "input[0].encrypted_content"
+
+
+def test_call_signatures_of_the_wrong_shape_are_ignored() -> None:
+    # The blob is the client's to send back: a list where a map belongs must not crash.
+    blob = encode_state("gemini", {"call_signatures": ["x"]})
+    items = [{"type": "reasoning", "summary": [], "encrypted_content": blob}, _call("c")]
+    entries = normalize(_body(input=items)).view["entries"]
+    assert [e.get("signature") for e in entries if e["kind"] == "function_call"] == [None]
+
+
+@pytest.mark.parametrize(
+    ("tool", "param"),
+    [
+        ({"type": "image_generation", "size": [1]}, "tools[0].size"),
+        ({"type": "image_generation", "size": {"a": 1}}, "tools[0].size"),
+        ({"type": "image_generation", "output_format": 1}, "tools[0].output_format"),
+        ({"type": "image_generation", "partial_images": True}, "tools[0].partial_images"),
+        ({"type": "image_generation", "partial_images": 4}, "tools[0].partial_images"),
+        ({"type": "image_generation", "output_compression": "9"}, "tools[0].output_compression"),
+        ({"type": "image_generation", "input_image_mask": "m"}, "tools[0].input_image_mask"),
+    ],
+)
+def test_image_generation_options_of_the_wrong_type_are_400s(
+    tool: dict[str, Any], param: str
+) -> None:
+    # `size: [1]` was a 500: the Gemini mapping looks the size up in a table of strings.
+    assert _error(_body(tools=[tool])).param == param
+
+
+def test_image_generation_options_as_openai_types_them_pass() -> None:
+    tool = {"type": "image_generation", "size": "1536x1024", "quality": "high",
+            "partial_images": 2, "output_compression": 80,
+            "input_image_mask": {"file_id": "f"}}  # fmt: skip
+    assert normalize(_body(tools=[tool])).view["image_tool"] == tool
