@@ -30,6 +30,7 @@ from turnout.server.stores import ResponseStore, create_store
 from turnout.server.telemetry import Telemetry
 from turnout.server.telemetry.sinks import otel_provider_names
 from turnout.server.upstream import Upstream
+from turnout.server.upstream_pool import PoolLimits
 
 __all__ = ["create_app"]
 
@@ -80,7 +81,14 @@ def create_app(
             if store is None:
                 await the_store.open()  # file, schema: blocking parts run on the store's thread
                 opened.push_async_callback(the_store.aclose)
-            upstream = Upstream(transport=transport)
+            limits = settings.limits
+            pool = PoolLimits(
+                total=limits.upstream_connections,
+                per_host=limits.upstream_connections_per_host,
+                wait_s=limits.upstream_wait_s,
+            )
+            upstream = Upstream(transport=transport, pool=pool)
+            telemetry.metrics.watch_upstream(upstream.slots)
             upstream.start()
             opened.push_async_callback(upstream.aclose)
             # Started here, on the server's loop: sinks run worker tasks and HTTP clients.

@@ -140,6 +140,12 @@ class LimitsSettings:
     # Retry-After (server/connections.py). None: no cap. Each in-flight request also holds an
     # upstream connection, so the open-file limit is raised to about twice this at start-up.
     max_connections: int | None = 4096
+    # Upstream connections open at once (each reply holds one for its whole length), in all and
+    # to any one host; a request waits at most `upstream_wait_s` for one, then gets a 503
+    # upstream_busy with Retry-After (server/upstream_pool.py).
+    upstream_connections: int = 4096
+    upstream_connections_per_host: int = 1024
+    upstream_wait_s: float = 10.0
 
 
 def env_prefix(pid: str) -> str:
@@ -388,6 +394,13 @@ def _build(
             max_image_bytes=limits.get("max_image_bytes", defaults_l.max_image_bytes),
             max_background=limits.get("max_background", defaults_l.max_background),
             max_connections=limits.get("max_connections", defaults_l.max_connections),
+            upstream_connections=limits.get(
+                "upstream_connections", defaults_l.upstream_connections
+            ),
+            upstream_connections_per_host=limits.get(
+                "upstream_connections_per_host", defaults_l.upstream_connections_per_host
+            ),
+            upstream_wait_s=limits.get("upstream_wait_s", defaults_l.upstream_wait_s),
         ),
         mappings_dir=mappings_dir,
         logging=[dict(entry) for entry in data.get("logging") or []],

@@ -16,6 +16,7 @@ from turnout.server.router import Router
 from turnout.server.run import Run
 from turnout.server.store_health import StoreHealth, StoreUnavailable
 from turnout.server.stores.base import ResponseStore, StoredResponse
+from turnout.server.telemetry.clip import clip
 from turnout.server.telemetry.hub import CURRENT, RequestContext, Telemetry
 
 __all__ = ["Finisher", "record", "tags"]
@@ -117,11 +118,14 @@ class Finisher:
         if isinstance(error, dict):
             ctx.error = {**error, "type": "response.failed"}
         telemetry = self.telemetry
-        if telemetry is not None and telemetry.capture_prompts:
-            ctx.captured["instructions"] = response.get("instructions")
-            ctx.captured["input"] = run.canon.input_items
-        if telemetry is not None and telemetry.capture_outputs:
-            ctx.captured["output"] = response.get("output")
+        if telemetry is None:
+            return
+        limit = telemetry.capture_max_chars  # cut before any sink redacts or copies it
+        if telemetry.capture_prompts:
+            ctx.captured["instructions"] = clip(response.get("instructions"), limit)
+            ctx.captured["input"] = clip(run.canon.input_items, limit)
+        if telemetry.capture_outputs:
+            ctx.captured["output"] = clip(response.get("output"), limit)
 
 
 def record(

@@ -46,6 +46,7 @@ from turnout.server.config import Deployment, ModelAlias, RouterSettings
 
 __all__ = [
     "EJECT_CODES",
+    "LOCAL_CODES",
     "MAX_WAIT_S",
     "WINDOW_S",
     "Affinity",
@@ -64,6 +65,8 @@ __all__ = [
 WINDOW_S = 60.0  # rpm/tpm and allowed_fails are counted over this sliding window
 # Failures that say the deployment cannot be reached at all: ejected at once, no second try.
 EJECT_CODES = frozenset({"upstream_unreachable"})
+# Failures of the gateway's own, not the deployment's: never counted toward its cooldown.
+LOCAL_CODES = frozenset({"upstream_busy"})
 MAX_WAIT_S = 60.0  # never wait longer than this for one retry, whatever Retry-After says
 LATENCY_ALPHA = 0.3  # weight of the newest sample in the latency moving average
 
@@ -466,7 +469,7 @@ class Router:
         """Count a failed attempt (the caller still calls `finished`); `counts` False for a
         retry of a deployment this client request already failed on (one request, one
         failure). Returns True when this failure put the deployment into cooldown."""
-        if not is_retryable(exc):
+        if not is_retryable(exc) or exc.code in LOCAL_CODES:
             return False
         now = self.clock()
         state.failures_total += 1

@@ -8,6 +8,7 @@ there is still a plain JSON error, and a router may still fail over.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
@@ -85,6 +86,11 @@ class Source:
             self.on_close()
 
 
+# A JSON reply this large takes tens of milliseconds to parse and translate: the loop gets a turn
+# between reading it and that work, so one huge reply never adds up to one long stall.
+_BIG_REPLY_BYTES = 1024 * 1024
+
+
 async def open_source(
     upstream: Upstream, call: UpstreamCall, target: Target, known: Sequence[str]
 ) -> tuple[Source, int]:
@@ -98,6 +104,8 @@ async def open_source(
             )
             return Source(target.mapping, None, stream, secrets), stream.status_code
         response = await upstream.send(call, target.mapping, read_timeout_s=target.timeout_s)
+        if len(response.content) > _BIG_REPLY_BYTES:
+            await asyncio.sleep(0)  # reading it took a while: let other requests run first
         ops = target.mapping.parse_response(response.content)
     except UpstreamError as exc:
         # Providers quote keys back ("Incorrect API key provided: sk-..."): the message

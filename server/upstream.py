@@ -24,15 +24,18 @@ query (Gemini-style `?key=`) or userinfo. Headers are never logged: they carry p
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from functools import lru_cache
 from typing import Protocol
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 import httpx_aiohttp
 
 from turnout.engine.errors import UpstreamError
+from turnout.server.upstream_pool import PoolLimits, Slot, UpstreamSlots
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -241,6 +244,48 @@ def _url(text: str) -> httpx.URL:
     return httpx.URL(text)
 
 
+@lru_cache(maxsize=1024)
+def _host(text: str) -> str:
+    """`host:port` of an upstream URL: what the per-host connection slots count."""
+    url = _url(text)
+    return f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+
+
+class _SlotStream(httpx.AsyncByteStream):
+    """A reply body that gives its connection slot back when it is closed (every path: read
+    whole, streamed, an error body, abandoned)."""
+
+    __slots__ = ("_inner", "_slot")
+
+    def __init__(self, inner: httpx.AsyncByteStream, slot: Slot) -> None:
+        self._inner = inner
+        self._slot = slot
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._inner.__aiter__()  # no extra layer per chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._slot.release()
+
+
+def _session_factory(limits: PoolLimits) -> Callable[[], aiohttp.ClientSession]:
+    """aiohttp's own pool with the slots' limits, so it never queues on its own."""
+
+    def session() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=limits.total,
+            limit_per_host=limits.per_host,
+            ssl=httpx.create_ssl_context(),
+            keepalive_timeout=5.0,
+        )
+        return aiohttp.ClientSession(connector=connector)
+
+    return session
+
+
 class Upstream:
     """Owns the app-wide transport. `start()` in the lifespan, `aclose()` on shutdown."""
 
@@ -249,16 +294,20 @@ class Upstream:
         *,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         transport: httpx.AsyncBaseTransport | None = None,
+        pool: PoolLimits | None = None,
     ) -> None:
         self._connect_timeout_s = connect_timeout_s
         self._given = transport
+        self.slots = UpstreamSlots(pool)
         self._transport: httpx.AsyncBaseTransport | None = None
         self._timeouts: dict[float, dict[str, float | None]] = {}
 
     def start(self) -> None:
         if self._transport is None:
             # The aiohttp transport needs a running loop, so build it here, not at import.
-            self._transport = self._given or httpx_aiohttp.AiohttpTransport()
+            self._transport = self._given or httpx_aiohttp.AiohttpTransport(
+                client=_session_factory(self.slots.limits)
+            )
 
     async def aclose(self) -> None:
         if self._transport is not None:
@@ -291,14 +340,25 @@ class Upstream:
             content=req.body,
             extensions={"timeout": self._timeout(read_timeout_s)},
         )
+        slot = await self.slots.acquire(_host(req.url), errors.provider)
         try:
             response = await self.transport.handle_async_request(request)
         except httpx.TransportError as exc:
+            slot.release()
             raise network_error(exc, errors.provider, req) from None
         except ValueError as exc:
+            slot.release()
             # The client library refused to send it (e.g. aiohttp: user:password@ in the base
             # next to the provider's Authorization header): a configuration problem, not ours.
             raise _unsendable(exc, errors.provider, req) from None
+        except BaseException:
+            slot.release()
+            raise
+        raw = response.stream
+        assert isinstance(raw, httpx.AsyncByteStream)  # an async transport's reply
+        response.stream = _SlotStream(raw, slot)
+        # A reply nobody closes (a bug) still gives its slot back when it is collected.
+        weakref.finalize(response, slot.release)
         response.request = request
         if response.is_success:
             return response

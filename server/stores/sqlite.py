@@ -20,6 +20,12 @@ our own writers. JSON columns are encoded with orjson on the caller's thread (a 
 record at ``put`` time) and decoded on the worker (parsing a 1 MB event list should not stall
 the loop). The columns, and the record <-> row functions, come from ``columns.py``.
 
+Reads do not queue behind writes: ``get``, ``list_input_items``, ``chain``, spend and
+``unfinished`` run on a second pool of threads with connections of their own (WAL lets readers
+run beside the writer, each seeing the last commit), so a lookup (``/health``, a
+``previous_response_id`` chain) never waits for another response's 60 MB write and its fsync.
+A ``:memory:`` database exists once per connection, so there reads stay on the writer.
+
 One statement per write: ``put`` is a single ``INSERT OR REPLACE`` and ``delete`` a single
 ``UPDATE``, each its own implicit transaction (the connection is in autocommit mode).
 
@@ -36,8 +42,10 @@ import asyncio
 import functools
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -80,10 +88,26 @@ _TYPES = {
     "json": "TEXT",  # JSON text, for json_extract
 }
 _dumps = orjson.dumps
+
+
+class _Encoded:
+    """A document column encoded already (piecewise, by `_encode_lists`). A bytearray: built in
+    place, and bound by sqlite3 as a BLOB without another copy of a 100 MB value."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytearray) -> None:
+        self.data = data
+
+
+def _document(value: Any) -> bytes | bytearray:
+    return value.data if type(value) is _Encoded else _dumps(value)
+
+
 # How each kind of column is written and read (see columns.py).
 _ENCODERS: dict[str, Callable[[Any], Any]] = {
     "flag": int,
-    "document": _dumps,
+    "document": _document,
     "json": lambda value: _dumps(value).decode(),
 }
 _DECODERS: dict[str, Callable[[Any], Any]] = {
@@ -162,6 +186,36 @@ _DELETE = (
 
 # The record as one row of parameters for _UPSERT (bench/stages.py times it), and back.
 _row_params = _RECORDS.to_row
+# Encoding a record runs on the event loop (a snapshot at put time). A 20 MB input is copied into
+# several events, so the lists are encoded an element at a time, letting other requests (and
+# /health) run whenever this much has been encoded since the last pause.
+_YIELD_EVERY_BYTES = 2 * 1024 * 1024
+
+
+async def _encode_lists(record: StoredResponse) -> StoredResponse:
+    """`record` with its `events` and `input_items` encoded, pausing for the loop between
+    elements every `_YIELD_EVERY_BYTES` (the same bytes as one `orjson.dumps` of the list)."""
+    since_pause = 0
+    encoded: dict[str, _Encoded] = {}
+    for name in ("input_items", "events"):
+        value = getattr(record, name)
+        if not isinstance(value, list):  # None, or not a list: encoded whole as before
+            continue
+        out = bytearray(b"[")
+        for i, element in enumerate(value):
+            if i:
+                out += b","
+            part = _dumps(element)
+            out += part
+            since_pause += len(part)
+            if since_pause >= _YIELD_EVERY_BYTES:
+                since_pause = 0
+                await asyncio.sleep(0)
+        out += b"]"
+        encoded[name] = _Encoded(out)
+    return replace(record, **encoded)  # type: ignore[arg-type]
+
+
 _from_row = _RECORDS.from_row
 
 
@@ -235,6 +289,9 @@ class SQLiteStore(ResponseStore):
         self._writing = False
         self._path = os.fspath(path)
         self._executor: ThreadPoolExecutor | None = None  # the worker, from open() on
+        self._readers: ThreadPoolExecutor | None = None  # the read threads (not for :memory:)
+        self._local = threading.local()  # each read thread's own connection
+        self._reader_conns: list[sqlite3.Connection] = []
         self._conn: sqlite3.Connection | None = None  # only ever touched on the worker
         # Serialises open() and aclose() (an asyncio.Lock binds to a loop only when contended).
         self._lifecycle = asyncio.Lock()
@@ -304,6 +361,21 @@ class SQLiteStore(ResponseStore):
         assert self._conn is not None
         return self._conn
 
+    def _rdb(self) -> sqlite3.Connection:
+        """The calling read thread's connection (opened on first use); the writer's for a
+        ``:memory:`` database, which a second connection would not see."""
+        if self._readers is None:
+            return self._db()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # Closed from aclose() once the read threads are done: not bound to this thread.
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA query_only=1")
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._local.conn = conn
+            self._reader_conns.append(conn)
+        return conn
+
     def _probe(self) -> None:
         # 64 KiB: needs new pages, so it fails where a record would (a full disk), then is
         # removed in the same transaction; the freed pages are reused by the next put.
@@ -332,7 +404,7 @@ class SQLiteStore(ResponseStore):
             raise
 
     def _get(self, response_id: str) -> StoredResponse | None:
-        row = self._db().execute(_SELECT_LIVE, (response_id,)).fetchone()
+        row = self._rdb().execute(_SELECT_LIVE, (response_id,)).fetchone()
         return None if row is None else _from_row(row)
 
     def _delete(self, response_id: str) -> bool:
@@ -342,7 +414,7 @@ class SQLiteStore(ResponseStore):
         self, response_id: str, limit: int, order: Order, after: str | None
     ) -> ItemPage | None:
         # Only the input_items column: the events of a long stream can be megabytes.
-        row = self._db().execute(_SELECT_ITEMS, (response_id,)).fetchone()
+        row = self._rdb().execute(_SELECT_ITEMS, (response_id,)).fetchone()
         if row is None:
             return None
         return page_items(orjson.loads(row[0]), limit=limit, order=order, after=after)
@@ -367,7 +439,7 @@ class SQLiteStore(ResponseStore):
     def _spend(self, query: SpendQuery) -> SpendReport:
         sql, params = _spend_sql(query)
         rows = []
-        for k, n, inp, cached, written, out, reasoning, cost, unpriced in self._db().execute(
+        for k, n, inp, cached, written, out, reasoning, cost, unpriced in self._rdb().execute(
             sql, params
         ):
             rows.append(
@@ -380,10 +452,10 @@ class SQLiteStore(ResponseStore):
 
     def _accounting(self, query: SpendQuery) -> list[AccountingRow]:
         from_row = _ACCOUNTING.from_row
-        return [from_row(row) for row in self._db().execute(_SELECT_ACCOUNTING)]
+        return [from_row(row) for row in self._rdb().execute(_SELECT_ACCOUNTING)]
 
     def _unfinished(self) -> list[str]:
-        return [row[0] for row in self._db().execute(_SELECT_UNFINISHED)]
+        return [row[0] for row in self._rdb().execute(_SELECT_UNFINISHED)]
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -407,6 +479,10 @@ class SQLiteStore(ResponseStore):
                 self._executor = ThreadPoolExecutor(
                     max_workers=1, thread_name_prefix="turnout-sqlite"
                 )
+            if self._readers is None and self._path != ":memory:":
+                self._readers = ThreadPoolExecutor(
+                    max_workers=2, thread_name_prefix="turnout-sqlite-read"
+                )
             try:
                 await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
             except asyncio.CancelledError:
@@ -415,6 +491,9 @@ class SQLiteStore(ResponseStore):
                 # Nothing stays behind a failed open: no connection (_open closed it), no thread.
                 self._executor.shutdown(wait=False)
                 self._executor = None
+                if self._readers is not None:
+                    self._readers.shutdown(wait=False)
+                    self._readers = None
                 raise
             self._ready = True
 
@@ -426,11 +505,19 @@ class SQLiteStore(ResponseStore):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self._ready:
+            raise self._unusable()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._readers or self._executor, functools.partial(fn, *args)
+        )
+
     async def put(self, record: StoredResponse) -> None:
         if not self._ready:
             raise self._unusable()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((_row_params(record), future))
+        self._pending.append((_row_params(await _encode_lists(record)), future))
         if not self._writing:
             # One writer task at a time: what queues up while it writes is the next batch.
             self._writing = True
@@ -461,7 +548,7 @@ class SQLiteStore(ResponseStore):
         await self._run(self._probe)
 
     async def get(self, response_id: str) -> StoredResponse | None:
-        return await self._run(self._get, response_id)
+        return await self._read(self._get, response_id)
 
     async def delete(self, response_id: str) -> bool:
         return await self._run(self._delete, response_id)
@@ -474,19 +561,19 @@ class SQLiteStore(ResponseStore):
         order: Order = "desc",
         after: str | None = None,
     ) -> ItemPage | None:
-        return await self._run(self._items, response_id, limit, order, after)
+        return await self._read(self._items, response_id, limit, order, after)
 
     async def chain(self, response_id: str) -> list[StoredResponse]:
-        return await self._run(self._chain, response_id)
+        return await self._read(self._chain, response_id)
 
     async def spend(self, query: SpendQuery) -> SpendReport:
-        return await self._run(self._spend, query)
+        return await self._read(self._spend, query)
 
     async def accounting(self, query: SpendQuery) -> Iterable[AccountingRow]:
-        return await self._run(self._accounting, query)
+        return await self._read(self._accounting, query)
 
     async def unfinished(self) -> list[str]:
-        return await self._run(self._unfinished)
+        return await self._read(self._unfinished)
 
     async def aclose(self) -> None:
         async with self._lifecycle:
@@ -500,6 +587,15 @@ class SQLiteStore(ResponseStore):
                 while self._flushes:
                     await asyncio.wait(set(self._flushes))
             self._ready = False  # every later call is refused before it reaches the worker
+            readers, self._readers = self._readers, None
+            if readers is not None:
+                # Reads in flight finish first; then their connections can go.
+                await asyncio.get_running_loop().run_in_executor(
+                    None, functools.partial(readers.shutdown, wait=True)
+                )
+                for conn in self._reader_conns:
+                    conn.close()
+                self._reader_conns.clear()
             executor, self._executor = self._executor, None
             if executor is None:  # never opened, or its open failed: nothing to release
                 return

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from turnout.server.redaction import redact
+from turnout.server.telemetry.clip import CAPTURE_MAX_CHARS
 
 __all__ = [
     "SINK_TYPES",
@@ -77,6 +78,8 @@ class Sink(ABC):
         capture = config.get("capture") or {}
         self.capture_prompts = bool(capture.get("prompts", False))
         self.capture_outputs = bool(capture.get("outputs", False))
+        # Longer captured strings are cut (telemetry/clip.py).
+        self.capture_max_chars = int(capture.get("max_chars") or CAPTURE_MAX_CHARS)
         self.name = str(config.get("name") or self.type_name)
 
     @abstractmethod

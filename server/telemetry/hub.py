@@ -122,6 +122,8 @@ class Telemetry:
         self.metrics_enabled = any(s.type_name == "prometheus" for s in self.sinks)
         self.capture_prompts = any(s.capture_prompts for s in self.sinks)
         self.capture_outputs = any(s.capture_outputs for s in self.sinks)
+        capturing = [s for s in self.sinks if s.capture_prompts or s.capture_outputs]
+        self.capture_max_chars = max((s.capture_max_chars for s in capturing), default=0)
         self._warned: set[tuple[str, str]] = set()
 
     def _dropped(self, sink: str, count: int) -> None:

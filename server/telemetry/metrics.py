@@ -14,14 +14,54 @@ mappings, the config or a fixed set.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 from turnout.server.telemetry.labels import DEFAULT_MAX_LABEL_VALUES, LabelValues
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "UpstreamSlotsLike"]
+
+
+class UpstreamSlotsLike(Protocol):
+    in_use: int
+    waits: int
+    timeouts: int
+    wait_seconds: float
+
+
+class _SlotsCollector(Collector):
+    """The upstream pool's counters, read when scraped: nothing on the request path."""
+
+    def __init__(self, slots: UpstreamSlotsLike) -> None:
+        self.slots = slots
+
+    def collect(self) -> Iterable[Metric]:
+        s = self.slots
+        yield GaugeMetricFamily(
+            "turnout_upstream_connections_in_use",
+            "Upstream connection slots held by replies right now.",
+            value=s.in_use,
+        )
+        yield CounterMetricFamily(
+            "turnout_upstream_connection_waits",
+            "Upstream calls that found no free connection slot and waited.",
+            value=s.waits,
+        )
+        yield CounterMetricFamily(
+            "turnout_upstream_connection_wait_timeouts",
+            "Upstream calls that waited limits.upstream_wait_s for a slot and got 503.",
+            value=s.timeouts,
+        )
+        yield CounterMetricFamily(
+            "turnout_upstream_connection_wait_seconds",
+            "Time spent waiting for upstream connection slots.",
+            value=s.wait_seconds,
+        )
+
 
 _LABELS = ("provider", "model", "deployment")
 # Seconds: LLM calls run from tens of milliseconds (cached, tiny) to minutes (long reasoning).
@@ -98,6 +138,10 @@ class Metrics:
             [*_LABELS, "code"],
             registry=r,
         )
+
+    def watch_upstream(self, slots: UpstreamSlotsLike) -> None:
+        """Upstream connection slots (server/upstream_pool.py), read at scrape time only."""
+        self.registry.register(_SlotsCollector(slots))
 
     def unknown_price(self, provider: str, model: str) -> None:
         self.unknown_prices.labels(provider, self.price_models(model)).inc()
