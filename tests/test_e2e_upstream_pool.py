@@ -17,6 +17,7 @@ with a second test run beside it; before the change p50 30 s, max 54 s.
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,12 @@ def pool_gateways(
     provider_sim_session: Simulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Gateway, Gateway]]:
     """The defaults, and a gateway allowed two upstream connections, waiting 0.5 s for one."""
+    # This process holds both ends of 1,000 streams (the clients and the simulator's sockets):
+    # more than the 1,024 open files many systems start a process with.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 4 * CONCURRENT + 256
+    if soft < wanted and (hard == resource.RLIM_INFINITY or hard >= wanted):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     folder = tmp_path_factory.mktemp("pool")
     wide = folder / "wide.yaml"
     wide.write_text(f"store: sqlite:///{folder / 'wide.db'}\n", encoding="utf-8")
