@@ -192,6 +192,33 @@ _row_params = _RECORDS.to_row
 _YIELD_EVERY_BYTES = 2 * 1024 * 1024
 
 
+_LARGE_TEXT_CHARS = 512 * 1024
+_PROBE_NODES = 400  # a record with more nodes than this is treated as large: encoded in pieces
+
+
+def _is_large(record: StoredResponse) -> bool:
+    """Whether the record's text may take long to encode: its input items, and its output
+    (which the events repeat several times), hold over `_LARGE_TEXT_CHARS` characters. A few
+    microseconds for an ordinary record; stops early either way."""
+    output = record.response.get("output") if isinstance(record.response, dict) else None
+    stack: list[Any] = [record.input_items, output, output, output, output]
+    chars = nodes = 0
+    while stack:
+        node = stack.pop()
+        nodes += 1
+        if nodes > _PROBE_NODES:
+            return True
+        if isinstance(node, str):
+            chars += len(node)
+            if chars > _LARGE_TEXT_CHARS:
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
 async def _encode_lists(record: StoredResponse) -> StoredResponse:
     """`record` with its `events` and `input_items` encoded, pausing for the loop between
     elements every `_YIELD_EVERY_BYTES` (the same bytes as one `orjson.dumps` of the list)."""
@@ -517,7 +544,9 @@ class SQLiteStore(ResponseStore):
         if not self._ready:
             raise self._unusable()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((_row_params(await _encode_lists(record)), future))
+        if _is_large(record):
+            record = await _encode_lists(record)
+        self._pending.append((_row_params(record), future))
         if not self._writing:
             # One writer task at a time: what queues up while it writes is the next batch.
             self._writing = True
