@@ -57,6 +57,7 @@ VIEW_FIELDS = frozenset(
 
 _MEDIA = ("image", "file")
 _DETAILS = ("low", "high", "auto", "original")
+_PHASES = ("commentary", "final_answer")
 _EFFORTS = {None, "none", "minimal", "low", "medium", "high", "xhigh", "max"}
 _SUMMARIES = {None, "auto", "concise", "detailed"}
 
@@ -281,6 +282,7 @@ class _Normalizer:
     seen_calls: set[str] = field(default_factory=set)
     seen_outputs: set[str] = field(default_factory=set)
     has_reasoning: bool = False
+    messages: int = 0
 
     def add(self, item: Any, where: str, *, keep: list[dict[str, Any]] | None) -> None:
         if not isinstance(item, dict):
@@ -351,9 +353,24 @@ class _Normalizer:
         if content is None:
             raise _bad(f"Missing required parameter: '{where}.content'.", f"{where}.content")
         parts = _part_entries(role, content, f"{where}.content")
+        phase = item.get("phase")
+        if phase is not None and phase not in _PHASES:
+            raise _bad(
+                f"Invalid value: '{phase}'. Supported values are: 'commentary' and 'final_answer'.",
+                f"{where}.phase",
+            )
+        if role != "assistant":
+            phase = None  # labels assistant messages only
         if role in ("system", "developer"):
             self.system.extend(p["text"] for p in parts if p["kind"] == "text")
         else:
+            # The parts of one message share its number (a Responses upstream gets the message
+            # back whole, and apart from its neighbours) and its phase.
+            self.messages += 1
+            for p in parts:
+                p["message"] = self.messages
+                if phase is not None:
+                    p["phase"] = phase
             self.entries.extend(parts)
         stored_content: Any = content
         if isinstance(content, str):
@@ -361,13 +378,16 @@ class _Normalizer:
             if role == "assistant":
                 part = {"type": "output_text", "text": content, "annotations": []}
             stored_content = [part]
-        return {
+        stored = {
             "type": "message",
             "id": item.get("id") or _mint("msg"),
             "role": role,
             "content": stored_content,
             "status": item.get("status") or "completed",
         }
+        if phase is not None:
+            stored["phase"] = phase
+        return stored
 
     def _function_call(self, item: dict[str, Any], where: str) -> dict[str, Any]:
         for key in ("call_id", "name", "arguments"):

@@ -14,8 +14,11 @@ translation* may.
     entries of those kinds
 ``without(entries, *kinds)``
     entries not of those kinds
-``texts(entries)``
-    the text of the text entries joined with "" (None when there is none)
+``lead_with(turns, role, text)``
+    the turns, led by a turn of ``role`` holding one text entry when the first turn is of another
+    role: for providers whose conversation must open with a user turn (no turns stay none)
+``texts(entries, sep="")``
+    the text of the text entries joined with ``sep`` (None when there is none)
 ``from_json(text)``
     parse a JSON string (tool arguments); invalid JSON is a client error
 ``to_json(value)``
@@ -32,7 +35,8 @@ translation* may.
 ``omit(mapping, *keys)``
     a copy of a mapping without those top-level keys
 ``responses_input(entries)``
-    canonical entries back to Responses input items (for Responses-native upstreams)
+    canonical entries back to Responses input items (for Responses-native upstreams), one message
+    item per message the client sent, with its ``phase``
 ``path_segment(text, safe="")``
     percent-encode one URL path segment (``/`` always: ARNs in a path; ``safe`` keeps characters)
 ``strip_keys(obj, *keys)``
@@ -84,6 +88,13 @@ def split_turns(
     return grouped
 
 
+def lead_with(turns: Iterable[Mapping[str, Any]], role: str, text: str) -> list[Any]:
+    out = list(turns)
+    if not out or out[0].get("role") == role:
+        return out
+    return [{"role": role, "entries": [{"role": role, "kind": "text", "text": text}]}, *out]
+
+
 def only(entries: Iterable[Entry], *kinds: str) -> list[Entry]:
     return [e for e in entries if e["kind"] in kinds]
 
@@ -92,9 +103,9 @@ def without(entries: Iterable[Entry], *kinds: str) -> list[Entry]:
     return [e for e in entries if e["kind"] not in kinds]
 
 
-def texts(entries: Iterable[Entry]) -> str | None:
+def texts(entries: Iterable[Entry], sep: str = "") -> str | None:
     parts = [e["text"] for e in entries if e["kind"] == "text"]
-    return "".join(parts) if parts else None
+    return sep.join(parts) if parts else None
 
 
 def from_json(text: Any) -> Any:
@@ -190,15 +201,28 @@ def _content_part(entry: Entry) -> dict[str, Any]:
 
 def responses_input(entries: Iterable[Entry]) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
+    last_message: Any = None
     for entry in entries:
         kind = entry["kind"]
         if kind in ("text", "refusal", "image", "file"):
-            role = entry["role"]
+            # The parts of one client message share its `message` number: each message goes
+            # back as an item of its own (two assistant messages stay two, each with its phase).
+            role, message = entry["role"], entry.get("message")
             last = items[-1] if items else None
-            if last is not None and last.get("type") == "message" and last["role"] == role:
+            if (
+                last is not None
+                and last.get("type") == "message"
+                and last["role"] == role
+                and last_message == message
+            ):
                 last["content"].append(_content_part(entry))
             else:
-                items.append({"type": "message", "role": role, "content": [_content_part(entry)]})
+                item: dict[str, Any] = {"type": "message", "role": role}
+                if entry.get("phase") is not None:
+                    item["phase"] = entry["phase"]
+                item["content"] = [_content_part(entry)]
+                items.append(item)
+            last_message = message
         elif kind == "function_call":
             items.append(
                 {"type": "function_call", "call_id": entry["call_id"], "name": entry["name"],
@@ -240,6 +264,7 @@ def strip_keys(obj: Any, *keys: str) -> Any:
 FILTERS: dict[str, Callable[..., Any]] = {
     "turns": turns,
     "split_turns": split_turns,
+    "lead_with": lead_with,
     "only": only,
     "without": without,
     "texts": texts,

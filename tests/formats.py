@@ -145,6 +145,20 @@ class Facts:
     def output_is_struct(self) -> bool:
         return bool(self._get("request")["output"].get("struct"))
 
+    # -- history fidelity: the assistant messages sent back up ------------------------------
+
+    def assistant_turns(self, body: Any) -> list[Any]:
+        """Every assistant message (or turn) in the upstream body, in order."""
+        return [m.value for m in parse_path(self._get("history")["assistant"]).find(body)]
+
+    def phases(self, body: Any) -> list[Any] | None:
+        """The phase of each assistant message sent; None where the format has no phase."""
+        spec = self._get("history").get("phase")
+        if spec is None:
+            return None
+        path = parse_path(spec)
+        return [next((f.value for f in path.find(m)), None) for m in self.assistant_turns(body)]
+
 
 def _one(path: str, node: Any, what: str) -> Any:
     found = parse_path(path).find(node)

@@ -39,7 +39,9 @@ def _call(call_id: str, **extra: Any) -> dict[str, Any]:
 
 def test_string_input_is_one_user_text_entry() -> None:
     req = normalize({"model": "gpt-x", "input": "Hello {{ there }}\n"})
-    assert req.view["entries"] == [{"role": "user", "kind": "text", "text": "Hello {{ there }}\n"}]
+    assert req.view["entries"] == [
+        {"role": "user", "kind": "text", "text": "Hello {{ there }}\n", "message": 1}
+    ]
     assert req.view["model"] == "gpt-x"
     assert req.view["instructions"] is None
     assert req.view["stream"] is False
@@ -561,3 +563,30 @@ def test_image_generation_options_as_openai_types_them_pass() -> None:
             "partial_images": 2, "output_compression": 80,
             "input_image_mask": {"file_id": "f"}}  # fmt: skip
     assert normalize(_body(tools=[tool])).view["image_tool"] == tool
+
+
+def test_assistant_phase_is_kept_on_entries_and_stored_items() -> None:
+    req = normalize(
+        _body(
+            input=[
+                {"role": "assistant", "content": "Checking.", "phase": "commentary"},
+                {"role": "assistant", "content": "Four.", "phase": "final_answer"},
+                {"role": "user", "content": "Thanks", "phase": "commentary"},
+            ]
+        )
+    )
+    assert [(e["message"], e.get("phase")) for e in req.view["entries"]] == [
+        (1, "commentary"), (2, "final_answer"), (3, None)
+    ]  # fmt: skip
+    assert [i.get("phase") for i in req.input_items] == ["commentary", "final_answer", None]
+    # A later turn reads the phases back from the stored items.
+    again = normalize(_body(input="more"), history=req.input_items)
+    assert [e.get("phase") for e in again.view["entries"]] == [
+        "commentary", "final_answer", None, None
+    ]  # fmt: skip
+
+
+def test_an_unknown_phase_is_refused() -> None:
+    with pytest.raises(RequestError) as err:
+        normalize(_body(input=[{"role": "assistant", "content": "x", "phase": "draft"}]))
+    assert err.value.param == "input[0].phase"

@@ -358,3 +358,82 @@ def test_gemini_family_call_signatures_round_trip(
     )
     model_turn = sim.last.json["contents"][1]
     assert model_turn["parts"][0]["thoughtSignature"] == "sig-call"
+
+
+# --- history fidelity: what the client sent reaches the upstream, in a shape it accepts ---------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_history_opening_with_the_assistant_is_accepted(
+    provider: str, client: OpenAI, sim: Simulator
+) -> None:
+    # Bedrock, Anthropic and Gemini (a call turn) refuse a conversation opening with the
+    # assistant; their simulators do too, so every route must send one they take.
+    history: Any = [
+        {"role": "assistant", "content": "Earlier I said hi."},
+        {"role": "user", "content": "And now?"},
+    ]
+    first = client.responses.create(model=model_for(provider), input=history)
+    assert first.status == "completed"
+    assert first.output_text == "And now?"
+    facts = facts_of(provider)
+    assert "Earlier I said hi." in user_texts(facts.assistant_turns(sim.last.json))
+    # The same history stored, then continued: its first stored turn is the assistant's.
+    second = client.responses.create(
+        model=model_for(provider), input="Go on.", previous_response_id=first.id
+    )
+    assert second.status == "completed"
+    assert "Earlier I said hi." in user_texts(facts.assistant_turns(sim.last.json))
+
+
+PARTS = ("Remember the saved number.", "The number is four.")
+SAID = ("Noted.", "It is four.")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_text_parts_of_one_message_keep_their_words_apart(
+    provider: str, client: OpenAI, sim: Simulator
+) -> None:
+    user = [{"type": "input_text", "text": t} for t in PARTS]
+    said = [{"type": "output_text", "text": t, "annotations": []} for t in SAID]
+    history: Any = [
+        {"role": "user", "content": user},
+        {"type": "message", "id": "msg_said", "status": "completed", "role": "assistant",
+         "content": said},
+        {"role": "user", "content": user},
+    ]  # fmt: skip
+    response = client.responses.create(model=model_for(provider), input=history)
+    assert response.status == "completed"
+    sent = user_texts(sim.last.json)
+    for text in (*PARTS, *SAID):
+        assert text in sent
+    assert "number.The number" not in sent  # two parts of a user message, never glued
+    assert "Noted.It is" not in sent  # nor of an assistant message
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_consecutive_assistant_messages_keep_their_phases(
+    provider: str, client: OpenAI, sim: Simulator
+) -> None:
+    def said(text: str, phase: str) -> dict[str, Any]:
+        return {
+            "type": "message", "id": f"msg_{phase}", "status": "completed", "role": "assistant",
+            "phase": phase, "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }  # fmt: skip
+
+    history: Any = [
+        {"role": "user", "content": "What is two plus two?"},
+        said("Let me add them.", "commentary"),
+        said("Four.", "final_answer"),
+        {"role": "user", "content": "Thanks."},
+    ]
+    response = client.responses.create(model=model_for(provider), input=history)
+    assert response.status == "completed"
+    facts = facts_of(provider)
+    turns = facts.assistant_turns(sim.last.json)
+    sent = user_texts(turns)
+    assert "Let me add them." in sent and "Four." in sent and "them.Four." not in sent
+    phases = facts.phases(sim.last.json)
+    if phases is not None:  # a format with phases: each message is an item of its own
+        assert phases == ["commentary", "final_answer"]
+        assert [user_texts(t).count("Four.") for t in turns] == [0, 1]

@@ -46,7 +46,7 @@ def _reasoning(provider: str | None, text: str = "", blob: str | None = None) ->
 def test_every_filter_is_registered_in_the_environment() -> None:
     names = {
         "turns", "split_turns", "only", "without", "texts", "from_json", "to_json", "data_url",
-        "as_object", "pick", "readable", "omit", "responses_input", "strip_keys",
+        "as_object", "pick", "readable", "omit", "responses_input", "strip_keys", "lead_with",
     }  # fmt: skip
     assert names <= set(f.FILTERS)
     assert Expression("{{ [1, 2] | to_json }}")({}) == "[1,2]"
@@ -106,6 +106,29 @@ def test_texts_joins_text_entries_only() -> None:
     assert f.texts([_call("c1")]) is None
     assert f.texts([]) is None
     assert f.texts([_text("user", "")]) == ""
+
+
+def test_texts_joins_with_a_separator() -> None:
+    entries = [_text("user", "saved number."), _call("c1"), _text("user", "The number is four.")]
+    assert f.texts(entries, "\n\n") == "saved number.\n\nThe number is four."
+    assert f.texts([_text("user", "one")], "\n\n") == "one"
+    assert Expression("{{ e | texts('\\n') }}")({"e": entries}) == (
+        "saved number.\nThe number is four."
+    )
+
+
+# --- lead_with --------------------------------------------------------------------------------
+
+
+def test_lead_with_opens_with_a_placeholder_turn_only_when_needed() -> None:
+    model_first = f.turns([_text("assistant", "hi"), _text("user", "and now?")], ROLES)
+    led = f.lead_with(model_first, "user", "(conversation continues)")
+    assert [t["role"] for t in led] == ["user", "model", "user"]
+    assert led[0]["entries"] == [_text("user", "(conversation continues)")]
+    assert led[1:] == model_first  # nothing dropped
+    user_first = f.turns([_text("user", "a"), _text("assistant", "b")], ROLES)
+    assert f.lead_with(user_first, "user", "x") == user_first
+    assert f.lead_with([], "user", "x") == []
 
 
 # --- from_json / to_json ----------------------------------------------------------------------
@@ -298,6 +321,34 @@ def test_responses_input_image_and_file_by_url_or_id() -> None:
         {"type": "input_file", "file_url": "https://x/b.pdf"},
         {"type": "input_file", "file_data": "data:application/pdf;base64,JVBE",
          "filename": "c.pdf"},
+    ]  # fmt: skip
+
+
+def test_responses_input_keeps_each_message_its_own_item_with_its_phase() -> None:
+    def part(role: str, text: str, message: int, phase: str | None = None) -> dict[str, Any]:
+        entry: dict[str, Any] = {**_text(role, text), "message": message}
+        if phase is not None:
+            entry["phase"] = phase
+        return entry
+
+    out = f.responses_input(
+        [
+            part("user", "q", 1),
+            part("assistant", "looking", 2, "commentary"),
+            part("assistant", "first", 3, "final_answer"),
+            part("assistant", "second", 3, "final_answer"),
+            part("assistant", "plain", 4),
+        ]
+    )
+    assert out == [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "q"}]},
+        {"type": "message", "role": "assistant", "phase": "commentary", "content": [
+            {"type": "output_text", "text": "looking", "annotations": []}]},
+        {"type": "message", "role": "assistant", "phase": "final_answer", "content": [
+            {"type": "output_text", "text": "first", "annotations": []},
+            {"type": "output_text", "text": "second", "annotations": []}]},
+        {"type": "message", "role": "assistant", "content": [
+            {"type": "output_text", "text": "plain", "annotations": []}]},
     ]  # fmt: skip
 
 

@@ -62,6 +62,9 @@ MUST_RUN = {
     "test_examples",
     "test_any_text_as_input_and_instructions",
     "test_any_text_through_function_calls",
+    "test_a_history_opening_with_the_assistant_is_accepted",
+    "test_text_parts_of_one_message_keep_their_words_apart",
+    "test_consecutive_assistant_messages_keep_their_phases",
 }
 
 

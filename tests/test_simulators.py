@@ -476,6 +476,15 @@ INVALID: list[tuple[str, str, Any, dict[str, str] | None, int, str]] = [
     ("g-response-string", "gemini",
      _gemini(contents=[{"role": "user", "parts": [
          {"functionResponse": {"name": "f", "response": "Mexico"}}]}]), None, 400, "Struct"),
+    ("g-call-first", "gemini",
+     _gemini(contents=[{"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}}}]},
+                       {"role": "user", "parts": [{"text": "x"}]}]),
+     None, 400, "function call turn comes immediately after a user turn"),
+    ("g-call-after-model", "gemini",
+     _gemini(contents=[{"role": "user", "parts": [{"text": "q"}]},
+                       {"role": "model", "parts": [{"text": "a"}]},
+                       {"role": "model", "parts": [{"function_call": {"name": "f"}}]}]),
+     None, 400, "function call turn"),
     ("g-system-no-parts", "gemini", _gemini(systemInstruction={"role": "user"}), None, 400,
      "parts"),
     ("g-config-name", "gemini", _gemini(generationConfig={"maxTokens": 5}), None, 400,
@@ -679,6 +688,16 @@ def test_gemini_call_signature(sim: Simulator) -> None:
     doc = post(sim, "gemini", text_request("gemini", "w", False)).json()
     parts = doc["candidates"][0]["content"]["parts"]
     assert parts[0]["thoughtSignature"] == "c2ln" and "thoughtSignature" not in parts[1]
+
+
+def test_gemini_takes_a_call_after_a_user_or_function_response_turn(sim: Simulator) -> None:
+    call = {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}}}]}
+    answer = {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {}}}]}
+    body = _gemini(contents=[
+        {"role": "model", "parts": [{"text": "Earlier I said hi."}]},  # text may open
+        {"role": "user", "parts": [{"text": "q"}]}, call, answer, call, answer,
+    ])  # fmt: skip
+    assert post(sim, "gemini", body).status_code == 200
 
 
 @pytest.mark.parametrize("stream", [False, True])

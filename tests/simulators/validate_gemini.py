@@ -100,6 +100,7 @@ def validate_gemini(headers: Mapping[str, str], query: Mapping[str, str], body: 
         raise _bad("contents", "contents is not specified")
     for i, content in enumerate(contents):
         _check_content(f"contents[{i}]", content, roles=("user", "model"))
+        _check_call_turn(i, contents)
     system = request.get("systemInstruction")
     if system is not None:
         if not isinstance(system, dict) or not system.get("parts"):
@@ -115,6 +116,29 @@ def validate_gemini(headers: Mapping[str, str], query: Mapping[str, str], body: 
             _fields(thinking, _THINKING_CONFIG, "generation_config.thinking_config")
     _check_tools(request.get("tools"))
     _check_tool_config(request.get("toolConfig"))
+
+
+_CALL_KEYS = {"functionCall", "function_call"}
+
+
+def _check_call_turn(i: int, contents: list[Any]) -> None:
+    """A model turn with a function call follows a user turn (text or function responses).
+
+    Gemini's 400 for a history that opens with a call, or has one after another model turn
+    (google-gemini/gemini-cli#11814, lobehub/lobehub#10049).
+    """
+    content = contents[i]
+    if content.get("role") != "model":
+        return
+    calls = [p for p in content.get("parts") or [] if isinstance(p, dict) and _CALL_KEYS & set(p)]
+    if not calls:
+        return
+    if i == 0 or contents[i - 1].get("role", "user") not in ("user", ""):
+        raise Invalid(
+            "Please ensure that function call turn comes immediately after a user turn or after "
+            "a function response turn.",
+            kind="INVALID_ARGUMENT",
+        )
 
 
 def _check_content(where: str, content: Any, roles: tuple[str, ...]) -> None:
