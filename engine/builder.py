@@ -293,6 +293,7 @@ class _Block:
         "item_id",
         "kind",
         "name",
+        "namespace",
         "native",
         "output_format",
         "output_index",
@@ -319,6 +320,7 @@ class _Block:
         self.call_id = ""
         self.call_given = False
         self.name = ""
+        self.namespace: str | None = None  # a namespace tool's call (engine/namespaces.py)
         self.state: dict[str, Any] | None = None
         self.native: str | None = None
         self.partials = 0
@@ -353,8 +355,11 @@ class ResponseBuilder:
         provider: str | None = None,
         clock: Callable[[], float] = time.time,
         max_image_bytes: int | None = None,
+        namespaces: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
         self.response_id = response_id
+        # Flat upstream name -> (namespace, name) of the request's namespace tools.
+        self._namespaces = namespaces or {}
         # Base64 length of the largest image accepted (4 characters per 3 bytes).
         self._max_image_b64 = None if max_image_bytes is None else (max_image_bytes + 2) // 3 * 4
         self.created_at = int(created_at)
@@ -951,13 +956,25 @@ class ResponseBuilder:
 
     # ---- function calls ------------------------------------------------------------------------
 
-    def _open_tool(self, index: Hashable, call_id: Any, name: Any, out: list[Event]) -> _Block:
+    def _set_name(self, blk: _Block, name: Any, namespace: Any = None) -> None:
+        """The call's name; a flat namespaced name (engine/namespaces.py) split back into its
+        name and namespace, unless the upstream named the namespace itself."""
+        text = str(name) if name else ""
+        found = None if namespace else self._namespaces.get(text)
+        if found is not None:
+            blk.namespace, blk.name = found
+        else:
+            blk.namespace, blk.name = (str(namespace) if namespace else None), text
+
+    def _open_tool(
+        self, index: Hashable, call_id: Any, name: Any, out: list[Event], namespace: Any = None
+    ) -> _Block:
         # Unindexed calls that carry a call_id are keyed by it, so their fragments may interleave.
         slot = ("call", str(call_id)) if index is None and call_id else None
         blk = self._new_block("tool", index, out, slot)
         blk.call_given = bool(call_id)
         blk.call_id = str(call_id) if call_id else self._ids.call()
-        blk.name = str(name) if name else ""
+        self._set_name(blk, name, namespace)
         item_id = self._ids.function_call()
         item = {
             "id": item_id,
@@ -967,6 +984,8 @@ class ResponseBuilder:
             "call_id": blk.call_id,
             "name": blk.name,
         }
+        if blk.namespace:
+            item["namespace"] = blk.namespace
         self._add_item(blk, item_id, item, out)
         return blk
 
@@ -1004,9 +1023,9 @@ class ResponseBuilder:
             # Re-announcement of the call already open under this key (Chat Completions repeats
             # fragments per index): keep it, learn the name if we did not have it.
             if not blk.name and op.get("name"):
-                blk.name = str(op["name"])
+                self._set_name(blk, op["name"], op.get("namespace"))
             return
-        self._open_tool(index, call_id, op.get("name"), out)
+        self._open_tool(index, call_id, op.get("name"), out, op.get("namespace"))
 
     def _op_tool_args_delta(self, op: _Op, out: list[Event]) -> None:
         text = op.get("text")
@@ -1030,7 +1049,7 @@ class ResponseBuilder:
                 return
             blk = self._open_tool(index, call_id, name, out)
         elif name and not blk.name:
-            blk.name = str(name)
+            self._set_name(blk, name)
         if text:
             self._args_delta(blk, text, out)
 
@@ -1040,7 +1059,9 @@ class ResponseBuilder:
             args = ""
         elif not isinstance(args, str):
             args = _compact_json(args)
-        blk = self._open_tool(op.get("index"), op.get("call_id"), op.get("name"), out)
+        blk = self._open_tool(
+            op.get("index"), op.get("call_id"), op.get("name"), out, op.get("namespace")
+        )
         if args:
             self._args_delta(blk, args, out)
         state = op.get("state")
@@ -1074,6 +1095,8 @@ class ResponseBuilder:
             "call_id": blk.call_id,
             "name": blk.name,
         }
+        if blk.namespace:
+            item["namespace"] = blk.namespace
         self._item_done(blk, item, out)
 
     # ---- images --------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import orjson
 
 from turnout.engine import state as state_codec
 from turnout.engine.errors import RequestError
+from turnout.engine.namespaces import flat_name, namespace_map
 from turnout.engine.nesting import MAX_DEPTH, deep_path, param_of
 
 __all__ = [
@@ -38,6 +39,9 @@ KNOWN_FIELDS = frozenset(
         "background", "stream", "stream_options", "include", "metadata", "user",
         "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "service_tier",
         "prompt", "moderation", "context_management", "prompt_cache_options",
+        # Client bookkeeping OpenAI accepts and that changes no output (the Codex CLI sends
+        # it on every request): passed to Responses-API upstreams, ignored by the others.
+        "client_metadata",
     }
 )  # fmt: skip
 
@@ -52,6 +56,7 @@ VIEW_FIELDS = frozenset(
         "top_p", "top_logprobs", "user", "metadata", "stream", "store", "include", "truncation",
         "service_tier", "raw", "has_reasoning", "previous_response_id", "file_refs",
         "linked_media", "image_tool", "prompt", "context_management", "moderation",
+        "tool_namespaces",
     }
 )  # fmt: skip
 
@@ -402,22 +407,36 @@ class _Normalizer:
                     "invalid_type",
                 )
         call_id, name, arguments = item["call_id"], item["name"], item["arguments"]
+        namespace = item.get("namespace")
+        if namespace is not None and not isinstance(namespace, str):
+            raise _bad(
+                f"Invalid type for '{where}.namespace': expected a string.",
+                f"{where}.namespace",
+                "invalid_type",
+            )
+        # A namespaced call goes upstream under its flat name (engine/namespaces.py).
+        upstream_name = flat_name(namespace, name) if namespace else name
         try:
             args = orjson.loads(arguments) if arguments.strip() else {}
         except orjson.JSONDecodeError:
             args = None
         # Parsed arguments reach the provider body as JSON, like the rest of the request.
         _check_depth(args, f"{where}.arguments")
-        self.call_names[call_id] = name
+        self.call_names[call_id] = upstream_name
         self.seen_calls.add(call_id)
         stored = {
             "type": "function_call", "id": item.get("id") or _mint("fc"), "call_id": call_id,
             "name": name, "arguments": arguments, "status": item.get("status") or "completed",
         }  # fmt: skip
-        self.entries.append(
-            {"role": "assistant", "kind": "function_call", "call_id": call_id, "name": name,
-             "arguments": arguments, "args": args, "id": stored["id"], "signature": None}
-        )  # fmt: skip
+        entry = {
+            "role": "assistant", "kind": "function_call", "call_id": call_id,
+            "name": upstream_name, "arguments": arguments, "args": args, "id": stored["id"],
+            "signature": None,
+        }  # fmt: skip
+        if namespace:
+            stored["namespace"] = entry["namespace"] = namespace
+            entry["plain_name"] = name  # what a Responses-API upstream is sent
+        self.entries.append(entry)
         return stored
 
     def _function_output(self, item: dict[str, Any], where: str) -> dict[str, Any]:
@@ -514,18 +533,25 @@ def normalize_items(
     return norm.entries, stored, norm.system
 
 
-def _tools(body: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _tools(
+    body: Mapping[str, Any], prefix: str = "tools"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Function tools (namespaces flattened) and the others, each of those with its `index` in
+    `tools` so a refusal can name it."""
     tools = _expect(body, "tools", (list,), "an array")
     functions: list[dict[str, Any]] = []
     hosted: list[dict[str, Any]] = []
     for i, tool in enumerate(tools or []):
-        where = f"tools[{i}]"
+        where = f"{prefix}[{i}]"
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
             raise _bad(f"Missing required parameter: '{where}.type'.", f"{where}.type")
+        if tool["type"] == "namespace":
+            functions.extend(_namespace_functions(tool, where))
+            continue
         if tool["type"] != "function":
             if tool["type"] == "image_generation":
                 _check_image_tool(tool, where)
-            hosted.append(tool)
+            hosted.append({**tool, "index": i})
             continue
         name = tool.get("name")
         if not isinstance(name, str) or not name:
@@ -543,6 +569,34 @@ def _tools(body: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str
              "strict": tool.get("strict")}
         )  # fmt: skip
     return functions, hosted
+
+
+def _namespace_functions(tool: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    """The functions of a namespace tool, under their flat names (engine/namespaces.py)."""
+    namespace = tool.get("name")
+    if not isinstance(namespace, str) or not namespace:
+        raise _bad(f"Missing required parameter: '{where}.name'.", f"{where}.name")
+    inner = tool.get("tools")
+    if not isinstance(inner, list):
+        raise _bad(
+            f"Invalid type for '{where}.tools': expected an array.", f"{where}.tools",
+            "invalid_type",
+        )  # fmt: skip
+    functions, hosted = _tools({"tools": inner}, f"{where}.tools")
+    if hosted:
+        kind = hosted[0]["type"]
+        raise _bad(
+            f"Invalid value for '{where}.tools[{hosted[0]['index']}].type': a namespace groups "
+            f"function tools here, not '{kind}'.",
+            f"{where}.tools[{hosted[0]['index']}].type",
+            "invalid_value",
+        )
+    described = tool.get("description")
+    for function in functions:
+        function["name"] = flat_name(namespace, function["name"])
+        if isinstance(described, str) and described:
+            function["description"] = f"[{namespace}: {described}] {function['description'] or ''}"
+    return functions
 
 
 # The image_generation tool's options, typed as OpenAI's ImageGenTool: mappings read them (a
@@ -773,6 +827,7 @@ def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> 
         "hosted_tools": hosted,
         "image_tool": next((t for t in hosted if t.get("type") == "image_generation"), None),
         "tool_choice": _tool_choice(body, {t["name"] for t in functions}),
+        "tool_namespaces": namespace_map(body.get("tools")),
         "parallel_tool_calls": body.get("parallel_tool_calls"),
         "text_format": _text_format(body),
         "reasoning": _reasoning(body),

@@ -224,10 +224,11 @@ def responses_input(entries: Iterable[Entry]) -> list[dict[str, Any]]:
                 items.append(item)
             last_message = message
         elif kind == "function_call":
-            items.append(
-                {"type": "function_call", "call_id": entry["call_id"], "name": entry["name"],
-                 "arguments": entry["arguments"]}
-            )  # fmt: skip
+            call = {"type": "function_call", "call_id": entry["call_id"], "name": entry["name"],
+                    "arguments": entry["arguments"]}  # fmt: skip
+            if entry.get("namespace"):  # OpenAI takes namespaces as they are
+                call["name"], call["namespace"] = entry["plain_name"], entry["namespace"]
+            items.append(call)
         elif kind == "function_call_output":
             items.append(
                 {

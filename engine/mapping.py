@@ -36,7 +36,7 @@ from turnout.engine.errors import (
     UpstreamError,
     type_for_status,
 )
-from turnout.engine.expressions import Expression, attribute_uses
+from turnout.engine.expressions import Expression, TextTemplate, attribute_uses, compile_leaf
 from turnout.engine.framing import FRAMINGS, FrameDecoder, make_decoder
 from turnout.engine.ops import FINISH_STATUSES
 from turnout.engine.schema_check import check, load_schema
@@ -185,7 +185,7 @@ class CompiledMapping:
     _url: Node
     _headers: Node
     _body: Node
-    _rejects: list[tuple[Expression, str, str, tuple[str, ...]]]
+    _rejects: list[tuple[Expression, _Text, _Text, tuple[str, ...]]]
     _response: list[Any]
     _stream: rule_mod.Dispatch
     _framing: str
@@ -216,7 +216,9 @@ class CompiledMapping:
         for when, param, message, reads in self._rejects:
             # A reject tests for a parameter the client set: skip it while all it reads is unset.
             if any(view.get(name) for name in reads) and when(ctx):
-                raise RequestError(400, message, param=param, code="unsupported_parameter")
+                raise RequestError(
+                    400, _text(message, ctx), param=_text(param, ctx), code="unsupported_parameter"
+                )
         try:
             url = str(self._url(ctx))
             raw_headers = self._headers(ctx) or {}
@@ -509,10 +511,18 @@ def load_mapping(
 # run reports every problem of the file) and returning what compiled.
 
 
+# A reject's `param` and `message` may name what was refused: `tools[{{ … .index }}]`.
+_Text = str | TextTemplate | Expression
+
+
+def _text(value: _Text, ctx: Mapping[str, Any]) -> str:
+    return value if isinstance(value, str) else str(value(ctx))
+
+
 def _compile_rejects(
     spec: Mapping[str, Any], sources: _Sources, problems: list[Problem]
-) -> list[tuple[Expression, str, str, tuple[str, ...]]]:
-    rejects: list[tuple[Expression, str, str, tuple[str, ...]]] = []
+) -> list[tuple[Expression, _Text, _Text, tuple[str, ...]]]:
+    rejects: list[tuple[Expression, _Text, _Text, tuple[str, ...]]] = []
     for name, rej in spec.items():
         where = ("request", "rejects", name, "when")
         reads = tuple(sorted(attribute_uses(rej["when"], "req")))
@@ -521,7 +531,8 @@ def _compile_rejects(
                 sources.problem(where, "a reject must test a req.* field the client sets")
             )
         try:
-            rejects.append((Expression(rej["when"]), rej["param"], rej["message"], reads))
+            param, message = compile_leaf(rej["param"]), compile_leaf(rej["message"])
+            rejects.append((Expression(rej["when"]), param, message, reads))
         except ValueError as exc:
             problems.append(sources.problem(where, str(exc)))
     return rejects
@@ -540,7 +551,7 @@ def _req_reads(tree: Any) -> set[str]:
 
 def _check_openai_only(
     body: Any,
-    rejects: Sequence[tuple[Expression, str, str, tuple[str, ...]]],
+    rejects: Sequence[tuple[Expression, _Text, _Text, tuple[str, ...]]],
     sources: _Sources,
     problems: list[Problem],
 ) -> None:

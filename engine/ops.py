@@ -42,9 +42,9 @@ OPS: dict[str, OpSpec] = {
     "open_reasoning": _spec(optional="index", family="reasoning"),
     "reasoning_delta": _spec("text", "index", "reasoning"),
     "reasoning_state": _spec("state", "index encrypted_content", "reasoning"),
-    "tool_call_start": _spec("name", "index call_id", "tool"),
+    "tool_call_start": _spec("name", "index call_id namespace", "tool"),
     "tool_args_delta": _spec("text", "index call_id name", "tool"),
-    "tool_call": _spec("name arguments", "index call_id state", "tool"),
+    "tool_call": _spec("name arguments", "index call_id state namespace", "tool"),
     "image": _spec(
         "b64", "index mime revised_prompt size quality background output_format", "image"
     ),

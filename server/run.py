@@ -59,6 +59,7 @@ def new_run(
         ids=ids,
         provider=target.provider,
         max_image_bytes=max_image_bytes,
+        namespaces=canon.view.get("tool_namespaces"),
     )
     return Run(
         canon=canon,

@@ -103,7 +103,8 @@ def test_view_fields() -> None:
         {"name": "get_weather", "description": None, "parameters": {"type": "object"},
          "strict": None}
     ]  # fmt: skip
-    assert view["hosted_tools"] == [{"type": "web_search"}]
+    # Each hosted tool keeps its index in `tools`, so a refusal names `tools[1]`.
+    assert view["hosted_tools"] == [{"type": "web_search", "index": 1}]
     assert view["tool_choice"] == {"mode": "function", "name": "get_weather"}
     assert view["parallel_tool_calls"] is False
     assert view["text_format"] == {
@@ -562,7 +563,7 @@ def test_image_generation_options_as_openai_types_them_pass() -> None:
     tool = {"type": "image_generation", "size": "1536x1024", "quality": "high",
             "partial_images": 2, "output_compression": 80,
             "input_image_mask": {"file_id": "f"}}  # fmt: skip
-    assert normalize(_body(tools=[tool])).view["image_tool"] == tool
+    assert normalize(_body(tools=[tool])).view["image_tool"] == {**tool, "index": 0}
 
 
 def test_assistant_phase_is_kept_on_entries_and_stored_items() -> None:

@@ -17,6 +17,7 @@ _FIELDS = frozenset(
         "background", "stream", "stream_options", "include", "metadata", "user",
         "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
         "prompt_cache_options", "service_tier", "prompt", "moderation", "context_management",
+        "client_metadata",  # the Codex CLI's; OpenAI accepts it (the recorded request got a 200)
     }
 )  # fmt: skip
 _ROLES = ("user", "assistant", "system", "developer")
