@@ -131,6 +131,7 @@ def default_echo() -> dict[str, Any]:
     """OpenAI's defaults for every request setting the Response object echoes."""
     return {
         "background": False,
+        "conversation": None,
         "frequency_penalty": 0.0,
         "instructions": None,
         "max_output_tokens": None,
@@ -214,6 +215,11 @@ def make_echo(body: Mapping[str, Any]) -> dict[str, Any]:
     metadata = body.get("metadata")
     if isinstance(metadata, Mapping):
         echo["metadata"] = dict(metadata)
+    conversation = body.get("conversation")  # an id, or {"id": ...}: echoed as {"id": ...}
+    if isinstance(conversation, Mapping):
+        conversation = conversation.get("id")
+    if isinstance(conversation, str):
+        echo["conversation"] = {"id": conversation}
     reasoning = body.get("reasoning")
     if isinstance(reasoning, Mapping):
         summary = reasoning.get("summary") or reasoning.get("generate_summary")
@@ -554,7 +560,7 @@ class ResponseBuilder:
             "status": status,
             "background": e["background"],
             "completed_at": None,
-            "conversation": None,
+            "conversation": e.get("conversation"),
             "error": None,
             "frequency_penalty": e["frequency_penalty"],
             "incomplete_details": None,

@@ -24,8 +24,10 @@ __all__ = [
     "OPENAI_ONLY_FIELDS",
     "VIEW_FIELDS",
     "CanonicalRequest",
+    "conversation_of",
     "decode_state",
     "encode_state",
+    "metadata_of",
     "normalize",
     "normalize_items",
 ]
@@ -877,6 +879,7 @@ def _token_limits(body: Mapping[str, Any]) -> tuple[int | None, int | None]:
 
 
 def _metadata(body: Mapping[str, Any]) -> dict[str, str] | None:
+    """`body["metadata"]` checked as OpenAI does (16 string pairs); None when absent."""
     metadata: dict[str, str] | None = _expect(body, "metadata", (dict,), "an object")
     if metadata is not None and (
         len(metadata) > 16
@@ -893,20 +896,43 @@ def _metadata(body: Mapping[str, Any]) -> dict[str, str] | None:
     return metadata
 
 
+metadata_of = _metadata  # for the other bodies that carry metadata (conversations)
+
+
 def _check_modes(body: Mapping[str, Any]) -> None:
-    """Combinations of modes Turnout refuses (background without store; conversations)."""
+    """Combinations of modes Turnout refuses (background without store; a conversation and a
+    previous_response_id together), and the shape of `conversation`."""
     if body.get("background") and body.get("store") is False:
         raise _bad(
             "Background mode requires store=true: the response is only reachable through GET.",
             "background",
             "invalid_value",
         )
-    if body.get("conversation") is not None:
+    conversation_of(body)
+
+
+def conversation_of(body: Mapping[str, Any]) -> str | None:
+    """The conversation id of a create body (`"conv_…"` or `{"id": "conv_…"}`), or None; 400
+    for another shape, or beside a `previous_response_id` (OpenAI's rule: one or the other)."""
+    raw = body.get("conversation")
+    if raw is None:
+        return None
+    conversation = raw.get("id") if isinstance(raw, dict) else raw
+    if not isinstance(conversation, str) or not conversation:
         raise _bad(
-            "The Conversations API is not supported; use previous_response_id.",
+            "Invalid type for 'conversation': expected a conversation id string or an object "
+            "with an 'id'.",
             "conversation",
-            "unsupported_parameter",
+            "invalid_type",
         )
+    if body.get("previous_response_id") is not None:
+        raise _bad(
+            "Mutually exclusive parameters: Ensure you are only providing one of: "
+            "'previous_response_id' or 'conversation'.",
+            "conversation",
+            "mutually_exclusive_parameters",
+        )
+    return conversation
 
 
 def _input_items(body: Mapping[str, Any]) -> list[Any]:

@@ -1,4 +1,5 @@
-"""Id minting for Responses objects (``resp_``, ``msg_``, ``fc_``, ``call_``, ``rs_``, ``ig_``).
+"""Id minting for Responses objects (``resp_``, ``msg_``, ``fc_``, ``call_``, ``rs_``, ``ig_``)
+and conversations (``conv_``).
 
 Ids look like OpenAI's (prefix + hex) so clients that sniff prefixes keep working; provider ids are
 never reused because they collide across providers and leak upstream details.
@@ -36,6 +37,9 @@ class IdFactory:
 
     def image(self) -> str:
         return self.new("ig_")
+
+    def conversation(self) -> str:
+        return self.new("conv_")
 
 
 class DeterministicIdFactory(IdFactory):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from turnout.server.pricing import Price, PriceBook, UsageCounts, usage_counts
@@ -37,11 +38,14 @@ class Finisher:
         # The telemetry hub is wired in by the app (server/app.py) and stays None for a bare
         # Gateway (unit tests).
         self.telemetry: Telemetry | None = None
+        # Appends a turn to its conversation (server/conversations.py), after the record.
+        self.turns: Callable[[Run], Awaitable[None]] | None = None
 
     async def __call__(self, run: Run) -> None:
         """Price the response, hand the telemetry its facts, then write the record. With
         `store: false` nothing is written (the client's choice: spend queries do not see that
-        response); its cost still reaches the logs and metrics."""
+        response); its cost still reaches the logs and metrics. A turn of a conversation is
+        appended to it after the record."""
         response = run.builder.response
         created_at = int(response.get("created_at") or time.time())
         counts = usage_counts(response.get("usage"))
@@ -55,10 +59,12 @@ class Finisher:
         run_tags = tags(run.request.get("metadata"))
         ctx = CURRENT.get()
         self._notify(ctx, run, counts, price, run_tags)
-        if not run.store:
-            return
         try:
-            await self.health.put(self.store, record(run, counts, price, run_tags))
+            if run.store:
+                await self.health.put(self.store, record(run, counts, price, run_tags))
+            # `store: false` keeps no record, but a conversation still grows by the turn.
+            if run.conversation is not None and self.turns is not None:
+                await self.turns(run)
         except StoreUnavailable as exc:
             if ctx is not None:  # the log record says what the client got
                 ctx.status = "failed"

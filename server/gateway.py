@@ -4,7 +4,8 @@ module per concept.
 One create call, in order:
 
 1. load the `previous_response_id` chain from the store (`history.py`: 404
-   `previous_response_not_found`);
+   `previous_response_not_found`), or the `conversation`'s items (`conversations.py`: 404
+   `conversation_not_found`; both together are a 400);
 2. `engine.canonical.normalize(body, history)` validates the body and merges the new input onto
    the history idempotently (an item whose `id`, or function_call whose `call_id`, is already in
    the history is dropped: anchor-failures 9);
@@ -16,7 +17,7 @@ One create call, in order:
    same event loop, so they cannot disagree;
 6. price, notify and write the `StoredResponse` once (`finish.py`), awaited *before* the terminal
    event (or the JSON reply) leaves, so a follow-up chained on it immediately finds it
-   (anchor-failures 1).
+   (anchor-failures 1); a conversation's turn is appended to it then too.
 
 Background responses are `background.py`; the replies and their SSE encoding `replies.py`. Who is
 calling travels explicitly as a `Caller` (`request_context.py`) from the route.
@@ -28,11 +29,12 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any, Literal
 
-from turnout.engine.canonical import normalize
+from turnout.engine.canonical import conversation_of, normalize
 from turnout.engine.errors import RequestError
 from turnout.engine.ids import IdFactory
 from turnout.server.background import BackgroundResponses, BackgroundWork, LiveResponse, recover
 from turnout.server.config import Settings
+from turnout.server.conversations import Conversations
 from turnout.server.failover import Failover
 from turnout.server.finish import Finisher
 from turnout.server.history import items, load_chain
@@ -95,6 +97,9 @@ class Gateway:
         # Whether the store takes writes: a failed write is a 503 / response.failed, and /health.
         self.store_health = StoreHealth()
         self.finish = Finisher(store, self.router, self.prices, self.store_health)
+        # The Conversations API; a turn with `conversation` is appended by the Finisher.
+        self.conversations = Conversations(store, self.store_health, self.ids)
+        self.finish.turns = self.conversations.append_turn
         self.background = BackgroundResponses()
         self.work = BackgroundWork(
             settings, self.background, self.targets, self.failover, self.finish, self.ids,
@@ -118,8 +123,14 @@ class Gateway:
 
     async def create(self, body: Any, caller: Caller = ANONYMOUS) -> JsonReply | StreamReply:
         prev = _previous_response_id(body)
-        chain = await load_chain(self.store, prev)
-        canon = normalize(body, items(chain))
+        conversation = conversation_of(body)  # 400 beside previous_response_id
+        if conversation is not None:
+            chain: list[StoredResponse] = []
+            history = await self.conversations.history(conversation, caller)
+        else:
+            chain = await load_chain(self.store, prev)
+            history = items(chain)
+        canon = normalize(body, history)
         if body.get("background") is True:
             return await self.work.create(body, canon, chain, prev, caller)
         opened = await self.failover.attempt(canon, chain, deadline=caller.deadline)

@@ -1,4 +1,5 @@
-"""HTTP routes: `/v1/responses*` (optionally behind the master key) and `/health`.
+"""HTTP routes: `/v1/responses*`, `/v1/conversations*` (optionally behind the master key) and
+`/health`.
 
 Handlers stay thin: parse what HTTP carries (raw body, query strings), call the `Gateway` or the
 store, and shape the reply. Query parameters are read by hand so that both `include=` and the
@@ -25,10 +26,11 @@ from litestar.types import ASGIApp
 from turnout.engine.errors import RequestError
 from turnout.engine.nesting import MAX_DEPTH
 from turnout.server.config import ModelAlias
+from turnout.server.conversations import item_page_json
 from turnout.server.gateway import Gateway
 from turnout.server.replies import BodyReply, EventStream, JsonReply, json_reply, replay_sse
 from turnout.server.request_context import Caller
-from turnout.server.stores.base import SpendQuery, StoredResponse, UnknownCursorError
+from turnout.server.stores.base import Order, SpendQuery, StoredResponse, UnknownCursorError
 from turnout.server.telemetry import CONTENT_TYPE_LATEST, CURRENT, RequestContext, Telemetry
 
 __all__ = [
@@ -135,17 +137,23 @@ async def _record(gateway: Gateway, response_id: str, caller: Caller) -> StoredR
     return record
 
 
-@post("/responses", status_code=200)
-async def create_response(request: Request[Any, Any, Any]) -> ASGIApp:
-    # The raw body parsed with orjson: faster than Litestar's decoding, and malformed JSON gets
-    # OpenAI's 400 instead of a framework error.
+async def _body(request: Request[Any, Any, Any], *, optional: bool = False) -> Any:
+    """The raw body parsed with orjson: faster than Litestar's decoding, and malformed JSON
+    gets OpenAI's 400 instead of a framework error. `optional`: an empty body is None."""
     raw = await request.body()
+    if optional and not raw.strip():
+        return None
     try:
-        body = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if exc.msg.startswith("depth limit"):  # valid JSON, past orjson's 1024 levels
             raise RequestError(400, _TOO_DEEP, code="nesting_too_deep") from None
         raise RequestError(400, _INVALID_JSON, code="invalid_json") from None
+
+
+@post("/responses", status_code=200)
+async def create_response(request: Request[Any, Any, Any]) -> ASGIApp:
+    body = await _body(request)
     gateway = _gateway(request)
     caller = _caller(request.scope, gateway.settings.router.timeout_s)
     telemetry: Telemetry | None = getattr(request.app.state, "telemetry", None)
@@ -286,9 +294,8 @@ async def cancel_response(request: Request[Any, Any, Any], response_id: FromPath
     )
 
 
-@get("/responses/{response_id:str}/input_items")
-async def list_input_items(request: Request[Any, Any, Any], response_id: FromPath[str]) -> ASGIApp:
-    query = request.query_params
+def _paging(query: MultiDict[str]) -> tuple[int, Order, str | None]:
+    """`limit` (1-100, default 20), `order` (default desc) and `after` of a list call."""
     limit = _int(query, "limit", 20, 1, 100) or 20
     order = query.get("order") or "desc"
     if order not in ("asc", "desc"):
@@ -296,28 +303,98 @@ async def list_input_items(request: Request[Any, Any, Any], response_id: FromPat
             400, "Invalid value for 'order': expected 'asc' or 'desc'.", param="order",
             code="invalid_value",
         )  # fmt: skip
-    after = query.get("after") or None
+    return limit, "asc" if order == "asc" else "desc", query.get("after") or None
+
+
+@get("/responses/{response_id:str}/input_items")
+async def list_input_items(request: Request[Any, Any, Any], response_id: FromPath[str]) -> ASGIApp:
+    limit, order, after = _paging(request.query_params)
     try:
         page = await _gateway(request).input_items(
-            response_id,
-            _caller(request.scope),
-            limit=limit,
-            order="asc" if order == "asc" else "desc",
-            after=after,
+            response_id, _caller(request.scope), limit=limit, order=order, after=after
         )
     except UnknownCursorError as exc:
         raise RequestError(400, str(exc), param="after", code="invalid_value") from None
     if page is None:
         raise _not_found(response_id)
-    return _json(
-        {
-            "object": "list",
-            "data": page.data,
-            "first_id": page.first_id,
-            "last_id": page.last_id,
-            "has_more": page.has_more,
-        }
-    )
+    return _json(item_page_json(page))
+
+
+# -- /v1/conversations: the concern is server/conversations.py; `include` is accepted and
+# ignored (every stored field of an item is always returned).
+
+
+@post("/conversations", status_code=200)
+async def create_conversation(request: Request[Any, Any, Any]) -> ASGIApp:
+    body = await _body(request, optional=True)
+    gateway = _gateway(request)
+    return _json(await gateway.conversations.create(body, _caller(request.scope)))
+
+
+@get("/conversations/{conversation_id:str}")
+async def retrieve_conversation(
+    request: Request[Any, Any, Any], conversation_id: FromPath[str]
+) -> ASGIApp:
+    conversations = _gateway(request).conversations
+    return _json(await conversations.retrieve(conversation_id, _caller(request.scope)))
+
+
+@post("/conversations/{conversation_id:str}", status_code=200)
+async def update_conversation(
+    request: Request[Any, Any, Any], conversation_id: FromPath[str]
+) -> ASGIApp:
+    body = await _body(request, optional=True)
+    conversations = _gateway(request).conversations
+    return _json(await conversations.update(conversation_id, body, _caller(request.scope)))
+
+
+@delete("/conversations/{conversation_id:str}", status_code=200)
+async def delete_conversation(
+    request: Request[Any, Any, Any], conversation_id: FromPath[str]
+) -> ASGIApp:
+    conversations = _gateway(request).conversations
+    return _json(await conversations.delete(conversation_id, _caller(request.scope)))
+
+
+@post("/conversations/{conversation_id:str}/items", status_code=200)
+async def create_conversation_items(
+    request: Request[Any, Any, Any], conversation_id: FromPath[str]
+) -> ASGIApp:
+    body = await _body(request, optional=True)
+    conversations = _gateway(request).conversations
+    return _json(await conversations.add_items(conversation_id, body, _caller(request.scope)))
+
+
+@get("/conversations/{conversation_id:str}/items")
+async def list_conversation_items(
+    request: Request[Any, Any, Any], conversation_id: FromPath[str]
+) -> ASGIApp:
+    limit, order, after = _paging(request.query_params)
+    conversations = _gateway(request).conversations
+    try:
+        page = await conversations.list_items(
+            conversation_id, _caller(request.scope), limit=limit, order=order, after=after
+        )
+    except UnknownCursorError as exc:
+        raise RequestError(400, str(exc), param="after", code="invalid_value") from None
+    return _json(item_page_json(page))
+
+
+@get("/conversations/{conversation_id:str}/items/{item_id:str}")
+async def retrieve_conversation_item(
+    request: Request[Any, Any, Any], conversation_id: FromPath[str], item_id: FromPath[str]
+) -> ASGIApp:
+    conversations = _gateway(request).conversations
+    return _json(await conversations.item(conversation_id, item_id, _caller(request.scope)))
+
+
+@delete("/conversations/{conversation_id:str}/items/{item_id:str}", status_code=200)
+async def delete_conversation_item(
+    request: Request[Any, Any, Any], conversation_id: FromPath[str], item_id: FromPath[str]
+) -> ASGIApp:
+    conversations = _gateway(request).conversations
+    caller = _caller(request.scope)
+    return _json(await conversations.delete_item(conversation_id, item_id, caller))
 
 
 def _model(model_id: str, owned_by: str, created: int) -> dict[str, Any]:
@@ -424,6 +501,14 @@ def v1_router(*, guarded: bool = True) -> Router:
             delete_response,
             cancel_response,
             list_input_items,
+            create_conversation,
+            retrieve_conversation,
+            update_conversation,
+            delete_conversation,
+            create_conversation_items,
+            list_conversation_items,
+            retrieve_conversation_item,
+            delete_conversation_item,
             list_models,
             retrieve_model,
             spend,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from turnout.engine.builder import ResponseBuilder, make_echo
-from turnout.engine.canonical import CanonicalRequest
+from turnout.engine.canonical import CanonicalRequest, conversation_of
 from turnout.engine.ids import IdFactory
 from turnout.server.failover import Opened, release
 from turnout.server.request_context import Caller
@@ -35,6 +35,9 @@ class Run:
     store: bool
     upstream_status: int
     caller: Caller
+    # The conversation the turn belongs to (`conversation` of the body); its items are appended
+    # once the response is final (server/conversations.py).
+    conversation: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     # One entry per upstream attempt: deployment, status, error code, latency (no secrets).
     attempts: list[dict[str, Any]] = field(default_factory=list)
@@ -72,6 +75,7 @@ def new_run(
         store=bool(canon.view.get("store", True)),
         upstream_status=0,
         caller=caller,
+        conversation=conversation_of(body),
     )
 
 

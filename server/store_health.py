@@ -12,10 +12,14 @@ leaves what was stored before untouched (each put is one transaction).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from turnout.server.stores.base import ResponseStore, StoredResponse
 
 __all__ = ["STORE_UNAVAILABLE", "StoreHealth", "StoreUnavailable"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("turnout.store")
 
@@ -60,6 +64,19 @@ class StoreHealth:
         if self.failure is not None:
             log.warning("the response store takes writes again")
             self.failure = None
+
+    async def write(self, write: Awaitable[T]) -> T:
+        """Any other store write (a conversation's), awaited; `StoreUnavailable` when it
+        fails, as `put` does."""
+        try:
+            result = await write
+        except Exception as exc:
+            self._failed(exc)
+            raise StoreUnavailable() from exc
+        if self.failure is not None:
+            log.warning("the response store takes writes again")
+            self.failure = None
+        return result
 
     async def check(self, store: ResponseStore) -> str | None:
         """None when the store takes writes; else why not. While writes fail, a probe write

@@ -5,7 +5,10 @@ Two independent judges, because they disagree in useful ways:
 * JSON Schema, from OpenAI's own OpenAPI document (``tests/fixtures/reference/
   openai-openapi.responses-subset.yaml``) and the Open Responses spec: exact required keys,
   enums, ``null`` rules. ``validate_response``, ``validate_event``, ``validate_error_body``,
-  ``validate_item_list``, ``validate_deleted``, ``validate_open_responses``.
+  ``validate_item_list``, ``validate_deleted``, ``validate_open_responses``; and the
+  Conversations API from OpenAI's (``openai-openapi.conversations-subset.json``):
+  ``validate_conversation``, ``validate_conversation_item``, ``validate_conversation_item_list``,
+  ``validate_conversation_deleted``.
 * The official SDK's pydantic models, parsed the way ``OpenAI(_strict_response_validation=True)``
   parses (``openai._models.validate_type``): what real clients will choke on.
   ``validate_event_sdk``, ``validate_response_sdk``.
@@ -43,6 +46,10 @@ __all__ = [
     "event_schema_name",
     "fixtures_root",
     "translate_nullable",
+    "validate_conversation",
+    "validate_conversation_deleted",
+    "validate_conversation_item",
+    "validate_conversation_item_list",
     "validate_deleted",
     "validate_error_body",
     "validate_event",
@@ -57,9 +64,11 @@ from tests.paths import FIXTURES
 
 OPENAI_SPEC = "reference/openai-openapi.responses-subset.yaml"
 OPEN_RESPONSES_SPEC = "reference/openresponses-openapi-2026-04-24.json"
+CONVERSATIONS_SPEC = "reference/openai-openapi.conversations-subset.json"
 
 _OPENAI_URI = "urn:turnout:openai-openapi"
 _OR_URI = "urn:turnout:openresponses-openapi"
+_CONVERSATIONS_URI = "urn:turnout:openai-conversations-openapi"
 
 # OpenAPI gives DELETE /responses/{id} no schema, only an example body; OpenAI's SDKs type the
 # result as None. This mirrors that example so Turnout's reply is at least checked for shape.
@@ -275,6 +284,11 @@ def _open_responses() -> _Spec:
 
 
 @functools.cache
+def _conversations() -> _Spec:
+    return _Spec(CONVERSATIONS_SPEC, _CONVERSATIONS_URI)
+
+
+@functools.cache
 def _event_schemas() -> dict[str, str]:
     """Event ``type`` → the component schema of that ResponseStreamEvent branch."""
     spec = _openai()
@@ -353,6 +367,29 @@ def validate_item_list(obj: Any) -> None:
 def validate_deleted(obj: Any) -> None:
     """DELETE /responses/{id}: OAS has only an example; see ``_DELETED_SCHEMA``."""
     _check(Draft202012Validator(_DELETED_SCHEMA), obj, "deleted response")
+
+
+def validate_conversation(obj: Any) -> None:
+    """A conversation (create, retrieve, update, item delete): ConversationResource."""
+    _check(_conversations().validator("ConversationResource"), obj, "ConversationResource")
+
+
+def validate_conversation_deleted(obj: Any) -> None:
+    """DELETE /conversations/{id}: DeletedConversationResource."""
+    _check(
+        _conversations().validator("DeletedConversationResource"), obj,
+        "DeletedConversationResource",
+    )  # fmt: skip
+
+
+def validate_conversation_item(obj: Any) -> None:
+    """GET /conversations/{id}/items/{item_id}: ConversationItem."""
+    _check(_conversations().validator("ConversationItem"), obj, "ConversationItem")
+
+
+def validate_conversation_item_list(obj: Any) -> None:
+    """GET and POST /conversations/{id}/items: ConversationItemList."""
+    _check(_conversations().validator("ConversationItemList"), obj, "ConversationItemList")
 
 
 def validate_open_responses(obj: Any) -> None:

@@ -30,12 +30,14 @@ from hypothesis import strategies as st
 from turnout.server.stores import (
     STORE_BACKENDS,
     ChainCycleError,
+    ConversationStore,
     MemoryStore,
     MissingChainLinkError,
     ResponseStore,
     SpendQuery,
     SpendReport,
     SQLiteStore,
+    StoredConversation,
     StoredResponse,
     StoreUrl,
     UnknownCursorError,
@@ -611,7 +613,7 @@ async def test_sqlite_migrates_a_version_1_database(tmp_path: Path) -> None:
     finally:
         await store.close()
     with sqlite3.connect(db) as check:
-        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         indexes = {row[1] for row in check.execute("PRAGMA index_list(responses)")}
         assert {"responses_created_at", "responses_model_created_at"} <= indexes
     check.close()
@@ -937,3 +939,199 @@ async def test_sqlite_a_new_file_and_a_migrated_one_have_the_same_table(tmp_path
         assert {"responses_created_at", "responses_model_created_at", "responses_unfinished"} <= (
             indexes
         )
+
+
+# -- conversations: every registered backend is a ConversationStore too --------------------------
+
+
+def conversation_store(store: ResponseStore) -> ConversationStore:
+    assert isinstance(store, ConversationStore), f"{type(store).__name__} keeps no conversations"
+    return store
+
+
+def item(item_id: str, text: str = "hi") -> dict[str, Any]:
+    return {
+        "type": "message", "id": item_id, "role": "user", "status": "completed",
+        "content": [{"type": "input_text", "text": text}],
+    }  # fmt: skip
+
+
+def test_every_registered_backend_keeps_conversations() -> None:
+    for scheme, cls in STORE_BACKENDS.items():
+        assert issubclass(cls, ConversationStore), scheme
+        assert not cls.__abstractmethods__, scheme
+
+
+async def test_conversation_round_trip_with_initial_items(store: ResponseStore) -> None:
+    s = conversation_store(store)
+    conv = StoredConversation("conv_1", 1_765_552_659, {"topic": "x"}, "key_abc")
+    await s.create_conversation(conv, [item("msg_1"), item("msg_2", "there")])
+    got = await s.get_conversation("conv_1")
+    assert got == conv and got is not conv
+    assert [i["id"] for i in await s.conversation_items("conv_1") or []] == ["msg_1", "msg_2"]
+    assert await s.get_item("conv_1", "msg_2") == item("msg_2", "there")
+    assert await s.get_item("conv_1", "msg_9") is None
+    assert await s.get_conversation("conv_2") is None
+    assert await s.conversation_items("conv_2") is None
+    assert await s.get_item("conv_2", "msg_1") is None
+
+
+async def test_conversation_without_items_and_copies(store: ResponseStore) -> None:
+    s = conversation_store(store)
+    conv = StoredConversation("conv_e", 5)
+    await s.create_conversation(conv, [])
+    conv.metadata["later"] = "change"  # never reaches the store
+    got = await s.get_conversation("conv_e")
+    assert got is not None and got.metadata == {} and got.api_key_id is None
+    assert await s.conversation_items("conv_e") == []
+    page = await s.list_items("conv_e")
+    assert page is not None and page.data == [] and not page.has_more
+
+
+async def test_update_conversation_metadata(store: ResponseStore) -> None:
+    s = conversation_store(store)
+    await s.create_conversation(StoredConversation("conv_u", 5, {"a": "1"}), [item("msg_1")])
+    updated = await s.update_conversation("conv_u", {"b": "2"})
+    assert updated == StoredConversation("conv_u", 5, {"b": "2"})
+    assert await s.get_conversation("conv_u") == updated
+    assert await s.conversation_items("conv_u") == [item("msg_1")]  # items untouched
+    assert await s.update_conversation("conv_nope", {}) is None
+
+
+async def test_delete_conversation_forgets_it_and_its_items(store: ResponseStore) -> None:
+    s = conversation_store(store)
+    await s.create_conversation(StoredConversation("conv_d", 5), [item("msg_1")])
+    await s.create_conversation(StoredConversation("conv_k", 5), [item("msg_1")])
+    assert await s.delete_conversation("conv_d") is True
+    assert await s.get_conversation("conv_d") is None
+    assert await s.conversation_items("conv_d") is None
+    assert await s.append_items("conv_d", [item("msg_2")]) is False
+    assert await s.delete_conversation("conv_d") is False
+    assert await s.conversation_items("conv_k") == [item("msg_1")]  # the other one stays
+
+
+async def test_append_items_keeps_order_across_turns(store: ResponseStore) -> None:
+    s = conversation_store(store)
+    await s.create_conversation(StoredConversation("conv_a", 5), [item("msg_0")])
+    assert await s.append_items("conv_a", [item("msg_1"), item("msg_2")]) is True
+    assert await s.append_items("conv_a", [item("msg_3")]) is True
+    assert await s.append_items("conv_a", []) is True
+    ids = [i["id"] for i in await s.conversation_items("conv_a") or []]
+    assert ids == ["msg_0", "msg_1", "msg_2", "msg_3"]
+    assert await s.append_items("conv_missing", [item("msg_x")]) is False
+    assert await s.conversation_items("conv_missing") is None
+
+
+async def test_concurrent_appends_are_atomic_per_turn(store: ResponseStore) -> None:
+    s = conversation_store(store)
+    await s.create_conversation(StoredConversation("conv_c", 5), [])
+    turns = [[item(f"msg_{t}_{i}") for i in range(5)] for t in range(12)]
+    assert all(await asyncio.gather(*(s.append_items("conv_c", turn) for turn in turns)))
+    ids = [i["id"] for i in await s.conversation_items("conv_c") or []]
+    assert len(ids) == 60
+    # Each turn's items are contiguous and in their own order, whatever order the turns landed.
+    for start in range(0, 60, 5):
+        turn = ids[start : start + 5]
+        prefix = turn[0].rsplit("_", 1)[0]
+        assert turn == [f"{prefix}_{i}" for i in range(5)]
+
+
+async def test_conversation_items_paging(store: ResponseStore) -> None:
+    s = conversation_store(store)
+    await s.create_conversation(
+        StoredConversation("conv_p", 5), [item(f"msg_{i}") for i in range(5)]
+    )
+    page = await s.list_items("conv_p", limit=2)  # default order: desc
+    assert page is not None
+    assert [i["id"] for i in page.data] == ["msg_4", "msg_3"] and page.has_more
+    assert (page.first_id, page.last_id) == ("msg_4", "msg_3")
+    page = await s.list_items("conv_p", limit=2, order="asc", after="msg_2")
+    assert page is not None and [i["id"] for i in page.data] == ["msg_3", "msg_4"]
+    assert not page.has_more
+    with pytest.raises(UnknownCursorError):
+        await s.list_items("conv_p", after="msg_nope")
+    assert await s.list_items("conv_nope") is None
+
+
+async def test_delete_one_item(store: ResponseStore) -> None:
+    s = conversation_store(store)
+    await s.create_conversation(
+        StoredConversation("conv_i", 5), [item(f"msg_{i}") for i in range(3)]
+    )
+    assert await s.delete_item("conv_i", "msg_1") is True
+    assert await s.delete_item("conv_i", "msg_1") is False
+    assert await s.delete_item("conv_nope", "msg_0") is None
+    assert [i["id"] for i in await s.conversation_items("conv_i") or []] == ["msg_0", "msg_2"]
+    await s.append_items("conv_i", [item("msg_3")])  # appends still go after the last one
+    assert [i["id"] for i in await s.conversation_items("conv_i") or []] == [
+        "msg_0", "msg_2", "msg_3",
+    ]  # fmt: skip
+
+
+async def test_closed_store_refuses_conversations(backend: str) -> None:
+    s = conversation_store(await open_store(backend))
+    await s.create_conversation(StoredConversation("conv_z", 5), [])
+    assert isinstance(s, ResponseStore)
+    await s.aclose()
+    with pytest.raises(RuntimeError):
+        await s.get_conversation("conv_z")
+    with pytest.raises(RuntimeError):
+        await s.append_items("conv_z", [item("msg_1")])
+
+
+async def test_sqlite_conversations_survive_reopen(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    s = SQLiteStore(db)
+    await s.open()
+    await s.create_conversation(StoredConversation("conv_r", 7, {"k": "v"}), [item("msg_1")])
+    await s.append_items("conv_r", [item("msg_2")])
+    await s.aclose()
+    again = SQLiteStore(db)
+    await again.open()
+    try:
+        assert await again.get_conversation("conv_r") == StoredConversation("conv_r", 7, {"k": "v"})
+        assert [i["id"] for i in await again.conversation_items("conv_r") or []] == [
+            "msg_1", "msg_2",
+        ]  # fmt: skip
+    finally:
+        await again.aclose()
+
+
+async def test_sqlite_migrates_a_version_2_database(tmp_path: Path) -> None:
+    db = tmp_path / "v2.db"
+    s = SQLiteStore(db)
+    await s.open()
+    await s.put(priced("kept"))
+    await s.aclose()
+    # What version 2 was: the responses table and its indexes, no conversation tables.
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE conversation_items")
+    conn.execute("DROP TABLE conversations")
+    conn.execute("PRAGMA user_version=2")
+    conn.commit()
+    conn.close()
+
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        assert await store.get("kept") == priced("kept")
+        await store.create_conversation(StoredConversation("conv_m", 5), [item("msg_1")])
+        assert await store.conversation_items("conv_m") == [item("msg_1")]
+    finally:
+        await store.aclose()
+    fresh = SQLiteStore(tmp_path / "fresh.db")
+    await fresh.open()
+    await fresh.aclose()
+    schemas = []
+    for path in (db, tmp_path / "fresh.db"):
+        with sqlite3.connect(path) as check:
+            assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+            schemas.append(
+                check.execute(
+                    "SELECT type, name, sql FROM sqlite_master WHERE name LIKE 'conversation%' "
+                    "ORDER BY name"
+                ).fetchall()
+            )
+        check.close()
+    # The migrated file has exactly the conversation tables and index a new file has.
+    assert schemas[0] == schemas[1] and len(schemas[0]) >= 3

@@ -23,6 +23,7 @@ from .base import (
     StoreUrl,
     UnknownCursorError,
 )
+from .conversations import ConversationStore, StoredConversation
 from .memory import MemoryStore
 from .registry import (
     STORE_BACKENDS,
@@ -38,6 +39,7 @@ __all__ = [
     "STORE_BACKENDS",
     "ChainCycleError",
     "ChainError",
+    "ConversationStore",
     "ItemPage",
     "MemoryStore",
     "MissingChainLinkError",
@@ -48,6 +50,7 @@ __all__ = [
     "SpendReport",
     "SpendRow",
     "StoreUrl",
+    "StoredConversation",
     "StoredResponse",
     "UnknownCursorError",
     "create_store",

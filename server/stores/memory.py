@@ -10,8 +10,12 @@ closed store), so tests and ``turnout record`` build one directly.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterable
+from typing import Any
+
+import orjson
 
 from .base import (
     UNFINISHED_STATUSES,
@@ -26,13 +30,14 @@ from .base import (
     record_to_json,
     tombstone,
 )
+from .conversations import ConversationStore, StoredConversation
 from .registry import register_store
 
 __all__ = ["MemoryStore"]
 
 
 @register_store("memory")
-class MemoryStore(ResponseStore):
+class MemoryStore(ResponseStore, ConversationStore):
     url_forms = ("memory://",)
 
     @classmethod
@@ -51,6 +56,8 @@ class MemoryStore(ResponseStore):
 
     def __init__(self) -> None:
         self._rows: dict[str, bytes] = {}
+        # conversation id -> (the conversation, its items oldest first), all as orjson bytes.
+        self._conversations: dict[str, tuple[bytes, list[bytes]]] = {}
         # Critical sections contain no await, so they are already atomic for coroutines on
         # one loop; the threading lock (not asyncio.Lock, which binds to one loop) also makes
         # the store safe for use from several loops or threads, as tests sometimes do.
@@ -109,7 +116,75 @@ class MemoryStore(ResponseStore):
         records = (record_from_json(data) for data in rows)
         return [r.id for r in records if not r.deleted and r.status in UNFINISHED_STATUSES]
 
+    # -- conversations -------------------------------------------------------------------------
+
+    async def create_conversation(
+        self, conversation: StoredConversation, items: list[dict[str, Any]]
+    ) -> None:
+        self._check_open()
+        row = (_dumps_conversation(conversation), [orjson.dumps(i) for i in items])
+        with self._lock:
+            self._conversations[conversation.id] = row
+
+    async def get_conversation(self, conversation_id: str) -> StoredConversation | None:
+        self._check_open()
+        with self._lock:
+            row = self._conversations.get(conversation_id)
+        return None if row is None else StoredConversation(**orjson.loads(row[0]))
+
+    async def update_conversation(
+        self, conversation_id: str, metadata: dict[str, str]
+    ) -> StoredConversation | None:
+        self._check_open()
+        with self._lock:
+            row = self._conversations.get(conversation_id)
+            if row is None:
+                return None
+            updated = StoredConversation(**orjson.loads(row[0]))
+            updated.metadata = dict(metadata)
+            self._conversations[conversation_id] = (_dumps_conversation(updated), row[1])
+        return updated
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        self._check_open()
+        with self._lock:
+            return self._conversations.pop(conversation_id, None) is not None
+
+    async def append_items(self, conversation_id: str, items: list[dict[str, Any]]) -> bool:
+        self._check_open()
+        encoded = [orjson.dumps(i) for i in items]  # outside the lock; all or nothing
+        with self._lock:
+            row = self._conversations.get(conversation_id)
+            if row is None:
+                return False
+            row[1].extend(encoded)
+            return True
+
+    async def conversation_items(self, conversation_id: str) -> list[dict[str, Any]] | None:
+        self._check_open()
+        with self._lock:
+            row = self._conversations.get(conversation_id)
+            items = None if row is None else list(row[1])
+        return None if items is None else [orjson.loads(i) for i in items]
+
+    async def delete_item(self, conversation_id: str, item_id: str) -> bool | None:
+        self._check_open()
+        with self._lock:
+            row = self._conversations.get(conversation_id)
+            if row is None:
+                return None
+            for i, data in enumerate(row[1]):
+                if orjson.loads(data).get("id") == item_id:
+                    del row[1][i]
+                    return True
+            return False
+
     async def aclose(self) -> None:
         self._closed = True
         with self._lock:
             self._rows.clear()
+            self._conversations.clear()
+
+
+def _dumps_conversation(conversation: StoredConversation) -> bytes:
+    return orjson.dumps(dataclasses.asdict(conversation))

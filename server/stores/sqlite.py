@@ -34,6 +34,10 @@ columns (token counts, ``api_key_id``, ``tags`` as JSON text so ``json_extract``
 metadata key) and the ``created_at`` indexes spend queries range over. A version-1 file is
 migrated in place at open, in one transaction, backfilling the counts from the stored Response's
 ``usage`` and the tags from the request's ``metadata`` (tombstones have neither: zeros).
+3 adds the Conversations API's two tables (``conversations``; ``conversation_items``, one row
+per item keyed by its conversation and its position): a version-2 file gets them in place at
+open (a version-1 file is brought to 2 first, in the same transaction). A turn's items are
+appended in one transaction on the writer, so they are contiguous and all-or-nothing.
 """
 
 from __future__ import annotations
@@ -71,13 +75,14 @@ from .base import (
     page_items,
 )
 from .columns import ACCOUNTING_COLUMNS, COLUMNS, Column, RowCodec
+from .conversations import ConversationStore, StoredConversation
 from .registry import register_store
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _TYPES = {
     "text": "TEXT",
@@ -168,6 +173,36 @@ _UNFINISHED_INDEX = (
     f"CREATE INDEX IF NOT EXISTS responses_unfinished ON responses (status) WHERE {_UNFINISHED}"
 )
 _SELECT_UNFINISHED = f"SELECT id FROM responses WHERE {_UNFINISHED}"
+# Version 3: conversations and their items (``seq`` orders the items of one conversation).
+_CONVERSATION_TABLES = (
+    "CREATE TABLE conversations (\n    id TEXT PRIMARY KEY,\n    created_at INTEGER NOT NULL,\n"
+    "    metadata TEXT NOT NULL DEFAULT '{}',\n    api_key_id TEXT\n) STRICT",
+    "CREATE TABLE conversation_items (\n    conversation_id TEXT NOT NULL,\n"
+    "    seq INTEGER NOT NULL,\n    id TEXT,\n    item BLOB NOT NULL,\n"
+    "    PRIMARY KEY (conversation_id, seq)\n) STRICT",
+    "CREATE INDEX conversation_items_id ON conversation_items (conversation_id, id)",
+)
+_INSERT_CONVERSATION = (
+    "INSERT INTO conversations (id, created_at, metadata, api_key_id) VALUES (?, ?, ?, ?)"
+)
+_SELECT_CONVERSATION = "SELECT id, created_at, metadata, api_key_id FROM conversations WHERE id = ?"
+_INSERT_ITEM = "INSERT INTO conversation_items (conversation_id, seq, id, item) VALUES (?, ?, ?, ?)"
+_NEXT_SEQ = "SELECT coalesce(max(seq), -1) + 1 FROM conversation_items WHERE conversation_id = ?"
+_SELECT_CONVERSATION_ITEMS = (
+    "SELECT item FROM conversation_items WHERE conversation_id = ? ORDER BY seq"
+)
+_DELETE_ITEM = (
+    "DELETE FROM conversation_items WHERE conversation_id = ? AND seq = (SELECT min(seq) "
+    "FROM conversation_items WHERE conversation_id = ? AND id = ?)"
+)
+
+
+def _conversation(row: Any) -> StoredConversation:
+    return StoredConversation(
+        id=row[0], created_at=row[1], metadata=orjson.loads(row[2]), api_key_id=row[3]
+    )
+
+
 # The probe write of /health while writes fail (store_health.py); never holds a row for long.
 _CREATE_PROBE = "CREATE TABLE IF NOT EXISTS turnout_probe (blob BLOB)"
 
@@ -275,7 +310,7 @@ def _spend_sql(query: SpendQuery) -> tuple[str, list[Any]]:
 
 
 @register_store("sqlite")
-class SQLiteStore(ResponseStore):
+class SQLiteStore(ResponseStore, ConversationStore):
     """Constructing does no I/O; ``await open()`` creates or checks the file and its schema."""
 
     url_forms = (
@@ -364,14 +399,18 @@ class SQLiteStore(ResponseStore):
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version == 0:
                 conn.execute(_CREATE)
-                for statement in _INDEXES:
+                for statement in (*_INDEXES, *_CONVERSATION_TABLES):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version == 1:
-                for statement in _ADD_V2:
-                    conn.execute(statement)
-                conn.execute(_BACKFILL_V2)
-                for statement in _INDEXES:
+            elif version in (1, 2):
+                if version == 1:
+                    for statement in _ADD_V2:
+                        conn.execute(statement)
+                    conn.execute(_BACKFILL_V2)
+                    for statement in _INDEXES:
+                        conn.execute(statement)
+                # Version 2 -> 3: the conversation tables; the responses table is unchanged.
+                for statement in _CONVERSATION_TABLES:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
@@ -483,6 +522,95 @@ class SQLiteStore(ResponseStore):
 
     def _unfinished(self) -> list[str]:
         return [row[0] for row in self._rdb().execute(_SELECT_UNFINISHED)]
+
+    # conversations (writes on the worker, each one transaction)
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def _create_conversation(
+        self, row: tuple[Any, ...], items: list[tuple[str | None, bytes]]
+    ) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(_INSERT_CONVERSATION, row)
+            conn.executemany(
+                _INSERT_ITEM,
+                [(row[0], i, item_id, data) for i, (item_id, data) in enumerate(items)],
+            )
+
+        self._transaction(write)
+
+    def _update_conversation(
+        self, conversation_id: str, metadata: str
+    ) -> StoredConversation | None:
+        def write(conn: sqlite3.Connection) -> StoredConversation | None:
+            conn.execute(
+                "UPDATE conversations SET metadata = ? WHERE id = ?", (metadata, conversation_id)
+            )
+            row = conn.execute(_SELECT_CONVERSATION, (conversation_id,)).fetchone()
+            return None if row is None else _conversation(row)
+
+        return self._transaction(write)
+
+    def _delete_conversation(self, conversation_id: str) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            conn.execute(
+                "DELETE FROM conversation_items WHERE conversation_id = ?", (conversation_id,)
+            )
+            return (
+                conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount
+                == 1
+            )
+
+        return self._transaction(write)
+
+    def _append_items(self, conversation_id: str, items: list[tuple[str | None, bytes]]) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            if conn.execute(_SELECT_CONVERSATION, (conversation_id,)).fetchone() is None:
+                return False
+            (start,) = conn.execute(_NEXT_SEQ, (conversation_id,)).fetchone()
+            conn.executemany(
+                _INSERT_ITEM,
+                [
+                    (conversation_id, start + i, item_id, data)
+                    for i, (item_id, data) in enumerate(items)
+                ],
+            )
+            return True
+
+        return self._transaction(write)
+
+    def _delete_item(self, conversation_id: str, item_id: str) -> bool | None:
+        def write(conn: sqlite3.Connection) -> bool | None:
+            if conn.execute(_SELECT_CONVERSATION, (conversation_id,)).fetchone() is None:
+                return None
+            deleted = conn.execute(_DELETE_ITEM, (conversation_id, conversation_id, item_id))
+            return deleted.rowcount == 1
+
+        return self._transaction(write)
+
+    def _get_conversation(self, conversation_id: str) -> StoredConversation | None:
+        row = self._rdb().execute(_SELECT_CONVERSATION, (conversation_id,)).fetchone()
+        return None if row is None else _conversation(row)
+
+    def _conversation_items(self, conversation_id: str) -> list[dict[str, Any]] | None:
+        conn = self._rdb()
+        conn.execute("BEGIN")  # one snapshot: the conversation and its items agree
+        try:
+            if conn.execute(_SELECT_CONVERSATION, (conversation_id,)).fetchone() is None:
+                return None
+            rows = conn.execute(_SELECT_CONVERSATION_ITEMS, (conversation_id,)).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        return [orjson.loads(row[0]) for row in rows]
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -604,6 +732,36 @@ class SQLiteStore(ResponseStore):
     async def unfinished(self) -> list[str]:
         return await self._read(self._unfinished)
 
+    async def create_conversation(
+        self, conversation: StoredConversation, items: list[dict[str, Any]]
+    ) -> None:
+        row = (
+            conversation.id, conversation.created_at, _dumps(conversation.metadata).decode(),
+            conversation.api_key_id,
+        )  # fmt: skip
+        await self._run(self._create_conversation, row, _encode_items(items))
+
+    async def get_conversation(self, conversation_id: str) -> StoredConversation | None:
+        return await self._read(self._get_conversation, conversation_id)
+
+    async def update_conversation(
+        self, conversation_id: str, metadata: dict[str, str]
+    ) -> StoredConversation | None:
+        encoded = _dumps(metadata).decode()
+        return await self._run(self._update_conversation, conversation_id, encoded)
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        return await self._run(self._delete_conversation, conversation_id)
+
+    async def append_items(self, conversation_id: str, items: list[dict[str, Any]]) -> bool:
+        return await self._run(self._append_items, conversation_id, _encode_items(items))
+
+    async def conversation_items(self, conversation_id: str) -> list[dict[str, Any]] | None:
+        return await self._read(self._conversation_items, conversation_id)
+
+    async def delete_item(self, conversation_id: str, item_id: str) -> bool | None:
+        return await self._run(self._delete_item, conversation_id, item_id)
+
     async def aclose(self) -> None:
         async with self._lifecycle:
             if self._closed:
@@ -634,3 +792,12 @@ class SQLiteStore(ResponseStore):
                 await asyncio.get_running_loop().run_in_executor(executor, self._close)
             finally:
                 executor.shutdown(wait=False)
+
+
+def _encode_items(items: list[dict[str, Any]]) -> list[tuple[str | None, bytes]]:
+    """(id, orjson bytes) per item, encoded on the caller's thread (a snapshot)."""
+    out: list[tuple[str | None, bytes]] = []
+    for item in items:
+        item_id = item.get("id")
+        out.append((item_id if isinstance(item_id, str) else None, _dumps(item)))
+    return out
