@@ -34,6 +34,7 @@ from turnout.server.telemetry import CONTENT_TYPE_LATEST, CURRENT, RequestContex
 __all__ = [
     "SSE_HEADERS",
     "api_key_id",
+    "count_input_tokens",
     "format_cost",
     "health",
     "health_deployments",
@@ -135,17 +136,29 @@ async def _record(gateway: Gateway, response_id: str, caller: Caller) -> StoredR
     return record
 
 
-@post("/responses", status_code=200)
-async def create_response(request: Request[Any, Any, Any]) -> ASGIApp:
-    # The raw body parsed with orjson: faster than Litestar's decoding, and malformed JSON gets
-    # OpenAI's 400 instead of a framework error.
-    raw = await request.body()
+def _json_body(raw: bytes) -> Any:
     try:
-        body = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if exc.msg.startswith("depth limit"):  # valid JSON, past orjson's 1024 levels
             raise RequestError(400, _TOO_DEEP, code="nesting_too_deep") from None
         raise RequestError(400, _INVALID_JSON, code="invalid_json") from None
+
+
+@post("/responses/input_tokens", status_code=200)
+async def count_input_tokens(request: Request[Any, Any, Any]) -> ASGIApp:
+    """The input tokens a create body would cost, counted by its provider
+    (server/count_tokens.py). A static path: it is matched before `/responses/{response_id}`."""
+    gateway = _gateway(request)
+    counted = await gateway.count_tokens(_json_body(await request.body()), _caller(request.scope))
+    return _json(counted)
+
+
+@post("/responses", status_code=200)
+async def create_response(request: Request[Any, Any, Any]) -> ASGIApp:
+    # The raw body parsed with orjson: faster than Litestar's decoding, and malformed JSON gets
+    # OpenAI's 400 instead of a framework error.
+    body = _json_body(await request.body())
     gateway = _gateway(request)
     caller = _caller(request.scope, gateway.settings.router.timeout_s)
     telemetry: Telemetry | None = getattr(request.app.state, "telemetry", None)
@@ -420,6 +433,7 @@ def v1_router(*, guarded: bool = True) -> Router:
         path="/v1",
         route_handlers=[
             create_response,
+            count_input_tokens,
             get_response,
             delete_response,
             cancel_response,

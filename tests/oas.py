@@ -5,7 +5,8 @@ Two independent judges, because they disagree in useful ways:
 * JSON Schema, from OpenAI's own OpenAPI document (``tests/fixtures/reference/
   openai-openapi.responses-subset.yaml``) and the Open Responses spec: exact required keys,
   enums, ``null`` rules. ``validate_response``, ``validate_event``, ``validate_error_body``,
-  ``validate_item_list``, ``validate_deleted``, ``validate_open_responses``.
+  ``validate_item_list``, ``validate_deleted``, ``validate_token_count``,
+  ``validate_open_responses``.
 * The official SDK's pydantic models, parsed the way ``OpenAI(_strict_response_validation=True)``
   parses (``openai._models.validate_type``): what real clients will choke on.
   ``validate_event_sdk``, ``validate_response_sdk``.
@@ -51,6 +52,7 @@ __all__ = [
     "validate_open_responses",
     "validate_response",
     "validate_response_sdk",
+    "validate_token_count",
 ]
 
 from tests.paths import FIXTURES
@@ -353,6 +355,11 @@ def validate_item_list(obj: Any) -> None:
 def validate_deleted(obj: Any) -> None:
     """DELETE /responses/{id}: OAS has only an example; see ``_DELETED_SCHEMA``."""
     _check(Draft202012Validator(_DELETED_SCHEMA), obj, "deleted response")
+
+
+def validate_token_count(obj: Any) -> None:
+    """POST /responses/input_tokens (TokenCountsResource)."""
+    _check(_openai().validator("TokenCountsResource"), obj, "TokenCountsResource")
 
 
 def validate_open_responses(obj: Any) -> None:
