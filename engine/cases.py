@@ -79,6 +79,7 @@ class Case:
     upstream: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     description: str | None = None
+    endpoint: str = "create"  # or "input_tokens": the mapping's count_tokens request
 
     @property
     def provider(self) -> str:
@@ -139,6 +140,7 @@ def load_case(path: str | Path) -> Case:
         upstream=upstream,
         settings=dict(data.get("settings") or {}),
         description=data.get("description"),
+        endpoint=str(data.get("endpoint") or "create"),
     )
 
 
@@ -415,7 +417,9 @@ def run_case(case: Case, registry: MappingRegistry) -> list[str]:
         return [f"request.model: no mapping for provider {case.provider!r}"]
     try:
         canon = normalize(copy.deepcopy(case.request))
-        call = mapping.build_request(
+        counting = case.endpoint == "input_tokens"
+        build = mapping.build_count_request if counting else mapping.build_request
+        call = build(
             canon,
             model=case.model,
             api_base=str(mapping.defaults.get("api_base") or DUMMY_API_BASE),
@@ -432,6 +436,8 @@ def run_case(case: Case, registry: MappingRegistry) -> list[str]:
     if body is None:
         return [*failures, problem or "upstream.response: no body"]
     status = int(spec.get("status", 200))
+    if case.endpoint == "input_tokens":
+        return failures + _check_count(case, mapping, status, body, spec)
     if status < 400 and call.stream and "body" in spec:
         return [*failures, "upstream.response: the request streams; give sse or an .sse fixture"]
     if status >= 400:
@@ -456,6 +462,25 @@ def run_case(case: Case, registry: MappingRegistry) -> list[str]:
     )
     events = builder.start() + builder.feed(ops) + builder.finish()
     return failures + check_response(case.expect, builder.response, events)
+
+
+def _check_count(
+    case: Case, mapping: CompiledMapping, status: int, body: bytes, spec: Mapping[str, Any]
+) -> list[str]:
+    """An input_tokens case: the count read from the reply, or the error it raised."""
+    if status >= 400:
+        headers = {str(k): str(v) for k, v in (spec.get("headers") or {}).items()}
+        return _check_error(case, mapping.parse_error(status, body, headers))
+    try:
+        count = mapping.parse_count(body)
+    except UpstreamError as exc:
+        return _check_error(case, exc)
+    if "error" in case.expect:
+        return ["expect.error: the reply was accepted, no error was raised"]
+    want = case.expect.get("input_tokens")
+    if want is None:
+        return ["expect.input_tokens: give the count the reply carries"]
+    return [] if want == count else [f"expect.input_tokens: expected {want}, got {count}"]
 
 
 def _ops(

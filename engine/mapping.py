@@ -11,6 +11,7 @@ File layout (see ``mappings/README.md`` for the reference)::
     stream: {framing, key, events, default, ignore}
     finish_reasons: {native: completed | incomplete/max_output_tokens | ...}
     errors: {code, message, type, retry_after, status}
+    count_tokens: {url, omit | keep, body, tokens}   # POST /v1/responses/input_tokens
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from turnout.engine.yamlstrict import LoadedYaml, load_yaml
 
 __all__ = [
     "CompiledMapping",
+    "CountSpec",
     "StreamDecoder",
     "UpstreamRequest",
     "load_mapping",
@@ -67,6 +69,18 @@ class UpstreamRequest:
     stream: bool
     # Header names whose values are secrets: never logged, never stored.
     secret_headers: frozenset[str] = field(default=frozenset())
+
+
+@dataclass(frozen=True)
+class CountSpec:
+    """A mapping's `count_tokens:` section, compiled: where the provider counts a request's
+    input tokens, how its body derives from the rendered create body, where the number is."""
+
+    url: Node
+    omit: frozenset[str] | None
+    keep: frozenset[str] | None
+    body: Node | None
+    tokens: rule_mod.Getter
 
 
 def _deep_merge(base: Any, over: Any) -> Any:
@@ -195,6 +209,13 @@ class CompiledMapping:
     variants: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
     # provider.api_base_path: a configured base in the form the url template expects.
     normalize_base: BaseNormalizer = field(default_factory=BaseNormalizer)
+    # count_tokens: None when the provider has no counting endpoint.
+    _count: CountSpec | None = None
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether the provider can count a request's input tokens (`count_tokens:`)."""
+        return self._count is not None
 
     def build_request(
         self,
@@ -207,6 +228,70 @@ class CompiledMapping:
         stream: bool | None = None,
     ) -> UpstreamRequest:
         streaming = req.stream if stream is None else stream
+        ctx = self._context(req, model, api_base, credentials, settings, streaming)
+        return self._render(ctx, self._url, self._body, credentials, streaming)
+
+    def build_count_request(
+        self,
+        req: CanonicalRequest,
+        *,
+        model: str,
+        api_base: str,
+        credentials: Mapping[str, str],
+        settings: Mapping[str, Any] | None = None,
+    ) -> UpstreamRequest:
+        """The provider's request counting `req`'s input tokens: the create body rendered
+        (not streamed), reshaped by `count_tokens:`, sent with the same headers and signing."""
+        spec = self._count
+        if spec is None:
+            raise RequestError(
+                400,
+                f"The provider '{self.provider}' has no endpoint that counts input tokens; "
+                "POST /v1/responses/input_tokens works with providers that count them.",
+                param="model",
+                code="unsupported_endpoint",
+            )
+        ctx = self._context(req, model, api_base, credentials, settings, False)
+
+        def body(ctx: dict[str, Any]) -> Any:
+            created = self._body(ctx)
+            if isinstance(created, dict):
+                if spec.keep is not None:
+                    created = {k: v for k, v in created.items() if k in spec.keep}
+                if spec.omit is not None:
+                    created = {k: v for k, v in created.items() if k not in spec.omit}
+            return created if spec.body is None else spec.body({**ctx, "body": created})
+
+        return self._render(ctx, spec.url, body, credentials, False)
+
+    def parse_count(self, body: bytes) -> int:
+        """The input-token count in the counting endpoint's reply (502 when it has none)."""
+        spec = self._count
+        try:
+            payload = orjson.loads(body)
+            value = None if spec is None else spec.tokens(payload, {"d": payload, "root": payload})
+        except Exception:
+            value = None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UpstreamError(
+                502,
+                f"{self.provider} answered the token count without a count; the reply is not "
+                "usable",
+                code="upstream_bad_response",
+                type="server_error",
+                provider=self.provider,
+            )
+        return value
+
+    def _context(
+        self,
+        req: CanonicalRequest,
+        model: str,
+        api_base: str,
+        credentials: Mapping[str, str],
+        settings: Mapping[str, Any] | None,
+        streaming: bool,
+    ) -> dict[str, Any]:
         ctx: dict[str, Any] = {
             "req": req.view, "model": model, "stream": streaming,
             "api_base": self.normalize_base(api_base), "credentials": credentials,
@@ -219,10 +304,20 @@ class CompiledMapping:
                 raise RequestError(
                     400, _text(message, ctx), param=_text(param, ctx), code="unsupported_parameter"
                 )
+        return ctx
+
+    def _render(
+        self,
+        ctx: dict[str, Any],
+        url_node: Node,
+        body_node: Node,
+        credentials: Mapping[str, str],
+        streaming: bool,
+    ) -> UpstreamRequest:
         try:
-            url = str(self._url(ctx))
+            url = str(url_node(ctx))
             raw_headers = self._headers(ctx) or {}
-            body = self._body(ctx)
+            body = body_node(ctx)
             signing = self._signing(ctx) if self._signing is not None else None
         except RequestError:
             raise
@@ -484,6 +579,7 @@ def load_mapping(
     variants = _compile_variants(data.get("variants") or [], root, sources, problems)
     provider_defaults = dict(data.get("provider") or {})
     normalize_base = _compile_base(provider_defaults, sources, problems)
+    count = _compile_count(data.get("count_tokens"), sources, problems)
     if problems:
         raise MappingError(problems)
     return CompiledMapping(
@@ -504,6 +600,7 @@ def load_mapping(
         _signing=signing,
         variants=variants,
         normalize_base=normalize_base,
+        _count=count,
     )
 
 
@@ -662,3 +759,28 @@ def _compile_base(
             sources.problem(("provider", "api_base_path", "hosts"), f"bad host regex: {exc}")
         )
         return BaseNormalizer()
+
+
+def _compile_count(spec: Any, sources: _Sources, problems: list[Problem]) -> CountSpec | None:
+    if not spec:
+        return None
+    where = ("count_tokens",)
+    for key in ("url", "tokens"):
+        if not spec.get(key):
+            problems.append(sources.problem(where, f"count_tokens needs {key!r}"))
+    url = _compile_or_report(spec.get("url"), (*where, "url"), sources, problems)
+    body = spec.get("body")
+    node = None if body is None else _compile_or_report(body, (*where, "body"), sources, problems)
+    try:
+        tokens = rule_mod._getter(spec.get("tokens"), (*where, "tokens"))
+    except rule_mod.RuleProblem as exc:
+        problems.append(sources.problem(exc.path, exc.message))
+        tokens = rule_mod._getter(None, (*where, "tokens"))
+    omit, keep = spec.get("omit"), spec.get("keep")
+    return CountSpec(
+        url=url,
+        omit=None if omit is None else frozenset(omit),
+        keep=None if keep is None else frozenset(keep),
+        body=node,
+        tokens=tokens,
+    )

@@ -35,6 +35,7 @@ from turnout.engine.ids import IdFactory
 from turnout.server.background import BackgroundResponses, BackgroundWork, LiveResponse, recover
 from turnout.server.config import Settings
 from turnout.server.conversations import Conversations
+from turnout.server.count_tokens import TokenCounter
 from turnout.server.failover import Failover
 from turnout.server.finish import Finisher
 from turnout.server.history import items, load_chain
@@ -92,6 +93,8 @@ class Gateway:
         # upstream error messages along with each call's own credentials.
         secrets = secret_values(settings.env)
         self.failover = Failover(settings, self.router, self.targets, upstream, secrets)
+        # POST /v1/responses/input_tokens (server/count_tokens.py).
+        self.counter = TokenCounter(store, self.targets, upstream, secrets)
         # Cost of every response (server/pricing.py), then the record and the telemetry.
         self.prices = PriceBook(settings.pricing, mappings=registry)
         # Whether the store takes writes: a failed write is a 503 / response.failed, and /health.
@@ -146,6 +149,11 @@ class Gateway:
             async for _ in groups:
                 pass
         return JsonReply(run.builder.response, headers)
+
+    async def count_tokens(self, body: Any, caller: Caller = ANONYMOUS) -> dict[str, Any]:
+        """`{"object": "response.input_tokens", "input_tokens": N}` for a create body, counted
+        by the provider behind its model."""
+        return await self.counter.count(body)
 
     # -- the responses made (the caller is carried for ownership checks; none are made yet) --
 

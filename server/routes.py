@@ -36,6 +36,7 @@ from turnout.server.telemetry import CONTENT_TYPE_LATEST, CURRENT, RequestContex
 __all__ = [
     "SSE_HEADERS",
     "api_key_id",
+    "count_input_tokens",
     "format_cost",
     "health",
     "health_deployments",
@@ -149,6 +150,15 @@ async def _body(request: Request[Any, Any, Any], *, optional: bool = False) -> A
         if exc.msg.startswith("depth limit"):  # valid JSON, past orjson's 1024 levels
             raise RequestError(400, _TOO_DEEP, code="nesting_too_deep") from None
         raise RequestError(400, _INVALID_JSON, code="invalid_json") from None
+
+
+@post("/responses/input_tokens", status_code=200)
+async def count_input_tokens(request: Request[Any, Any, Any]) -> ASGIApp:
+    """The input tokens a create body would cost, counted by its provider
+    (server/count_tokens.py). A static path: it is matched before `/responses/{response_id}`."""
+    gateway = _gateway(request)
+    counted = await gateway.count_tokens(await _body(request), _caller(request.scope))
+    return _json(counted)
 
 
 @post("/responses", status_code=200)
@@ -497,6 +507,7 @@ def v1_router(*, guarded: bool = True) -> Router:
         path="/v1",
         route_handlers=[
             create_response,
+            count_input_tokens,
             get_response,
             delete_response,
             cancel_response,

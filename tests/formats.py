@@ -84,6 +84,11 @@ class Facts:
         return bool(self._get("usage")["reasoning_tokens"])
 
     @property
+    def counts_tokens(self) -> bool:
+        """The format has a token-counting endpoint (POST /v1/responses/input_tokens)."""
+        return bool(self._get("counts_tokens"))
+
+    @property
     def call_ids_sent(self) -> bool:
         return bool(self._get("call_ids_sent"))
 

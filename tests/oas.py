@@ -5,9 +5,10 @@ Two independent judges, because they disagree in useful ways:
 * JSON Schema, from OpenAI's own OpenAPI document (``tests/fixtures/reference/
   openai-openapi.responses-subset.yaml``) and the Open Responses spec: exact required keys,
   enums, ``null`` rules. ``validate_response``, ``validate_event``, ``validate_error_body``,
-  ``validate_item_list``, ``validate_deleted``, ``validate_open_responses``; and the
-  Conversations API from OpenAI's (``openai-openapi.conversations-subset.json``):
-  ``validate_conversation``, ``validate_conversation_item``, ``validate_conversation_item_list``,
+  ``validate_item_list``, ``validate_deleted``, ``validate_token_count``,
+  ``validate_open_responses``; and the Conversations API from OpenAI's
+  (``openai-openapi.conversations-subset.json``): ``validate_conversation``,
+  ``validate_conversation_item``, ``validate_conversation_item_list``,
   ``validate_conversation_deleted``.
 * The official SDK's pydantic models, parsed the way ``OpenAI(_strict_response_validation=True)``
   parses (``openai._models.validate_type``): what real clients will choke on.
@@ -58,6 +59,7 @@ __all__ = [
     "validate_open_responses",
     "validate_response",
     "validate_response_sdk",
+    "validate_token_count",
 ]
 
 from tests.paths import FIXTURES
@@ -390,6 +392,11 @@ def validate_conversation_item(obj: Any) -> None:
 def validate_conversation_item_list(obj: Any) -> None:
     """GET and POST /conversations/{id}/items: ConversationItemList."""
     _check(_conversations().validator("ConversationItemList"), obj, "ConversationItemList")
+
+
+def validate_token_count(obj: Any) -> None:
+    """POST /responses/input_tokens (TokenCountsResource)."""
+    _check(_openai().validator("TokenCountsResource"), obj, "TokenCountsResource")
 
 
 def validate_open_responses(obj: Any) -> None:

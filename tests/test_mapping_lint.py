@@ -402,3 +402,41 @@ def test_a_dialect_body_problem_is_not_blamed_on_the_provider_request(tmp_path: 
     (problem,) = problems
     assert problem.file.endswith("base.yaml"), str(problem)
     assert problem.line == _line_of(dialect, "max_output_tokenz")
+
+
+# --- count_tokens ----------------------------------------------------------------------------
+
+
+def test_count_tokens_without_tokens_is_reported(tmp_path: Path) -> None:
+    text = BASE + 'count_tokens:\n  url: "{{ api_base }}/v1/count"\n  omit: [max_tokens]\n'
+    problem = _only_problem(tmp_path, text)
+    assert problem.key_path == "count_tokens"
+    assert "count_tokens needs 'tokens'" in problem.message
+
+
+def test_count_tokens_with_a_bad_jsonpath_is_reported(tmp_path: Path) -> None:
+    text = BASE + 'count_tokens:\n  url: "{{ api_base }}/v1/count"\n  tokens: "$.[bad"\n'
+    problem = _only_problem(tmp_path, text)
+    assert problem.key_path == "count_tokens.tokens"
+    assert problem.line == _line_of(text, "$.[bad")
+
+
+def test_count_tokens_body_template_reads_only_canonical_fields(tmp_path: Path) -> None:
+    text = (
+        BASE + 'count_tokens:\n  url: "{{ api_base }}/v1/count"\n  tokens: $.n\n'
+        '  body: {wrapped: "{{ body }}", note: "{{ req.instrucions }}"}\n'
+    )
+    problem = _only_problem(tmp_path, text)
+    assert "req.instrucions is not a field" in problem.message
+    assert problem.hint == "did you mean req.instructions?"
+
+
+def test_a_valid_count_tokens_section_compiles(tmp_path: Path) -> None:
+    text = BASE + (
+        'count_tokens:\n  url: "{{ api_base }}/v1/count"\n  omit: [max_tokens]\n'
+        '  body: {wrapped: "{{ body }}"}\n  tokens: $.count\n'
+    )
+    assert _lint_one(tmp_path, text) == []
+    mapping = MappingRegistry.load(tmp_path).get("prov")
+    assert mapping is not None and mapping.counts_tokens
+    assert mapping.parse_count(b'{"count": 42}') == 42

@@ -50,16 +50,18 @@ FOUNDRY_NO_API_VERSION = {
     }
 }
 
-_BEDROCK = re.compile(r"^/model/(?P<model>[^/]+)/(?P<op>converse|converse-stream)$")
+_BEDROCK = re.compile(r"^/model/(?P<model>[^/]+)/(?P<op>converse|converse-stream|count-tokens)$")
 _VERTEX = re.compile(
     r"^/(?P<version>v1|v1beta1)/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
     r"/publishers/(?P<publisher>google|anthropic)/models/(?P<model>[^/:]+)"
-    r":(?P<method>generateContent|streamGenerateContent|rawPredict|streamRawPredict)$"
+    r":(?P<method>generateContent|streamGenerateContent|countTokens|rawPredict|streamRawPredict)$"
 )
-_AZURE_V1 = re.compile(r"^/openai/v1/(?P<api>chat/completions|responses)$")
+_AZURE_V1 = re.compile(r"^/openai/v1/(?P<api>chat/completions|responses(?:/input_tokens)?)$")
 _AZURE_LEGACY = re.compile(
-    r"^/openai/(?:deployments/(?P<deployment>[^/]+)/)?(?P<api>chat/completions|responses)$"
+    r"^/openai/(?:deployments/(?P<deployment>[^/]+)/)?"
+    r"(?P<api>chat/completions|responses(?:/input_tokens)?)$"
 )
+_GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
 _FOUNDRY = re.compile(r"^/models/chat/completions$")
 
 
@@ -70,6 +72,7 @@ class CloudRoute:
     model: str | None = None  # from the URL (Bedrock modelId, Vertex model, Azure deployment)
     stream: bool | None = None  # None: the body's `stream` decides
     method: str = ""  # Vertex method, Bedrock operation, Azure "v1" | "legacy"
+    count: bool = False  # the platform's token-counting endpoint (counting.py)
 
 
 def match_cloud(rest: str, raw_rest: str) -> CloudRoute | None:
@@ -81,22 +84,28 @@ def match_cloud(rest: str, raw_rest: str) -> CloudRoute | None:
         return CloudRoute("oauth", "oauth")
     if match := _BEDROCK.match(raw_rest):
         stream = match["op"] == "converse-stream"
-        return CloudRoute("bedrock", "bedrock", unquote(match["model"]), stream, match["op"])
+        count = match["op"] == "count-tokens"
+        model = unquote(match["model"])
+        return CloudRoute("bedrock", "bedrock", model, stream, match["op"], count)
     if match := _VERTEX.match(rest):
         method = match["method"]
         dialect = "gemini" if match["publisher"] == "google" else "anthropic"
-        if (dialect == "gemini") != (method in ("generateContent", "streamGenerateContent")):
+        if (dialect == "gemini") != (method in _GEMINI_METHODS):
             return CloudRoute("vertex", dialect, match["model"], None, f"bad:{method}")
         stream = method in ("streamGenerateContent", "streamRawPredict")
-        return CloudRoute("vertex", dialect, match["model"], stream, method)
+        # Claude counts on one model of its own: publishers/anthropic/models/count-tokens.
+        count = method == "countTokens" or (match["model"] == "count-tokens" and not stream)
+        return CloudRoute("vertex", dialect, match["model"], stream, method, count)
     if match := _AZURE_V1.match(rest):
         dialect = "chat" if match["api"] == "chat/completions" else "responses"
-        return CloudRoute("azure", dialect, None, None, "v1")
+        count = match["api"].endswith("/input_tokens")
+        return CloudRoute("azure", dialect, None, None, "v1", count)
     if match := _AZURE_LEGACY.match(rest):
         dialect = "chat" if match["api"] == "chat/completions" else "responses"
         if dialect == "chat" and match["deployment"] is None:
             return None
-        return CloudRoute("azure", dialect, match["deployment"], None, "legacy")
+        count = match["api"].endswith("/input_tokens")
+        return CloudRoute("azure", dialect, match["deployment"], None, "legacy", count)
     if _FOUNDRY.match(rest):
         return CloudRoute("foundry", "chat", None, None, "models")
     return None

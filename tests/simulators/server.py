@@ -8,11 +8,13 @@ reply queue and the recorded requests. The rest of the path picks the dialect:
     …/models/{model}:streamGenerateContent[?alt=sse] Gemini (stream)
     …/chat/completions                              OpenAI Chat Completions (any base path)
     …/responses                                     OpenAI Responses
+    …/v1/messages/count_tokens, …/responses/input_tokens, …/models/{model}:countTokens
+                                                    token counting (counting.py)
 
 Cloud platforms (see cloud.py) are matched first: Bedrock `…/model/{id}/converse[-stream]`,
 Vertex `…/v1[beta1]/projects/{p}/locations/{l}/publishers/{google|anthropic}/models/{m}:{method}`,
 Google OAuth2 `…/token`, Azure OpenAI `…/openai/v1/…` and `…/openai/deployments/{d}/…`, Azure AI
-Foundry `…/models/chat/completions`.
+Foundry `…/models/chat/completions`, and each platform's token-counting endpoint.
 """
 
 from __future__ import annotations
@@ -43,10 +45,11 @@ from .cloud import (
     validate_vertex_gemini,
     vertex_unauthenticated,
 )
+from .counting import COUNT_OPERATION, count_reply, validate_count
 from .errors import Dialect, Invalid
 from .google_oauth import ServiceAccountKey, TokenError, check_assertion, parse_token_form
 from .http import HttpRequest, HttpResponse, HttpServer
-from .modes import Echo, Reply
+from .modes import Echo, Error, Reply
 from .replies import Context, error_response, respond
 from .sigv4 import TEST_ACCESS_KEY, TEST_SECRET_KEY, verify_sigv4
 from .turn import Ids
@@ -63,6 +66,17 @@ _PREFIX = re.compile(r"^/(?P<provider>[^/]+)(?P<rest>/.*)$")
 _GEMINI = re.compile(
     r"/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$"
 )
+_GEMINI_COUNT = re.compile(r"/models/(?P<model>[^/:]+):countTokens$")
+
+
+def _count_route(rest: str) -> tuple[Dialect, str | None] | None:
+    """(dialect, gemini model) of a token-counting path below the provider prefix."""
+    if rest.endswith("/v1/messages/count_tokens"):
+        return "anthropic", None
+    if rest.endswith("/responses/input_tokens"):
+        return "responses", None
+    match = _GEMINI_COUNT.search(rest)
+    return ("gemini", match["model"]) if match else None
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,7 @@ class RecordedRequest:
     body: bytes
     platform: str = ""  # "bedrock" | "vertex" | "azure" | "foundry" | "oauth"; "" = plain route
     model: str | None = None  # the model the URL names (Bedrock, Vertex, Azure deployment)
+    operation: str = "create"  # or "count_tokens": a token-counting endpoint
 
 
 def _route(rest: str) -> tuple[Dialect, str | None, bool] | None:
@@ -239,6 +254,16 @@ class Simulator:
         with self._lock:
             return self.requests[-1]
 
+    def _next_error(self, provider: str) -> Error | None:
+        """The next scripted reply when it is an `Error` (taken off the queue), else None."""
+        with self._lock:
+            queue = self._queues.get(provider)
+            if queue and isinstance(queue[0], Error):
+                reply = queue.popleft()
+                assert isinstance(reply, Error)
+                return reply
+            return None
+
     def _next_reply(self, provider: str) -> Reply:
         with self._lock:
             queue = self._queues.get(provider)
@@ -257,6 +282,9 @@ class Simulator:
         wire = self._wire(match["rest"]) if match else None
         if match is not None and wire is not None:
             return await self._handle_wire(match["provider"], wire, request)
+        counting = _count_route(match["rest"]) if match else None
+        if match is not None and counting is not None:
+            return self._count(match["provider"], request, counting[0], "", counting[1])
         route = _route(match["rest"]) if match else None
         if match is None or route is None:
             return HttpResponse(404, [("content-type", "text/plain")], b"no such route\n")
@@ -284,6 +312,34 @@ class Simulator:
         )
         return await respond(self._next_reply(provider), ctx)
 
+    def _count(
+        self, provider: str, request: HttpRequest, dialect: Dialect, platform: str,
+        model: str | None,
+    ) -> HttpResponse:  # fmt: skip
+        """A token-counting endpoint: the body checked as the provider checks it, then
+        `prompt_chars` of it as the count (counting.py)."""
+        if request.method != "POST":
+            return error_response(dialect, 405, Invalid(f"{request.method} is not allowed"))
+        try:
+            body = orjson.loads(request.body) if request.body else None
+        except orjson.JSONDecodeError as exc:
+            return error_response(dialect, 400, Invalid(f"Invalid JSON body: {exc}"))
+        headers = request.headers
+        if platform == "azure":  # auth was checked already; the validator wants a bearer
+            headers = {**headers, "authorization": "Bearer azure"}
+        try:
+            validate_count(dialect, platform, headers, request.query, model, body)
+        except Invalid as exc:
+            return error_response(dialect, exc.status, exc)
+        self._record(provider, request, body, dialect, platform, model, COUNT_OPERATION)
+        scripted = self._next_error(provider)
+        if scripted is not None:  # a scripted Error answers a count too; other replies wait
+            return error_response(
+                dialect, scripted.status, None, scripted.native_body, scripted.headers
+            )
+        reply = orjson.dumps(count_reply(dialect, body))
+        return HttpResponse(200, [("content-type", "application/json")], reply)
+
     def _record(
         self,
         provider: str,
@@ -292,10 +348,11 @@ class Simulator:
         dialect: Dialect,
         platform: str = "",
         model: str | None = None,
+        operation: str = "create",
     ) -> None:
         recorded = RecordedRequest(
             provider, request.path, request.query, request.headers, body, dialect,
-            request.body, platform, model,
+            request.body, platform, model, operation,
         )  # fmt: skip
         with self._lock:
             self.requests.append(recorded)
@@ -349,6 +406,8 @@ class Simulator:
                 400,
                 Invalid(f"{method} is not supported for publisher model {route.model}."),
             )
+        if route.count:
+            return self._count(provider, request, route.dialect, route.platform, route.model)
         try:
             body = orjson.loads(request.body) if request.body else None
         except orjson.JSONDecodeError as exc:
