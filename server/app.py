@@ -31,6 +31,7 @@ from turnout.server.telemetry import Telemetry
 from turnout.server.telemetry.sinks import otel_provider_names
 from turnout.server.upstream import Upstream
 from turnout.server.upstream_pool import PoolLimits
+from turnout.server.websocket_mode import responses_socket
 
 __all__ = ["create_app"]
 
@@ -107,6 +108,7 @@ def create_app(
     return Litestar(
         route_handlers=[
             v1_router(guarded=bool(settings.master_key)),
+            responses_socket,  # WebSocket mode on /v1/responses: checks the master key itself
             health,
             health_deployments,
             metrics,

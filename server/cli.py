@@ -182,13 +182,18 @@ def _serve(args: argparse.Namespace) -> int:
         "aliases": len(settings.models),
         "master_key": bool(settings.master_key),
     }
+    http, ws = _protocols(settings)
     config = uvicorn.Config(
         asgi,
         host=host,
         port=port,
         # uvloop + httptools when present: the measured fast path (design §7).
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http=_http_protocol(settings),
+        http=http,
+        # WebSocket mode on /v1/responses (server/websocket_mode.py): websockets' sans-I/O
+        # protocol, messages up to the body limit of a POST.
+        ws=ws,
+        ws_max_size=settings.limits.max_body_bytes,
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         workers=1,
         timeout_graceful_shutdown=settings.server.shutdown_timeout_s,
@@ -203,9 +208,10 @@ def _serve(args: argparse.Namespace) -> int:
     return 0 if server.started else 3
 
 
-def _http_protocol(settings: Settings) -> Any:
-    """The HTTP protocol: uvicorn's httptools one with the read deadline, the connection cap
-    (server/connections.py) and its parser's refusals as OpenAI JSON (http_protocol.py).
+def _protocols(settings: Settings) -> tuple[Any, Any]:
+    """The HTTP and WebSocket protocols: uvicorn's httptools one with the read deadline, the
+    connection cap (server/connections.py) and its parser's refusals as OpenAI JSON
+    (http_protocol.py), and uvicorn's websockets (sans-I/O) one counted against the same cap.
     Without httptools (a platform uvicorn[standard] has no wheel for) uvicorn's h11 protocol
     serves, refusing in JSON too but without either limit, and says so."""
     limits = settings.limits
@@ -216,13 +222,20 @@ def _http_protocol(settings: Settings) -> Any:
         )
         from turnout.server.http_protocol import protocol_class as json_refusals
 
-        return json_refusals("h11")  # its own parser refusals still as OpenAI JSON
-    from turnout.server.connections import ConnectionLimits, protocol_class, raise_file_limit
+        # Its own parser refusals still as OpenAI JSON.
+        return json_refusals("h11"), "websockets-sansio"
+    from turnout.server.connections import (
+        ConnectionLimits,
+        protocol_class,
+        raise_file_limit,
+        ws_protocol_class,
+    )
 
     problem = raise_file_limit(limits.max_connections)
     if problem:
         log.warning("%s", problem)
-    return protocol_class(ConnectionLimits(settings.server.read_timeout_s, limits.max_connections))
+    shared = ConnectionLimits(settings.server.read_timeout_s, limits.max_connections)
+    return protocol_class(shared), ws_protocol_class(shared)
 
 
 def _server(config: Any, app: Any, ready: Mapping[str, Any] | None = None) -> Any:

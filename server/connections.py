@@ -20,6 +20,11 @@ HTTP protocol is uvicorn's httptools one with three additions, all at the connec
 * **lingering close**: a 408, 431 or 503 is followed by a half-close, and what the client still
   sends is read and dropped for a moment: closing with unread bytes would send a reset that can
   destroy the reply before the client reads it.
+* **WebSocket upgrades** (server/websocket_mode.py): uvicorn hands the connection to its
+  WebSocket protocol (`ws_protocol_class`) once a request's headers ask for the upgrade. The
+  read deadline is disarmed then (the socket's own ping/pong keeps it honest), and the
+  connection keeps counting against `max_connections` until the WebSocket closes: the upgraded
+  protocol (`ws_protocol_class(limits)`) takes the count over.
 """
 
 from __future__ import annotations
@@ -30,11 +35,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from turnout.server.errors import READ_TIMED_OUT, error_bytes
 from turnout.server.http_protocol import refuse_httptools
 
-__all__ = ["ConnectionLimits", "LimitedProtocol", "protocol_class", "raise_file_limit"]
+__all__ = [
+    "ConnectionLimits",
+    "CountedWebSocketProtocol",
+    "LimitedProtocol",
+    "protocol_class",
+    "raise_file_limit",
+    "ws_protocol_class",
+]
 
 log = logging.getLogger("turnout.connections")
 
@@ -125,6 +138,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self._admitted = False
         self._refused_head: bytearray | None = None  # a refused connection's bytes so far
         self._draining = False
+        self._upgraded = False  # handed over to the WebSocket protocol
 
     def send_400_response(self, msg: str) -> None:
         # A request uvicorn's parser refuses (a URL over its limit): OpenAI JSON, not text.
@@ -152,7 +166,7 @@ class LimitedProtocol(HttpToolsProtocol):
             self._refuse(data)
             return
         super().data_received(data)
-        if not self._incomplete or self.transport.is_closing():
+        if not self._incomplete or self._upgraded or self.transport.is_closing():
             return
         if not self._headers_done:
             # uvicorn keeps the URL and headers in memory with no size limit of its own.
@@ -179,6 +193,17 @@ class LimitedProtocol(HttpToolsProtocol):
         self._incomplete = False
         self._disarm()
         super().on_message_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        # The request is complete (a WebSocket handshake has no body): no read deadline, and
+        # the connection's count passes to the WebSocket protocol, whose connection_lost is
+        # the one the transport calls from now on.
+        self._upgraded = True
+        self._disarm()
+        if self._admitted:
+            self._admitted = False
+            self.limits.open -= 1
+        super().handle_websocket_upgrade()
 
     def _arm(self) -> None:
         self._timer = self.loop.call_at(
@@ -259,6 +284,27 @@ def protocol_class(limits: ConnectionLimits) -> type[LimitedProtocol]:
     """A protocol class for `uvicorn.Config(http=...)` bound to ``limits`` (uvicorn builds one
     instance per connection and passes only its own arguments)."""
     return type("TurnoutHttpProtocol", (LimitedProtocol,), {"limits": limits})
+
+
+class CountedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol (websockets, sans-I/O) counting its connection as open
+    against `limits.max_connections` while it lives (an upgraded HTTP connection)."""
+
+    limits: ConnectionLimits  # set on the subclass ws_protocol_class makes
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.limits.open += 1
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.limits.open -= 1
+        super().connection_lost(exc)
+
+
+def ws_protocol_class(limits: ConnectionLimits) -> type[CountedWebSocketProtocol]:
+    """A WebSocket protocol class for `uvicorn.Config(ws=...)` sharing ``limits`` with
+    `protocol_class`."""
+    return type("TurnoutWebSocketProtocol", (CountedWebSocketProtocol,), {"limits": limits})
 
 
 def raise_file_limit(max_connections: int | None) -> str | None:

@@ -46,6 +46,7 @@ from turnout.server.replies import DONE, JsonReply, StreamReply, encode_sse, rep
 from turnout.server.request_context import ANONYMOUS, Caller
 from turnout.server.router import Router
 from turnout.server.run import bind, new_run, reply_headers
+from turnout.server.socket_memory import SocketMemory
 from turnout.server.store_health import StoreHealth
 from turnout.server.stores.base import ItemPage, ResponseStore, StoredResponse
 from turnout.server.targets import MappingLike, RegistryLike, Target, Targets
@@ -124,12 +125,19 @@ class Gateway:
 
     # -- create -----------------------------------------------------------------------------
 
-    async def create(self, body: Any, caller: Caller = ANONYMOUS) -> JsonReply | StreamReply:
+    async def create(
+        self, body: Any, caller: Caller = ANONYMOUS, *, memory: SocketMemory | None = None
+    ) -> JsonReply | StreamReply:
+        """`memory`: a WebSocket's own responses (websocket_mode.py), chained from before the
+        store and added to once each of the socket's turns is final."""
         prev = _previous_response_id(body)
         conversation = conversation_of(body)  # 400 beside previous_response_id
         if conversation is not None:
             chain: list[StoredResponse] = []
             history = await self.conversations.history(conversation, caller)
+        elif memory is not None:
+            chain = await memory.chain(self.store, prev)
+            history = items(chain)
         else:
             chain = await load_chain(self.store, prev)
             history = items(chain)
@@ -143,9 +151,10 @@ class Gateway:
         )  # fmt: skip
         bind(run, opened, self.router)
         headers = reply_headers(run)
+        finish = self.finish if memory is None else memory.keeping(self.finish)
         if canon.stream:
-            return StreamReply(sse(run, self.finish, self.done_marker), headers)
-        async with aclosing(stored_groups(run, self.finish)) as groups:
+            return StreamReply(sse(run, finish, self.done_marker), headers)
+        async with aclosing(stored_groups(run, finish)) as groups:
             async for _ in groups:
                 pass
         return JsonReply(run.builder.response, headers)

@@ -404,6 +404,17 @@ def validate_open_responses(obj: Any) -> None:
     _check(_open_responses().validator("ResponseResource"), obj, "Open Responses ResponseResource")
 
 
+def validate_websocket_error(obj: Any) -> None:
+    """A WebSocket mode error message against the Open Responses spec's WebSocketErrorEvent."""
+    _check(_open_responses().validator("WebSocketErrorEvent"), obj, "WebSocketErrorEvent")
+
+
+def validate_websocket_create(obj: Any) -> None:
+    """A client's WebSocket `response.create` message (WebSocketResponseCreateEvent)."""
+    validator = _open_responses().validator("WebSocketResponseCreateEvent")
+    _check(validator, obj, "WebSocketResponseCreateEvent")
+
+
 # -- the SDK judge ---------------------------------------------------------------------------------
 
 
