@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from turnout.engine import state as state_codec
+from turnout.engine.compaction import COMPACTION_PREFIX, SUMMARY_LEAD, open_summary
 from turnout.engine.errors import RequestError
 from turnout.engine.namespaces import flat_name, namespace_map
 from turnout.engine.nesting import MAX_DEPTH, deep_path, param_of
@@ -58,7 +59,7 @@ VIEW_FIELDS = frozenset(
         "top_p", "top_logprobs", "user", "metadata", "stream", "store", "include", "truncation",
         "service_tier", "raw", "has_reasoning", "previous_response_id", "file_refs",
         "linked_media", "image_tool", "prompt", "context_management", "moderation",
-        "tool_namespaces",
+        "tool_namespaces", "native_compaction",
     }
 )  # fmt: skip
 
@@ -290,6 +291,11 @@ class _Normalizer:
     seen_outputs: set[str] = field(default_factory=set)
     has_reasoning: bool = False
     messages: int = 0
+    # The gateway's key for Turnout's own compaction blobs (engine/compaction.py).
+    seal_key: bytes | None = None
+    # Where the first provider-native compaction blob is (`input[2].encrypted_content`): only
+    # the Responses dialect can send it on, every other refuses it naming this.
+    native_compaction: str | None = None
 
     def add(self, item: Any, where: str, *, keep: list[dict[str, Any]] | None) -> None:
         if not isinstance(item, dict):
@@ -330,6 +336,8 @@ class _Normalizer:
             return self._function_output(item, where)
         if itype == "reasoning":
             return self._reasoning(item, where)
+        if itype == "compaction":
+            return self._compaction(item, where)
         if itype == "image_generation_call":
             stored = {**item, "id": item.get("id") or _mint("ig")}
             result = item.get("result")
@@ -344,7 +352,7 @@ class _Normalizer:
             return stored
         raise _bad(
             f"Invalid value: '{itype}'. Supported input item types are: message, function_call, "
-            "function_call_output, reasoning, image_generation_call, item_reference.",
+            "function_call_output, reasoning, compaction, image_generation_call, item_reference.",
             f"{where}.type",
         )
 
@@ -494,6 +502,40 @@ class _Normalizer:
             stored["encrypted_content"] = encrypted
         return stored
 
+    def _compaction(self, item: dict[str, Any], where: str) -> dict[str, Any]:
+        blob = item.get("encrypted_content")
+        param = f"{where}.encrypted_content"
+        if not isinstance(blob, str) or not blob:
+            raise _bad(f"Missing required parameter: '{param}'.", param)
+        if blob.startswith(COMPACTION_PREFIX):
+            summary = open_summary(blob, self.seal_key)
+            if summary is None:
+                raise _bad(
+                    f"Invalid '{param}': the compaction was altered or was not made by this "
+                    "gateway.",
+                    param,
+                    "invalid_encrypted_content",
+                )
+            # Turnout's own compaction: the summary goes before what follows, as user text
+            # (every provider reads that).
+            self.messages += 1
+            self.entries.append(
+                {"role": "user", "kind": "text", "text": SUMMARY_LEAD + summary,
+                 "message": self.messages}
+            )  # fmt: skip
+        else:
+            # A provider's own compaction: only that provider's Responses API can read it.
+            if self.native_compaction is None:
+                self.native_compaction = param
+            self.entries.append(
+                {"role": "assistant", "kind": "compaction", "encrypted_content": blob}
+            )
+        stored = {"type": "compaction", "id": item.get("id") or _mint("cmp"),
+                  "encrypted_content": blob}  # fmt: skip
+        if isinstance(item.get("created_by"), str):
+            stored["created_by"] = item["created_by"]
+        return stored
+
     def attach_call_signatures(self) -> None:
         """Signatures kept per call id (Gemini thoughtSignature) go back onto their calls."""
         signatures: dict[str, str] = {}
@@ -511,10 +553,20 @@ class _Normalizer:
 
 
 def normalize_items(
-    items: Iterable[Any], history: Iterable[Mapping[str, Any]] = ()
+    items: Iterable[Any],
+    history: Iterable[Mapping[str, Any]] = (),
+    *,
+    seal_key: bytes | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     """(entries, stored input items, system texts) for history followed by new items."""
-    norm = _Normalizer()
+    norm, stored = _normalize_items(items, history, seal_key)
+    return norm.entries, stored, norm.system
+
+
+def _normalize_items(
+    items: Iterable[Any], history: Iterable[Mapping[str, Any]], seal_key: bytes | None
+) -> tuple[_Normalizer, list[dict[str, Any]]]:
+    norm = _Normalizer(seal_key=seal_key)
     by_id: dict[str, Mapping[str, Any]] = {}
     for i, item in enumerate(history):
         if isinstance(item.get("id"), str):
@@ -532,7 +584,7 @@ def normalize_items(
             continue  # already part of the history the chain replays
         norm.add(item, where, keep=stored)
     norm.attach_call_signatures()
-    return norm.entries, stored, norm.system
+    return norm, stored
 
 
 def _tools(
@@ -797,8 +849,14 @@ def _context_management(body: Mapping[str, Any]) -> Any:
     return value
 
 
-def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> CanonicalRequest:
-    """Validate a Responses create body and build the canonical request."""
+def normalize(
+    body: Any,
+    history: Iterable[Mapping[str, Any]] | None = None,
+    *,
+    seal_key: bytes | None = None,
+) -> CanonicalRequest:
+    """Validate a Responses create body and build the canonical request. `seal_key` opens
+    Turnout's own compaction blobs (engine/compaction.py); without it they are refused."""
     if not isinstance(body, dict):
         raise _bad("The request body must be a JSON object.", "body", "invalid_type")
     unknown = [k for k in body if k not in KNOWN_FIELDS]
@@ -816,7 +874,8 @@ def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> 
     _expect(body, "previous_response_id", (str,), "a string")
     _expect(body, "user", (str,), "a string")
     _check_modes(body)
-    entries, stored, system = normalize_items(_input_items(body), history or ())
+    norm, stored = _normalize_items(_input_items(body), history or (), seal_key)
+    entries, system = norm.entries, norm.system
     if not entries and body.get("prompt") is None:  # a stored prompt may carry the input
         raise _bad("Missing required parameter: 'input'.", "input", "missing_required_parameter")
     functions, hosted = _tools(body)
@@ -850,6 +909,8 @@ def normalize(body: Any, history: Iterable[Mapping[str, Any]] | None = None) -> 
         "context_management": _context_management(body),
         "moderation": _expect(body, "moderation", (dict,), "an object"),
         "has_reasoning": any(e["kind"] == "reasoning" for e in entries),
+        # Where a provider's own compaction blob is: the dialects that cannot send it refuse it.
+        "native_compaction": norm.native_compaction,
         # Facts mappings' rejects test, computed once here rather than by a filter per request:
         # media sent as an OpenAI file_id, and media only linked by URL (not inline bytes).
         "file_refs": any(e["kind"] in _MEDIA and e.get("file_id") for e in entries),

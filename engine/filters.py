@@ -247,6 +247,8 @@ def responses_input(entries: Iterable[Entry]) -> list[dict[str, Any]]:
                     "summary": summary,
                 }
             )
+        elif kind == "compaction":  # the upstream's own compaction blob goes back as it was
+            items.append({"type": "compaction", "encrypted_content": entry["encrypted_content"]})
     return items
 
 

@@ -206,6 +206,8 @@ class CompiledMapping:
     _errors: dict[str, Any]
     _secret_headers: frozenset[str]
     _signing: Node | None = None
+    # `compact:` (the provider's own /responses/compact): url and body templates, or None.
+    _compact: tuple[Node, Node] | None = None
     variants: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
     # provider.api_base_path: a configured base in the form the url template expects.
     normalize_base: BaseNormalizer = field(default_factory=BaseNormalizer)
@@ -306,6 +308,30 @@ class CompiledMapping:
                 )
         return ctx
 
+    @property
+    def compacts(self) -> bool:
+        """The provider compacts itself (`compact:`): `build_compact` makes the call."""
+        return self._compact is not None
+
+    def build_compact(
+        self,
+        req: CanonicalRequest,
+        *,
+        model: str,
+        api_base: str,
+        credentials: Mapping[str, str],
+        settings: Mapping[str, Any] | None = None,
+    ) -> UpstreamRequest:
+        """The provider's own compact call (`compact.url` sees the create call's `url`)."""
+        if self._compact is None:
+            raise InternalError(
+                f"mapping {self.provider!r} has no compact section", code="mapping_error"
+            )
+        ctx = self._context(req, model, api_base, credentials, settings, False)
+        ctx["url"] = str(self._url(ctx))
+        url, body = self._compact
+        return self._render(ctx, url, body, credentials, False)
+
     def _render(
         self,
         ctx: dict[str, Any],
@@ -337,7 +363,7 @@ class CompiledMapping:
             # Signed last, over the exact bytes that go on the wire.
             added = sign(
                 signing, method=self._method, url=url, headers=headers, body=payload,
-                credentials=credentials, now=datetime.now(UTC),
+                credentials=ctx["credentials"], now=datetime.now(UTC),
             )  # fmt: skip
             headers.update(added)
             secret = secret | _SIGNING_SECRETS
@@ -576,6 +602,7 @@ def load_mapping(
     finish = _finish_reasons(data["finish_reasons"], sources, problems)
     errors = _compile_errors(data.get("errors") or {}, sources, problems)
     signing = _compile_signing(request.get("signing"), sources, problems)
+    compact = _compile_compact(data.get("compact"), sources, problems)
     variants = _compile_variants(data.get("variants") or [], root, sources, problems)
     provider_defaults = dict(data.get("provider") or {})
     normalize_base = _compile_base(provider_defaults, sources, problems)
@@ -598,10 +625,21 @@ def load_mapping(
         _errors=errors,
         _secret_headers=_secret_header_names(request.get("headers") or {}),
         _signing=signing,
+        _compact=compact,
         variants=variants,
         normalize_base=normalize_base,
         _count=count,
     )
+
+
+def _compile_compact(
+    spec: Any, sources: _Sources, problems: list[Problem]
+) -> tuple[Node, Node] | None:
+    if not spec:
+        return None
+    url = _compile_or_report(spec.get("url"), ("compact", "url"), sources, problems)
+    body = _compile_or_report(spec.get("body", {}), ("compact", "body"), sources, problems)
+    return (url, body)
 
 
 # Each step below compiles one section of a mapping, adding what is wrong to `problems` (so one

@@ -90,7 +90,7 @@ def _check_known(body: dict[str, Any], known: frozenset[str]) -> None:
             )
 
 
-def _new_items(raw: Any, *, required: bool) -> list[dict[str, Any]]:
+def _new_items(raw: Any, *, required: bool, seal_key: bytes | None = None) -> list[dict[str, Any]]:
     """`items` checked and normalised as create's `input` is (ids minted where absent)."""
     if raw is None and not required:
         return []
@@ -111,7 +111,7 @@ def _new_items(raw: Any, *, required: bool) -> list[dict[str, Any]]:
             code="array_above_max_length",
         )
     try:
-        _entries, stored, _system = normalize_items(raw)
+        _entries, stored, _system = normalize_items(raw, seal_key=seal_key)
     except RequestError as exc:
         # The engine names `input[i]`: here the same items are called `items[i]`.
         param = exc.param.replace("input", "items", 1) if exc.param else "items"
@@ -146,11 +146,14 @@ class Conversations:
         ids: IdFactory,
         *,
         clock: Callable[[], float] = time.time,
+        seal_key: bytes | None = None,
     ) -> None:
         self._store = store
         self.health = health
         self.ids = ids
         self.clock = clock
+        # Opens Turnout's compaction blobs (server/compaction.py): checked when added as items.
+        self.seal_key = seal_key
 
     @property
     def store(self) -> ConversationStore:
@@ -176,7 +179,7 @@ class Conversations:
         body = _body_object(body)
         _check_known(body, frozenset({"items", "metadata"}))
         metadata = metadata_of(body) or {}
-        items = _new_items(body.get("items"), required=False)
+        items = _new_items(body.get("items"), required=False, seal_key=self.seal_key)
         conversation = StoredConversation(
             id=self.ids.conversation(),
             created_at=int(self.clock()),
@@ -219,7 +222,7 @@ class Conversations:
     ) -> dict[str, Any]:
         body = _body_object(body)
         _check_known(body, frozenset({"items"}))
-        items = _new_items(body.get("items"), required=True)
+        items = _new_items(body.get("items"), required=True, seal_key=self.seal_key)
         if not await self.health.write(self.store.append_items(conversation_id, items)):
             raise conversation_not_found(conversation_id)
         return {

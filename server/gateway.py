@@ -33,6 +33,7 @@ from turnout.engine.canonical import conversation_of, normalize
 from turnout.engine.errors import RequestError
 from turnout.engine.ids import IdFactory
 from turnout.server.background import BackgroundResponses, BackgroundWork, LiveResponse, recover
+from turnout.server.compaction import Compactor, NativeCompact, compaction_key
 from turnout.server.config import Settings
 from turnout.server.conversations import Conversations
 from turnout.server.count_tokens import TokenCounter
@@ -101,8 +102,15 @@ class Gateway:
         # Whether the store takes writes: a failed write is a 503 / response.failed, and /health.
         self.store_health = StoreHealth()
         self.finish = Finisher(store, self.router, self.prices, self.store_health)
+        # `POST /v1/responses/compact` (server/compaction.py) and the key its blobs are sealed
+        # with, which `create` (and a conversation's new items) need to open them again.
+        self.compaction_key = compaction_key(settings)
+        native = NativeCompact(store, self.targets, upstream, self.prices, self.compaction_key)
+        self.compactor = Compactor(self.create, self.compaction_key, self.ids, native)
         # The Conversations API; a turn with `conversation` is appended by the Finisher.
-        self.conversations = Conversations(store, self.store_health, self.ids)
+        self.conversations = Conversations(
+            store, self.store_health, self.ids, seal_key=self.compaction_key
+        )
         self.finish.turns = self.conversations.append_turn
         self.background = BackgroundResponses()
         self.work = BackgroundWork(
@@ -141,7 +149,7 @@ class Gateway:
         else:
             chain = await load_chain(self.store, prev)
             history = items(chain)
-        canon = normalize(body, history)
+        canon = normalize(body, history, seal_key=self.compaction_key)
         if body.get("background") is True:
             return await self.work.create(body, canon, chain, prev, caller)
         opened = await self.failover.attempt(canon, chain, deadline=caller.deadline)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import anyio
@@ -28,7 +28,14 @@ from turnout.engine.nesting import MAX_DEPTH
 from turnout.server.config import ModelAlias
 from turnout.server.conversations import item_page_json
 from turnout.server.gateway import Gateway
-from turnout.server.replies import BodyReply, EventStream, JsonReply, json_reply, replay_sse
+from turnout.server.replies import (
+    BodyReply,
+    EventStream,
+    JsonReply,
+    StreamReply,
+    json_reply,
+    replay_sse,
+)
 from turnout.server.request_context import Caller
 from turnout.server.stores.base import Order, SpendQuery, StoredResponse, UnknownCursorError
 from turnout.server.telemetry import CONTENT_TYPE_LATEST, CURRENT, RequestContext, Telemetry
@@ -163,12 +170,28 @@ async def count_input_tokens(request: Request[Any, Any, Any]) -> ASGIApp:
 
 @post("/responses", status_code=200)
 async def create_response(request: Request[Any, Any, Any]) -> ASGIApp:
-    body = await _body(request)
+    gateway = _gateway(request)
+    return await _answer(request, await _body(request), gateway.create)
+
+
+@post("/responses/compact", status_code=200)
+async def compact_response(request: Request[Any, Any, Any]) -> ASGIApp:
+    """A fixed path, matched before `/responses/{response_id}` (server/compaction.py)."""
+    gateway = _gateway(request)
+    return await _answer(request, await _body(request), gateway.compactor.compact)
+
+
+async def _answer(
+    request: Request[Any, Any, Any],
+    body: Any,
+    create: Callable[[Any, Caller], Awaitable[JsonReply | StreamReply]],
+) -> ASGIApp:
+    """Run a create-like call inside the request's telemetry record and shape its reply."""
     gateway = _gateway(request)
     caller = _caller(request.scope, gateway.settings.router.timeout_s)
     telemetry: Telemetry | None = getattr(request.app.state, "telemetry", None)
     if telemetry is None:
-        reply = await gateway.create(body, caller)
+        reply = await create(body, caller)
     else:
         # One telemetry record per request, emitted once the reply is over (or failed).
         ctx = telemetry.begin(
@@ -177,7 +200,7 @@ async def create_response(request: Request[Any, Any, Any]) -> ASGIApp:
             api_key_id=caller.key_id,
         )
         try:
-            reply = await gateway.create(body, caller)
+            reply = await create(body, caller)
         except Exception as exc:
             telemetry.finish(ctx, error=exc)
             raise
@@ -508,6 +531,7 @@ def v1_router(*, guarded: bool = True) -> Router:
         route_handlers=[
             create_response,
             count_input_tokens,
+            compact_response,
             get_response,
             delete_response,
             cancel_response,

@@ -20,6 +20,7 @@ Foundry `…/models/chat/completions`, and each platform's token-counting endpoi
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import secrets
 import threading
@@ -57,7 +58,7 @@ from .validate_anthropic import validate_anthropic
 from .validate_bedrock import validate_bedrock
 from .validate_chat import validate_chat
 from .validate_gemini import validate_gemini
-from .validate_responses import validate_responses
+from .validate_responses import validate_compact, validate_responses
 from .wire import WireFormat
 
 __all__ = ["RecordedRequest", "Simulator"]
@@ -273,6 +274,8 @@ class Simulator:
 
     async def _handle(self, request: HttpRequest) -> HttpResponse:
         match = _PREFIX.match(request.path)
+        if match is not None and match["rest"].endswith("/responses/compact"):
+            return self._compact(match["provider"], request)
         if match is not None:
             raw_path = urlsplit(request.target).path
             raw_rest = raw_path[raw_path.find("/", 1) :] if raw_path.count("/") > 1 else ""
@@ -339,6 +342,43 @@ class Simulator:
             )
         reply = orjson.dumps(count_reply(dialect, body))
         return HttpResponse(200, [("content-type", "application/json")], reply)
+
+    def _compact(self, provider: str, request: HttpRequest) -> HttpResponse:
+        """OpenAI's compact call: the body checked as OpenAI would, then a compaction whose
+        encrypted_content is a digest of the body (the same history compacts the same)."""
+        if request.method != "POST":
+            return error_response("responses", 405, Invalid(f"{request.method} is not allowed"))
+        try:
+            body = orjson.loads(request.body) if request.body else None
+            validate_compact(request.headers, body)
+        except orjson.JSONDecodeError as exc:
+            return error_response("responses", 400, Invalid(f"Invalid JSON body: {exc}"))
+        except Invalid as exc:
+            return error_response("responses", exc.status, exc)
+        self._record(provider, request, body, "responses")
+        scripted = self._next_reply(provider)
+        if isinstance(scripted, Error):  # the only scripted reply a compact call takes
+            return error_response(
+                "responses", scripted.status, None, scripted.native_body, scripted.headers
+            )
+        digest = hashlib.sha256(request.body).hexdigest()
+        input_tokens = max(1, len(request.body) // 4)
+        reply = {
+            "id": f"resp_sim_compact_{digest[:16]}",
+            "object": "response.compaction",
+            "created_at": int(time.time()),
+            "output": [
+                {"id": f"cmp_sim_{digest[:16]}", "type": "compaction",
+                 "encrypted_content": f"sim-compaction:{digest}"}
+            ],
+            "usage": {
+                "input_tokens": input_tokens,
+                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "output_tokens": 64, "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": input_tokens + 64,
+            },
+        }  # fmt: skip
+        return HttpResponse(200, [("content-type", "application/json")], orjson.dumps(reply))
 
     def _record(
         self,

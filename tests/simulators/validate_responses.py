@@ -130,3 +130,26 @@ def _check_tools(tools: Any) -> None:
         if tool["type"] == "function" and not isinstance(tool.get("name"), str):
             # The Chat Completions shape ({"function": {...}}) lands here.
             raise _missing(f"{at}.name")
+
+
+# POST /responses/compact: CompactResponseMethodPublicBody (OpenAI refuses anything else).
+_COMPACT_FIELDS = frozenset(
+    {
+        "model", "input", "instructions", "previous_response_id", "prompt_cache_key",
+        "prompt_cache_retention", "prompt_cache_options", "service_tier", "image",
+    }
+)  # fmt: skip
+
+
+def validate_compact(headers: Mapping[str, str], body: Any) -> None:
+    if "api-key" not in headers:  # Azure's key header; OpenAI's is a bearer token
+        require_bearer(headers)
+    if not isinstance(body, dict):
+        raise Invalid("We could not parse the JSON body of your request.")
+    for key in body:
+        if key not in _COMPACT_FIELDS:
+            raise Invalid(f"Unknown parameter: '{key}'.", param=key, code="unknown_parameter")
+    if not isinstance(body.get("model"), str):
+        raise _missing("model")
+    if body.get("input") is not None:
+        _check_input(body["input"])
