@@ -362,16 +362,12 @@ environment variables:
   GOOGLE_APPLICATION_CREDENTIALS
                         vertex_ai service-account file for google-auth (else application
                         default credentials)
-  TURNOUT_COMPACTION_KEY
-                        seals the summaries of POST /v1/responses/compact (else derived from
-                        the master key, else random per process: set it, the same on every
-                        replica, so compactions open after a restart and on any replica)
   ${VAR}                in any string value of the config file reads VAR (an unset VAR stops
                         start-up; $${ is a literal ${), e.g. master_key: "${TURNOUT_MASTER_KEY}"
 
 Values of variables whose names contain KEY, SECRET, TOKEN, PASSWORD or CREDENTIAL are masked in
-every log line and upstream error message. TURNOUT_COMPACTION_KEY is the one TURNOUT_* variable
-`turnout serve` reads itself: TURNOUT_MASTER_KEY above is just a name a config file chose.
+every log line and upstream error message. `turnout serve` reads no TURNOUT_* variable of its
+own: TURNOUT_MASTER_KEY above is just a name a config file chose.
 """
 
 

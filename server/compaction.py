@@ -8,8 +8,9 @@ gateway's key (engine/compaction.py), and the usage (with `usage.cost`) of the s
 On a later create, on any provider, engine/canonical.py opens the blob and puts the summary
 before the new input; an altered blob, or one sealed by another key, is a 400.
 
-The key: `$TURNOUT_COMPACTION_KEY` when set, else derived from the master key, else random per
-process (compactions then last as long as the process).
+The key: the config's `auth.compaction_key` when set (e.g. `"${TURNOUT_COMPACTION_KEY}"`, the same
+on every replica), else derived from the master key, else random per process (compactions then
+last as long as the process).
 """
 
 from __future__ import annotations
@@ -40,14 +41,11 @@ from turnout.server.upstream import Upstream
 
 __all__ = [
     "COMPACT_FIELDS",
-    "KEY_ENV",
     "SUMMARY_INSTRUCTION",
     "Compactor",
     "NativeCompact",
     "compaction_key",
 ]
-
-KEY_ENV = "TURNOUT_COMPACTION_KEY"
 
 # CompactResponseMethodPublicBody's fields (+ `image`, which the SDK sends).
 COMPACT_FIELDS = frozenset(
@@ -78,7 +76,7 @@ Native = Callable[[dict[str, Any], Caller], Awaitable[JsonReply | None]]
 
 def compaction_key(settings: Settings) -> bytes:
     """The key Turnout seals its compaction blobs with (see the module docstring)."""
-    configured = settings.env.get(KEY_ENV)
+    configured = settings.compaction_key
     if configured:
         return hashlib.sha256(configured.encode()).digest()
     if settings.master_key:

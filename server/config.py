@@ -167,6 +167,8 @@ class Settings:
     models: dict[str, ModelAlias] = field(default_factory=dict)
     providers: dict[str, ProviderSettings] = field(default_factory=dict)  # config file only
     master_key: str | None = field(default=None, repr=False)
+    # auth.compaction_key: seals compaction summaries (server/compaction.py).
+    compaction_key: str | None = field(default=None, repr=False)
     router: RouterSettings = field(default_factory=RouterSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
@@ -374,6 +376,7 @@ def _build(
         models=models,
         providers=providers,
         master_key=_opt((data.get("auth") or {}).get("master_key")),
+        compaction_key=_opt((data.get("auth") or {}).get("compaction_key")),
         router=RouterSettings(
             strategy=router.get("strategy", defaults_r.strategy),
             retries=router.get("retries", defaults_r.retries),

@@ -156,9 +156,9 @@ def test_no_summary_is_an_upstream_error(reply: dict[str, Any]) -> None:
     assert err.value.status == 502
 
 
-def test_the_key_comes_from_the_environment_then_the_master_key() -> None:
-    from_env = compaction_key(Settings(env={"TURNOUT_COMPACTION_KEY": "s3cret"}))
-    assert from_env == compaction_key(Settings(env={"TURNOUT_COMPACTION_KEY": "s3cret"}))
+def test_the_key_comes_from_the_config_then_the_master_key() -> None:
+    from_env = compaction_key(Settings(compaction_key="s3cret"))
+    assert from_env == compaction_key(Settings(compaction_key="s3cret", master_key="mk"))
     from_master = compaction_key(Settings(master_key="mk"))
     assert from_master == compaction_key(Settings(master_key="mk")) != from_env
     assert compaction_key(Settings()) != compaction_key(Settings())  # random per process
