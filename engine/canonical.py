@@ -97,6 +97,15 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)  # fmt: skip
 
 
+def _not_a_string(param: str, value: Any) -> RequestError:
+    """The 400 for `param` holding `value` where OpenAI takes a string."""
+    return _bad(
+        f"Invalid type for '{param}': expected a string, but got {_type_name(value)} instead.",
+        param,
+        "invalid_type",
+    )
+
+
 # OpenAI's IncludeEnum. Turnout returns every stored field anyway; an unknown value is still
 # the client's mistake to hear about.
 INCLUDABLE = frozenset({
@@ -245,12 +254,7 @@ def _check_item_fields(item: Mapping[str, Any], where: str) -> None:
     for key in ("id", "call_id", "status"):
         value = item.get(key)
         if value is not None and not isinstance(value, str):
-            raise _bad(
-                f"Invalid type for '{where}.{key}': expected a string, but got "
-                f"{_type_name(value)} instead.",
-                f"{where}.{key}",
-                "invalid_type",
-            )
+            raise _not_a_string(f"{where}.{key}", value)
 
 
 def _check_depth(value: Any, param: str | None = None) -> None:
@@ -302,12 +306,7 @@ class _Normalizer:
             raise _bad(f"Invalid type for '{where}': expected an object.", where, "invalid_type")
         itype = item.get("type", "message" if "role" in item else None)
         if itype is not None and not isinstance(itype, str):
-            raise _bad(
-                f"Invalid type for '{where}.type': expected a string, but got "
-                f"{_type_name(itype)} instead.",
-                f"{where}.type",
-                "invalid_type",
-            )
+            raise _not_a_string(f"{where}.type", itype)
         item_id = item.get("id")
         # Idempotent merge: a client that replays history it also chains by
         # previous_response_id must not duplicate items (duplicate tool ids are a 400 upstream).
@@ -410,12 +409,7 @@ class _Normalizer:
             if value is None:
                 raise _bad(f"Missing required parameter: '{where}.{key}'.", f"{where}.{key}")
             if not isinstance(value, str):
-                raise _bad(
-                    f"Invalid type for '{where}.{key}': expected a string, but got "
-                    f"{_type_name(value)} instead.",
-                    f"{where}.{key}",
-                    "invalid_type",
-                )
+                raise _not_a_string(f"{where}.{key}", value)
         call_id, name, arguments = item["call_id"], item["name"], item["arguments"]
         namespace = item.get("namespace")
         if namespace is not None and not isinstance(namespace, str):
@@ -664,12 +658,7 @@ def _check_image_tool(tool: Mapping[str, Any], where: str) -> None:
     for key in _IMAGE_TEXT:
         value = tool.get(key)
         if value is not None and not isinstance(value, str):
-            raise _bad(
-                f"Invalid type for '{where}.{key}': expected a string, but got "
-                f"{_type_name(value)} instead.",
-                f"{where}.{key}",
-                "invalid_type",
-            )
+            raise _not_a_string(f"{where}.{key}", value)
     for key, (low, high) in _IMAGE_INTS.items():
         value = tool.get(key)
         if value is None:

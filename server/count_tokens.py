@@ -21,7 +21,7 @@ from typing import Any, Protocol, cast
 
 from turnout.engine.canonical import CanonicalRequest, normalize
 from turnout.engine.errors import RequestError, UpstreamError
-from turnout.server.history import items, load_chain
+from turnout.server.history import items, load_chain, previous_response_id
 from turnout.server.redaction import CallSecrets, mask_error
 from turnout.server.stores.base import ResponseStore
 from turnout.server.targets import Target, Targets
@@ -85,18 +85,7 @@ class TokenCounter:
         self.secrets = secrets  # masked out of provider errors with each call's own credentials
 
     async def count(self, body: Any) -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise RequestError(
-                400, "The request body must be a JSON object.", param=None, code="invalid_type"
-            )
-        prev = body.get("previous_response_id")
-        if prev is not None and not isinstance(prev, str):
-            raise RequestError(
-                400,
-                "Invalid type for 'previous_response_id': expected a string.",
-                param="previous_response_id",
-                code="invalid_type",
-            )
+        prev = previous_response_id(body)  # also: the body must be an object
         chain = await load_chain(self.store, prev)
         canon = normalize(body, items(chain))
         target = self.targets.resolve(canon.model)  # an unknown model or no key: answered now

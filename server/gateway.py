@@ -30,7 +30,6 @@ from contextlib import aclosing
 from typing import Any, Literal
 
 from turnout.engine.canonical import conversation_of, normalize
-from turnout.engine.errors import RequestError
 from turnout.engine.ids import IdFactory
 from turnout.server.background import BackgroundResponses, BackgroundWork, LiveResponse, recover
 from turnout.server.compaction import Compactor, NativeCompact, compaction_key
@@ -39,7 +38,7 @@ from turnout.server.conversations import Conversations
 from turnout.server.count_tokens import TokenCounter
 from turnout.server.failover import Failover
 from turnout.server.finish import Finisher
-from turnout.server.history import items, load_chain
+from turnout.server.history import items, load_chain, previous_response_id
 from turnout.server.pricing import PriceBook
 from turnout.server.pump import TERMINAL_EVENTS, sse, stored_groups
 from turnout.server.redaction import secret_values
@@ -138,7 +137,7 @@ class Gateway:
     ) -> JsonReply | StreamReply:
         """`memory`: a WebSocket's own responses (websocket_mode.py), chained from before the
         store and added to once each of the socket's turns is final."""
-        prev = _previous_response_id(body)
+        prev = previous_response_id(body)
         conversation = conversation_of(body)  # 400 beside previous_response_id
         if conversation is not None:
             chain: list[StoredResponse] = []
@@ -216,19 +215,3 @@ class Gateway:
     async def recover(self) -> int:
         """At start-up: fail the background responses a previous process left unfinished."""
         return await recover(self.store, self.background)
-
-
-def _previous_response_id(body: Any) -> str | None:
-    if not isinstance(body, dict):
-        raise RequestError(
-            400, "The request body must be a JSON object.", param=None, code="invalid_type"
-        )
-    prev = body.get("previous_response_id")
-    if prev is not None and not isinstance(prev, str):
-        raise RequestError(
-            400,
-            "Invalid type for 'previous_response_id': expected a string.",
-            param="previous_response_id",
-            code="invalid_type",
-        )
-    return prev

@@ -9,7 +9,7 @@ from typing import Any
 from turnout.engine.errors import RequestError
 from turnout.server.stores.base import ChainError, ResponseStore, StoredResponse
 
-__all__ = ["UNFINISHED", "items", "load_chain"]
+__all__ = ["UNFINISHED", "items", "load_chain", "previous_response_id"]
 
 # Statuses of a background response still at work: nothing can continue from it yet.
 UNFINISHED = frozenset({"queued", "in_progress"})
@@ -51,3 +51,21 @@ def items(chain: Sequence[StoredResponse]) -> list[dict[str, Any]]:
         out.extend(record.input_items)
         out.extend(record.response.get("output") or [])
     return out
+
+
+def previous_response_id(body: Any) -> str | None:
+    """The create (or count) body's `previous_response_id`, checked; the body must be an
+    object."""
+    if not isinstance(body, dict):
+        raise RequestError(
+            400, "The request body must be a JSON object.", param=None, code="invalid_type"
+        )
+    prev = body.get("previous_response_id")
+    if prev is not None and not isinstance(prev, str):
+        raise RequestError(
+            400,
+            "Invalid type for 'previous_response_id': expected a string.",
+            param="previous_response_id",
+            code="invalid_type",
+        )
+    return prev
