@@ -99,6 +99,9 @@ class ModelAlias:
     deployments: list[Deployment]
     fallbacks: list[str] = field(default_factory=list)
     context_window_fallbacks: list[str] = field(default_factory=list)
+    # A hosted tool a deployment's provider cannot serve: "refuse" (a 400 naming tools[i]) or
+    # "drop" (left out for that provider; the reply says so in x-turnout-dropped-tools).
+    unsupported_tools: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -359,6 +362,7 @@ def _build(
             deployments=[_deployment(d) for d in spec["deployments"]],
             fallbacks=list(spec.get("fallbacks") or []),
             context_window_fallbacks=list(spec.get("context_window_fallbacks") or []),
+            unsupported_tools=str(spec.get("unsupported_tools") or "refuse"),
         )
         for alias, spec in (data.get("models") or {}).items()
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,7 @@ class Opened:
     status: int
     attempts: list[dict[str, Any]]
     state: DeploymentState | None
+    dropped: tuple[str, ...] = ()  # hosted tools left out (an alias's unsupported_tools: drop)
 
 
 def entry(
@@ -90,6 +92,18 @@ def release(router: Router, state: DeploymentState, builder: ResponseBuilder) ->
     except Exception:  # never let accounting break a reply
         tokens = 0
     router.finished(state, tokens)
+
+
+_TOOL_PARAM = re.compile(r"^tools\[(\d+)\]$")
+
+
+def _refused_tool(exc: RequestError, canon: CanonicalRequest) -> dict[str, Any] | None:
+    """The hosted tool a mapping's refusal names (`tools[i]`), if that is what it refused."""
+    match = _TOOL_PARAM.match(exc.param or "")
+    if exc.code != "unsupported_parameter" or match is None:
+        return None
+    index = int(match[1])
+    return next((t for t in canon.view["hosted_tools"] if t.get("index") == index), None)
 
 
 # Failures before any provider answered: a provider's own error is worth more to the client.
@@ -140,6 +154,25 @@ class Failover:
         self.upstream = upstream
         # Secret values known at start: masked out of upstream errors with each call's own.
         self.secrets = secrets
+
+    async def call_dropping(
+        self, canon: CanonicalRequest, target: Target
+    ) -> tuple[UpstreamCall, tuple[str, ...]]:
+        """`call`, leaving out each hosted tool the provider refuses (an alias's
+        `unsupported_tools: drop`); the types left out come back with the call."""
+        dropped: list[str] = []
+        while True:
+            try:
+                return await self.call(canon, target), tuple(dropped)
+            except RequestError as exc:
+                refused = _refused_tool(exc, canon)
+                if refused is None:
+                    raise
+                hosted = [t for t in canon.view["hosted_tools"] if t is not refused]
+                dropped.append(str(refused.get("type")))
+                image = next((t for t in hosted if t.get("type") == "image_generation"), None)
+                view = {**canon.view, "hosted_tools": hosted, "image_tool": image}
+                canon = CanonicalRequest(view, canon.input_items, canon.body)
 
     async def call(self, canon: CanonicalRequest, target: Target) -> UpstreamCall:
         """The upstream request for `target` (raises `RequestError` for a parameter its
@@ -251,7 +284,11 @@ class Failover:
         try:
             target = self.targets.for_deployment(state, alias)
             target = replace(target, timeout_s=min(target.timeout_s or remaining, remaining))
-            call = await self.call(walk.canon, target)
+            dropped: tuple[str, ...] = ()
+            if self._drops(alias):
+                call, dropped = await self.call_dropping(walk.canon, target)
+            else:
+                call = await self.call(walk.canon, target)
             source, status = await open_source(self.upstream, call, target, self.secrets)
         except RequestError as exc:
             router.finished(state)
@@ -270,7 +307,11 @@ class Failover:
             raise
         router.succeeded(state, time.monotonic() - started)
         walk.attempts.append(entry(state, state, status, started))
-        return Opened(target, source, status, walk.attempts, state)
+        return Opened(target, source, status, walk.attempts, state, dropped)
+
+    def _drops(self, alias: str) -> bool:
+        spec = self.settings.models.get(alias)
+        return spec is not None and spec.unsupported_tools == "drop"
 
     def _widen(self, walk: _Walk, alias: str) -> bool:
         """A context-length error: switch (once) to the context-window fallbacks. True when

@@ -41,6 +41,7 @@ class Run:
     events: list[dict[str, Any]] = field(default_factory=list)
     # One entry per upstream attempt: deployment, status, error code, latency (no secrets).
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    dropped_tools: tuple[str, ...] = ()  # left out for the provider (unsupported_tools: drop)
 
 
 def new_run(
@@ -85,6 +86,7 @@ def bind(run: Run, opened: Opened, router: Router) -> None:
     run.source = opened.source
     run.upstream_status = opened.status
     run.attempts = opened.attempts
+    run.dropped_tools = opened.dropped
     run.builder.route(opened.target.mapping.finish_reasons, opened.target.provider)
     ctx = CURRENT.get()
     if ctx is not None:
@@ -102,4 +104,7 @@ def bind(run: Run, opened: Opened, router: Router) -> None:
 
 
 def reply_headers(run: Run) -> dict[str, str]:
-    return trail_headers(run.target.deployment or run.canon.model, len(run.attempts))
+    headers = trail_headers(run.target.deployment or run.canon.model, len(run.attempts))
+    if run.dropped_tools:
+        headers["x-turnout-dropped-tools"] = ",".join(run.dropped_tools)
+    return headers

@@ -62,6 +62,9 @@ def _config(sim: str, db: Path) -> str:
         + alias("cool", [f"model: groq/llama, api_base: '{sim}/co'",
                          f"model: groq/llama, api_base: '{sim}/co2', weight: 0"])
         + alias("solo", [f"model: groq/llama, api_base: '{sim}/so'"])
+        + alias("drops", [f"model: groq/llama, api_base: '{sim}/dp'"],
+                "    unsupported_tools: drop\n")
+        + alias("refuses", [f"model: groq/llama, api_base: '{sim}/rf'"])
         + alias("ra", [f"model: groq/llama, api_base: '{sim}/r1'",
                        f"model: groq/llama, api_base: '{DEAD}', weight: 0"])
         + alias("ctx", [f"model: {ANTHROPIC}, api_base: '{sim}/w1'"],
@@ -444,3 +447,25 @@ def test_200_concurrent_requests_over_three_deployments_one_failing(
     assert served["m1"] + served["m3"] == 200 and served["m2"] > 0
     health = httpx.get(f"{gw.url}/health/deployments").json()["deployments"]
     assert all(d["in_flight"] == 0 for d in health if d["alias"] == "many")
+
+
+def test_an_alias_that_opts_in_drops_the_hosted_tools_its_provider_lacks(
+    gw: Gateway, sim: Simulator
+) -> None:
+    """Issue 13 item 5: web_search on a Chat Completions provider is a 400 naming tools[1],
+    unless the alias says unsupported_tools: drop; then it is left out and the reply says so."""
+    tools = [
+        {"type": "function", "name": "f", "parameters": {"type": "object"}},
+        {"type": "web_search"},
+    ]
+    refused = post(gw, {"model": "refuses", "input": "hi", "tools": tools})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "tools[1]"
+    assert sim.requests_for("rf") == []
+    served = post(gw, {"model": "drops", "input": "look it up", "tools": tools})
+    assert served.status_code == 200, served.text
+    assert served.headers["x-turnout-dropped-tools"] == "web_search"
+    (sent,) = sim.requests_for("dp")
+    assert [t["function"]["name"] for t in sent.json["tools"]] == ["f"]
+    plain = post(gw, {"model": "drops", "input": "no tools"})
+    assert plain.status_code == 200 and "x-turnout-dropped-tools" not in plain.headers
