@@ -17,16 +17,17 @@ from contextlib import asynccontextmanager
 
 import httpx
 from litestar import Litestar
-from litestar.datastructures import State
 
 from turnout.engine.diagnostics import Problem
 from turnout.engine.errors import ConfigError
 from turnout.engine.registry import MappingRegistry
+from turnout.server.access.auth import Authenticator
 from turnout.server.config import Settings
 from turnout.server.errors import exception_handlers
 from turnout.server.gateway import Gateway, RegistryLike
 from turnout.server.routes import health, health_deployments, metrics, v1_router
 from turnout.server.stores import ResponseStore, create_store
+from turnout.server.stores.keys import KeyStore
 from turnout.server.telemetry import Telemetry
 from turnout.server.telemetry.sinks import otel_provider_names
 from turnout.server.upstream import Upstream
@@ -97,6 +98,8 @@ def create_app(
             opened.push_async_callback(telemetry.aclose)
             gateway = Gateway(settings, mappings, the_store, upstream)
             app.state.gateway = gateway
+            keys = the_store if isinstance(the_store, KeyStore) else None
+            app.state.auth = Authenticator(settings.master_key, keys)
             # First to close: background responses stop and are recorded before the rest.
             opened.push_async_callback(gateway.aclose)
             await gateway.recover()
@@ -104,11 +107,10 @@ def create_app(
             app.state.telemetry = telemetry
             yield
 
-    master_key = settings.master_key.encode() if settings.master_key else None
     return Litestar(
         route_handlers=[
-            v1_router(guarded=bool(settings.master_key)),
-            responses_socket,  # WebSocket mode on /v1/responses: checks the master key itself
+            v1_router(),
+            responses_socket,  # WebSocket mode on /v1/responses: checks the key itself
             health,
             health_deployments,
             metrics,
@@ -116,7 +118,6 @@ def create_app(
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         request_max_body_size=settings.limits.max_body_bytes,
-        state=State({"master_key": master_key}),
         # No schema routes, no framework logging config: the CLI owns logging (and its
         # redaction filter); Litestar's defaults would add handlers of their own.
         openapi_config=None,

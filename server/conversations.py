@@ -185,6 +185,7 @@ class Conversations:
             created_at=int(self.clock()),
             metadata=metadata,
             api_key_id=caller.key_id,
+            team=caller.team,
         )
         await self.health.write(self.store.create_conversation(conversation, items))
         return conversation_json(conversation)

@@ -159,6 +159,7 @@ def record(
         output_tokens=counts.output_tokens,
         reasoning_tokens=counts.reasoning_tokens,
         api_key_id=run.caller.key_id,
+        team=run.caller.team,
         tags=run_tags,
     )
 

@@ -8,8 +8,6 @@ store, and shape the reply. Query parameters are read by hand so that both `incl
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, cast
@@ -25,6 +23,7 @@ from litestar.types import ASGIApp
 
 from turnout.engine.errors import RequestError
 from turnout.engine.nesting import MAX_DEPTH
+from turnout.server.access.auth import OPEN, Authenticator, Identity
 from turnout.server.config import ModelAlias
 from turnout.server.conversations import item_page_json
 from turnout.server.gateway import Gateway
@@ -42,7 +41,7 @@ from turnout.server.telemetry import CONTENT_TYPE_LATEST, CURRENT, RequestContex
 
 __all__ = [
     "SSE_HEADERS",
-    "api_key_id",
+    "authenticate",
     "count_input_tokens",
     "format_cost",
     "health",
@@ -78,21 +77,26 @@ def _not_found(response_id: str) -> RequestError:
     return RequestError(404, f"Response with id '{response_id}' not found.", code="not_found")
 
 
+# Where the guard leaves the bearer's identity for the handler (one lookup per request).
+IDENTITY = "turnout.identity"
+
+
+async def authenticate(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard for `/v1`: who the bearer is (server/access/auth.py), or a 401."""
+    auth: Authenticator = connection.app.state.auth
+    scope = cast(dict[str, Any], connection.scope)
+    scope[IDENTITY] = await auth.identify(_authorization(scope))
+
+
 async def require_master_key(
     connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
 ) -> None:
-    """Guard for `/v1`: with `master_key` configured, `Authorization: Bearer <key>` is required."""
-    expected: bytes | None = connection.app.state.master_key
-    if expected is None:
-        return
-    scheme, _sep, token = _authorization(connection.scope).partition(" ")
-    # Constant-time compare so the key cannot be guessed byte by byte from timings.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-        raise RequestError(
-            401,
-            "Incorrect API key provided. Send 'Authorization: Bearer <key>'.",
-            code="invalid_api_key",
-        )
+    """Guard for operator endpoints: with `master_key` configured, only the master key may
+    call them (a virtual key is a 403)."""
+    auth: Authenticator = connection.app.state.auth
+    identity = await auth.identify(_authorization(connection.scope))
+    if identity.role == "key":
+        raise RequestError(403, "This endpoint needs the master key.", code="master_key_required")
 
 
 def _flag(query: MultiDict[str], name: str) -> bool:
@@ -128,14 +132,16 @@ def _int(query: MultiDict[str], name: str, default: int | None, low: int, high: 
 
 
 def _caller(scope: Any, deadline_s: float | None = None) -> Caller:
-    """Who is calling, built once per request from what the headers carry (the key as its
-    hash, never the key); `deadline_s` from now bounds the upstream attempts."""
-    authorization, request_id = _caller_headers(scope)
-    return Caller(
-        key_id=api_key_id(authorization),
-        request_id=request_id,
-        deadline=None if deadline_s is None else time.monotonic() + deadline_s,
-    )
+    """Who is calling: the identity the `authenticate` guard found, and the request's own
+    `x-request-id`; `deadline_s` from now bounds the upstream attempts."""
+    identity: Identity = scope.get(IDENTITY, OPEN)
+    request_id = None
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            request_id = bytes(value).decode("latin-1")
+            break
+    deadline = None if deadline_s is None else time.monotonic() + deadline_s
+    return identity.caller(request_id, deadline)
 
 
 async def _record(gateway: Gateway, response_id: str, caller: Caller) -> StoredResponse:
@@ -228,27 +234,6 @@ def _authorization(scope: Any) -> str:
         if name == b"authorization":
             return bytes(value).decode("latin-1")
     return ""
-
-
-def _caller_headers(scope: Any) -> tuple[str, str | None]:
-    """Authorization and x-request-id, in one pass over the ASGI scope's headers."""
-    authorization, request_id = "", None
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            authorization = bytes(value).decode("latin-1")
-        elif name == b"x-request-id":
-            request_id = bytes(value).decode("latin-1")
-    return authorization, request_id
-
-
-def api_key_id(authorization: str) -> str | None:
-    """`key_` + 24 hex digits of the bearer token's SHA-256: groups spend by key without ever
-    storing the key (API keys are long random strings, so the hash cannot be walked back)."""
-    scheme, _sep, token = authorization.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return None
-    return "key_" + hashlib.sha256(token.encode()).hexdigest()[:24]
 
 
 def format_cost(cost: float) -> str:
@@ -524,8 +509,7 @@ async def health(request: Request[Any, Any, Any]) -> ASGIApp:
     return _json({"status": "ok", "store": "ok"})
 
 
-def v1_router(*, guarded: bool = True) -> Router:
-    # Without a master key there is nothing to check: no guard, no per-request call at all.
+def v1_router() -> Router:
     return Router(
         path="/v1",
         route_handlers=[
@@ -548,5 +532,5 @@ def v1_router(*, guarded: bool = True) -> Router:
             retrieve_model,
             spend,
         ],
-        guards=[require_master_key] if guarded else [],
+        guards=[authenticate],
     )

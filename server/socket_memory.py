@@ -77,4 +77,5 @@ class SocketMemory:
             attempts=run.attempts,
             cost=None,
             api_key_id=run.caller.key_id,
+            team=run.caller.team,
         )

@@ -38,10 +38,10 @@ from litestar import WebSocket, websocket
 from turnout.engine.errors import RequestError, UpstreamError, error_body, type_for_status
 from turnout.engine.nesting import MAX_DEPTH
 from turnout.engine.sse import SSEDecoder
+from turnout.server.access.auth import Authenticator
 from turnout.server.pump import TERMINAL_EVENTS
 from turnout.server.replies import JsonReply, StreamReply
 from turnout.server.request_context import Caller
-from turnout.server.routes import api_key_id, require_master_key
 from turnout.server.socket_memory import SocketMemory
 from turnout.server.store_health import StoreUnavailable
 from turnout.server.telemetry import Telemetry
@@ -132,7 +132,7 @@ class Session:
         self,
         gateway: Creator,
         send: Send,
-        caller: Callable[[], Caller],
+        caller: Callable[[], Awaitable[Caller]],
         telemetry: Telemetry | None = None,
     ) -> None:
         # `caller` makes one Caller per turn (its own deadline).
@@ -202,7 +202,7 @@ class Session:
             self._free(token)
 
     async def _turn(self, body: dict[str, Any], token: object) -> None:
-        telemetry, caller = self.telemetry, self.caller()
+        telemetry, caller = self.telemetry, await self.caller()
         ctx = None
         if telemetry is not None:
             # One telemetry record per turn, as per HTTP request.
@@ -291,11 +291,14 @@ async def refuse(scope: Mapping[str, Any], send: Send, exc: RequestError) -> Non
 
 @websocket("/v1/responses")
 async def responses_socket(socket: WebSocket[Any, Any, Any]) -> None:
-    """WebSocket mode; registered outside the guarded `/v1` router so the master key's refusal
-    is an HTTP 401 on the upgrade (a guard's exception would close an unaccepted socket with a
-    bare 4500)."""
+    """WebSocket mode; registered outside the guarded `/v1` router so a refused key is an HTTP
+    401 on the upgrade (a guard's exception would close an unaccepted socket with a bare 4500).
+    The key is checked again at each turn: one revoked or blocked meanwhile gets an error
+    message for that turn, like an HTTP request would."""
+    auth: Authenticator = socket.app.state.auth
+    authorization = _header(socket.scope, b"authorization") or ""
     try:
-        await require_master_key(socket, cast(Any, None))
+        await auth.identify(authorization)
     except RequestError as exc:
         await refuse(socket.scope, cast(Send, socket.send), exc)
         return
@@ -303,13 +306,13 @@ async def responses_socket(socket: WebSocket[Any, Any, Any]) -> None:
     state = socket.app.state
     gateway = state.gateway
     timeout_s = gateway.settings.router.timeout_s
-    key_id = api_key_id(_header(socket.scope, b"authorization") or "")
     request_id = _header(socket.scope, b"x-request-id")
 
-    def caller() -> Caller:
+    async def caller() -> Caller:
+        identity = await auth.identify(authorization)
         # Per turn: the deadline bounds that turn's upstream attempts from its own start.
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        return Caller(key_id=key_id, request_id=request_id, deadline=deadline)
+        return identity.caller(request_id, deadline)
 
     send, receive = cast(Send, socket.send), cast(Receive, socket.receive)
     session = Session(gateway, send, caller, getattr(state, "telemetry", None))

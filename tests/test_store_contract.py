@@ -613,7 +613,7 @@ async def test_sqlite_migrates_a_version_1_database(tmp_path: Path) -> None:
     finally:
         await store.close()
     with sqlite3.connect(db) as check:
-        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         indexes = {row[1] for row in check.execute("PRAGMA index_list(responses)")}
         assert {"responses_created_at", "responses_model_created_at"} <= indexes
     check.close()
@@ -918,6 +918,7 @@ _V2_TABLE = [
     ("api_key_id", "TEXT", 0, None, 0),
     ("tags", "TEXT", 1, "'{}'", 0),
 ]
+_V4_TABLE = [*_V2_TABLE, ("team", "TEXT", 0, None, 0)]
 
 
 async def test_sqlite_a_new_file_and_a_migrated_one_have_the_same_table(tmp_path: Path) -> None:
@@ -935,7 +936,7 @@ async def test_sqlite_a_new_file_and_a_migrated_one_have_the_same_table(tmp_path
             info = [row[1:] for row in check.execute("PRAGMA table_info(responses)")]
             indexes = {row[1] for row in check.execute("PRAGMA index_list(responses)")}
         check.close()
-        assert info == _V2_TABLE, db.name
+        assert info == _V4_TABLE, db.name
         assert {"responses_created_at", "responses_model_created_at", "responses_unfinished"} <= (
             indexes
         )
@@ -1097,6 +1098,16 @@ async def test_sqlite_conversations_survive_reopen(tmp_path: Path) -> None:
         await again.aclose()
 
 
+def undo_version_4(conn: sqlite3.Connection) -> None:
+    """A version-4 file made what version 3 was: no key tables, no team columns."""
+    for table in ("api_keys", "teams", "audit_log"):
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("DROP INDEX responses_key_created_at")
+    conn.execute("DROP INDEX responses_team_created_at")
+    conn.execute("ALTER TABLE responses DROP COLUMN team")
+    conn.execute("ALTER TABLE conversations DROP COLUMN team")
+
+
 async def test_sqlite_migrates_a_version_2_database(tmp_path: Path) -> None:
     db = tmp_path / "v2.db"
     s = SQLiteStore(db)
@@ -1105,6 +1116,7 @@ async def test_sqlite_migrates_a_version_2_database(tmp_path: Path) -> None:
     await s.aclose()
     # What version 2 was: the responses table and its indexes, no conversation tables.
     conn = sqlite3.connect(db)
+    undo_version_4(conn)
     conn.execute("DROP TABLE conversation_items")
     conn.execute("DROP TABLE conversations")
     conn.execute("PRAGMA user_version=2")
@@ -1125,7 +1137,7 @@ async def test_sqlite_migrates_a_version_2_database(tmp_path: Path) -> None:
     schemas = []
     for path in (db, tmp_path / "fresh.db"):
         with sqlite3.connect(path) as check:
-            assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+            assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
             schemas.append(
                 check.execute(
                     "SELECT type, name, sql FROM sqlite_master WHERE name LIKE 'conversation%' "

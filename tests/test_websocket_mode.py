@@ -173,8 +173,12 @@ class Pipe:
 CREATE = orjson.dumps({"type": "response.create", "model": "fake/x", "input": "hi"}).decode()
 
 
+async def caller_x() -> Caller:
+    return Caller(key_id="key_x")
+
+
 def session(script: Script, pipe: Pipe) -> Session:
-    return Session(script, pipe.send, lambda: Caller(key_id="key_x"))
+    return Session(script, pipe.send, caller_x)
 
 
 async def run_with(script: Script, pipe: Pipe, client: Callable[[], Awaitable[None]]) -> Session:

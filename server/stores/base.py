@@ -96,6 +96,7 @@ class StoredResponse:
     reasoning_tokens: int = 0
     api_key_id: str | None = None  # "key_" + a hash of the bearer token, never the key
     tags: dict[str, str] = field(default_factory=dict)  # the request's metadata
+    team: str | None = None  # the team of the key that made it (a team-mate may read it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +115,7 @@ GROUP_BY_COLUMNS = {
     "deployment": "deployment",
     "provider": "provider",
     "api_key": "api_key_id",
+    "team": "team",
 }
 # OpenAI caps metadata keys at 64 characters; quotes and backslashes are refused so the key can
 # sit inside a JSON path.
@@ -128,6 +130,9 @@ class SpendQuery:
     start: int | None = None
     end: int | None = None
     model: str | None = None  # only records of this model
+    # Only records of this key / of this team (a key's or a team's own spend, budgets).
+    api_key_id: str | None = None
+    team: str | None = None
 
     def __post_init__(self) -> None:
         if self.group_by in GROUP_BY_COLUMNS:
@@ -135,7 +140,7 @@ class SpendQuery:
         key = self.tag_key
         if key is None or not _TAG_KEY.fullmatch(key):
             raise ValueError(
-                "group_by must be model, deployment, provider, api_key or metadata:<key>"
+                "group_by must be model, deployment, provider, api_key, team or metadata:<key>"
             )
 
     @property
@@ -153,6 +158,7 @@ class AccountingRow:
     provider: str | None
     deployment: str | None
     api_key_id: str | None
+    team: str | None
     tags: dict[str, str]
     input_tokens: int
     cached_tokens: int
@@ -242,6 +248,10 @@ def aggregate_spend(query: SpendQuery, rows: Iterable[AccountingRow]) -> SpendRe
         if query.end is not None and r.created_at >= query.end:
             continue
         if query.model is not None and r.model != query.model:
+            continue
+        if query.api_key_id is not None and r.api_key_id != query.api_key_id:
+            continue
+        if query.team is not None and r.team != query.team:
             continue
         key = r.tags.get(tag) if tag is not None else getattr(r, column)
         key = None if key is None else str(key)

@@ -67,6 +67,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("reasoning_tokens", "integer", since=2, default="0"),
     Column("api_key_id", "text", nullable=True, since=2),
     Column("tags", "json", since=2, default="'{}'"),
+    # Version 4: the team of the key that made it (isolation, team spend).
+    Column("team", "text", nullable=True, since=4),
 )
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
 _BY_NAME = {c.name: c for c in COLUMNS}

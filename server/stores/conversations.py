@@ -36,7 +36,8 @@ class StoredConversation:
     id: str  # conv_...
     created_at: int
     metadata: dict[str, str] = field(default_factory=dict)
-    api_key_id: str | None = None  # who created it (carried, not checked yet)
+    api_key_id: str | None = None  # the key that created it
+    team: str | None = None  # that key's team (a team-mate may use it)
 
 
 def conversation_json(conversation: StoredConversation) -> dict[str, Any]:

@@ -31,13 +31,14 @@ from .base import (
     tombstone,
 )
 from .conversations import ConversationStore, StoredConversation
+from .memory_keys import MemoryKeys
 from .registry import register_store
 
 __all__ = ["MemoryStore"]
 
 
 @register_store("memory")
-class MemoryStore(ResponseStore, ConversationStore):
+class MemoryStore(ResponseStore, ConversationStore, MemoryKeys):
     url_forms = ("memory://",)
 
     @classmethod
@@ -63,6 +64,7 @@ class MemoryStore(ResponseStore, ConversationStore):
         # the store safe for use from several loops or threads, as tests sometimes do.
         self._lock = threading.Lock()
         self._closed = False
+        self._init_keys()
 
     def _check_open(self) -> None:
         if self._closed:

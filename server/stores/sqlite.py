@@ -38,6 +38,9 @@ migrated in place at open, in one transaction, backfilling the counts from the s
 per item keyed by its conversation and its position): a version-2 file gets them in place at
 open (a version-1 file is brought to 2 first, in the same transaction). A turn's items are
 appended in one transaction on the writer, so they are contiguous and all-or-nothing.
+4 adds the owner's ``team`` to responses and conversations, the key tables (``sqlite_keys.py``:
+virtual keys, teams, the audit log) and the per-key / per-team spend indexes; older files are
+brought to 4 in the same transaction as the steps before.
 """
 
 from __future__ import annotations
@@ -77,12 +80,13 @@ from .base import (
 from .columns import ACCOUNTING_COLUMNS, COLUMNS, Column, RowCodec
 from .conversations import ConversationStore, StoredConversation
 from .registry import register_store
+from .sqlite_keys import KEY_TABLES, SQLiteKeys
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _TYPES = {
     "text": "TEXT",
@@ -147,6 +151,17 @@ _CREATE = (
 _ADD_V2 = tuple(
     f"ALTER TABLE responses ADD COLUMN {_declare(col)}" for col in COLUMNS if col.since == 2
 )
+# Version 3 -> 4: the owner's team on responses and conversations, the key tables
+# (sqlite_keys.py), and the indexes a key's or a team's spend in a period is summed over.
+_OWNER_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS responses_key_created_at ON responses (api_key_id, created_at)",
+    "CREATE INDEX IF NOT EXISTS responses_team_created_at ON responses (team, created_at)",
+)
+_ADD_V4_RESPONSES = tuple(
+    f"ALTER TABLE responses ADD COLUMN {_declare(col)}" for col in COLUMNS if col.since == 4
+)
+# A new file runs these too: its responses table is made whole by _CREATE, the rest is here.
+_V4_TABLES = ("ALTER TABLE conversations ADD COLUMN team TEXT", *KEY_TABLES, *_OWNER_INDEXES)
 # The BLOB columns hold orjson text; CAST so SQLite >= 3.45 does not read them as JSONB.
 _BACKFILL_V2 = """
 UPDATE responses SET
@@ -183,9 +198,11 @@ _CONVERSATION_TABLES = (
     "CREATE INDEX conversation_items_id ON conversation_items (conversation_id, id)",
 )
 _INSERT_CONVERSATION = (
-    "INSERT INTO conversations (id, created_at, metadata, api_key_id) VALUES (?, ?, ?, ?)"
+    "INSERT INTO conversations (id, created_at, metadata, api_key_id, team) VALUES (?, ?, ?, ?, ?)"
 )
-_SELECT_CONVERSATION = "SELECT id, created_at, metadata, api_key_id FROM conversations WHERE id = ?"
+_SELECT_CONVERSATION = (
+    "SELECT id, created_at, metadata, api_key_id, team FROM conversations WHERE id = ?"
+)
 _INSERT_ITEM = "INSERT INTO conversation_items (conversation_id, seq, id, item) VALUES (?, ?, ?, ?)"
 _NEXT_SEQ = "SELECT coalesce(max(seq), -1) + 1 FROM conversation_items WHERE conversation_id = ?"
 _SELECT_CONVERSATION_ITEMS = (
@@ -199,8 +216,9 @@ _DELETE_ITEM = (
 
 def _conversation(row: Any) -> StoredConversation:
     return StoredConversation(
-        id=row[0], created_at=row[1], metadata=orjson.loads(row[2]), api_key_id=row[3]
-    )
+        id=row[0], created_at=row[1], metadata=orjson.loads(row[2]), api_key_id=row[3],
+        team=row[4],
+    )  # fmt: skip
 
 
 # The probe write of /health while writes fail (store_health.py); never holds a row for long.
@@ -305,12 +323,18 @@ def _spend_sql(query: SpendQuery) -> tuple[str, list[Any]]:
     if query.model is not None:
         where.append("model = ?")
         params.append(query.model)
+    if query.api_key_id is not None:
+        where.append("api_key_id = ?")
+        params.append(query.api_key_id)
+    if query.team is not None:
+        where.append("team = ?")
+        params.append(query.team)
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     return f"SELECT {key} AS k, {_SPEND_SUMS} FROM responses{clause} GROUP BY k", params
 
 
 @register_store("sqlite")
-class SQLiteStore(ResponseStore, ConversationStore):
+class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
     """Constructing does no I/O; ``await open()`` creates or checks the file and its schema."""
 
     url_forms = (
@@ -399,18 +423,21 @@ class SQLiteStore(ResponseStore, ConversationStore):
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version == 0:
                 conn.execute(_CREATE)
-                for statement in (*_INDEXES, *_CONVERSATION_TABLES):
+                for statement in (*_INDEXES, *_CONVERSATION_TABLES, *_V4_TABLES):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version in (1, 2):
+            elif version in (1, 2, 3):
                 if version == 1:
                     for statement in _ADD_V2:
                         conn.execute(statement)
                     conn.execute(_BACKFILL_V2)
                     for statement in _INDEXES:
                         conn.execute(statement)
-                # Version 2 -> 3: the conversation tables; the responses table is unchanged.
-                for statement in _CONVERSATION_TABLES:
+                if version < 3:
+                    # Version 2 -> 3: the conversation tables; responses unchanged.
+                    for statement in _CONVERSATION_TABLES:
+                        conn.execute(statement)
+                for statement in (*_ADD_V4_RESPONSES, *_V4_TABLES):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
@@ -737,7 +764,7 @@ class SQLiteStore(ResponseStore, ConversationStore):
     ) -> None:
         row = (
             conversation.id, conversation.created_at, _dumps(conversation.metadata).decode(),
-            conversation.api_key_id,
+            conversation.api_key_id, conversation.team,
         )  # fmt: skip
         await self._run(self._create_conversation, row, _encode_items(items))
 
