@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from turnout.server.pricing import Price, PriceBook, UsageCounts, usage_counts
+from turnout.server.request_context import Caller
 from turnout.server.router import Router
 from turnout.server.run import Run
 from turnout.server.store_health import StoreHealth, StoreUnavailable
@@ -40,6 +41,9 @@ class Finisher:
         self.telemetry: Telemetry | None = None
         # Appends a turn to its conversation (server/conversations.py), after the record.
         self.turns: Callable[[Run], Awaitable[None]] | None = None
+        # What the response cost, for the caller's budgets and token limits
+        # (server/access/admission.py); before the record, whether or not one is kept.
+        self.settle: Callable[[Caller, float | None, UsageCounts], None] | None = None
 
     async def __call__(self, run: Run) -> None:
         """Price the response, hand the telemetry its facts, then write the record. With
@@ -56,6 +60,8 @@ class Finisher:
             # SDK's strict validation and OpenAI's schema accept. Set before the terminal event
             # leaves, so the stored Response, the terminal event and the JSON reply agree.
             usage["cost"] = None if price is None else price.cost
+        if self.settle is not None:
+            self.settle(run.caller, None if price is None else price.cost, counts)
         run_tags = tags(run.request.get("metadata"))
         ctx = CURRENT.get()
         self._notify(ctx, run, counts, price, run_tags)

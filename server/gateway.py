@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from turnout.engine.canonical import conversation_of, normalize
 from turnout.engine.ids import IdFactory
+from turnout.server.access.admission import Admission
 from turnout.server.background import BackgroundResponses, BackgroundWork, LiveResponse, recover
 from turnout.server.compaction import Compactor, NativeCompact, compaction_key
 from turnout.server.config import Settings
@@ -111,6 +112,10 @@ class Gateway:
             store, self.store_health, self.ids, seal_key=self.compaction_key
         )
         self.finish.turns = self.conversations.append_turn
+        # What a caller may do before any upstream call (server/access/admission.py): model
+        # access, budgets, rate limits; told each response's cost by the Finisher.
+        self.admission = Admission()
+        self.finish.settle = self.admission.settle
         self.background = BackgroundResponses()
         self.work = BackgroundWork(
             settings, self.background, self.targets, self.failover, self.finish, self.ids,
@@ -149,8 +154,11 @@ class Gateway:
             chain = await load_chain(self.store, prev)
             history = items(chain)
         canon = normalize(body, history, seal_key=self.compaction_key)
+        admitted = await self.admission.admit(caller, canon.model)
         if body.get("background") is True:
-            return await self.work.create(body, canon, chain, prev, caller)
+            reply = await self.work.create(body, canon, chain, prev, caller)
+            reply.headers.update(admitted)
+            return reply
         opened = await self.failover.attempt(canon, chain, deadline=caller.deadline)
         run = new_run(
             body, canon, prev, opened.target, caller,
@@ -158,6 +166,7 @@ class Gateway:
         )  # fmt: skip
         bind(run, opened, self.router)
         headers = reply_headers(run)
+        headers.update(admitted)
         finish = self.finish if memory is None else memory.keeping(self.finish)
         if canon.stream:
             return StreamReply(sse(run, finish, self.done_marker), headers)
