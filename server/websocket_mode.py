@@ -3,11 +3,13 @@
 A client opens a WebSocket on `/v1/responses` (the same `Authorization: Bearer` as HTTP when a
 master key is configured: without it the upgrade is refused with the HTTP 401 JSON error, never
 accepted) and sends `{"type": "response.create", ...create body...}` messages, the create fields
-at the top level (`WebSocketResponseCreateEvent`; `stream`, `stream_options` and `background`
-must not be sent). Each one runs a turn through the very same `Gateway.create` as a streamed
-`POST /v1/responses`, and each of its events leaves as one text message: the same events in the
-same order with the same sequence numbers as the SSE stream (no `[DONE]`). The SSE chunks are
-cut back into events at their `data:` lines, so the two cannot disagree.
+at the top level (`WebSocketResponseCreateEvent`; `stream_options` and `background` must not be
+sent, nor `stream` other than `true`: OpenAI's Agents SDK puts `"stream": true` in every
+`response.create`, and the socket streams anyway). Each one runs a turn through the very same
+`Gateway.create` as a streamed `POST /v1/responses`, and each of its events leaves as one text
+message: the same events in the same order with the same sequence numbers as the SSE stream (no
+`[DONE]`). The SSE chunks are cut back into events at their `data:` lines, so the two cannot
+disagree.
 
 * `previous_response_id` chains as over HTTP, and also onto the socket's own `store: false`
   responses, kept in memory while the socket lives (server/socket_memory.py).
@@ -112,11 +114,14 @@ def parse(data: str | bytes) -> dict[str, Any]:
             code="unknown_message_type",
         )
     for name in DISALLOWED:
-        if name in message:
+        # OpenAI's own Agents SDK sends `"stream": true` in every message (its WebSocket
+        # transport, `OpenAIResponsesWSModel`): the value the socket implies is let through.
+        if name in message and not (name == "stream" and message[name] is True):
             raise RequestError(
                 400,
-                f"'{name}' must not be sent in WebSocket mode: every turn is streamed as "
-                "messages on the socket.",
+                f"'{name}' must not be sent in WebSocket mode"
+                + (" (other than true)" if name == "stream" else "")
+                + ": every turn is streamed as messages on the socket.",
                 param=name,
                 code="unsupported_parameter",
             )

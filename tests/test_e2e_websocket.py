@@ -187,7 +187,7 @@ def test_errors_leave_the_socket_usable(ws: ClientConnection, sim: Simulator) ->
     assert unknown["status"] == 400 and unknown["error"]["code"] == "unknown_message_type"
     ws.send(orjson.dumps({"model": model_for("groq"), "input": "hi"}).decode())
     assert error(ws)["error"]["code"] == "unknown_message_type"
-    ws.send(orjson.dumps({"type": "response.create", "model": "x", "stream": True}).decode())
+    ws.send(orjson.dumps({"type": "response.create", "model": "x", "stream": False}).decode())
     streamed = error(ws)
     assert streamed["status"] == 400 and streamed["error"]["param"] == "stream"
     create(ws, model="nowhere/none", input="hi")

@@ -46,6 +46,13 @@ def test_a_create_message_becomes_a_streamed_create_body() -> None:
     assert body == {"model": "m", "input": "hi", "store": False, "stream": True}
 
 
+def test_stream_true_is_let_through() -> None:
+    # OpenAI's Agents SDK (OpenAIResponsesWSModel) sends it in every message; the socket
+    # streams anyway (tests/test_e2e_agents_sdk.py runs that transport).
+    body = parse(b'{"type": "response.create", "model": "m", "input": "hi", "stream": true}')
+    assert body == {"model": "m", "input": "hi", "stream": True}
+
+
 @pytest.mark.parametrize(
     ("data", "code", "param"),
     [
@@ -54,8 +61,8 @@ def test_a_create_message_becomes_a_streamed_create_body() -> None:
         ('"response.create"', "invalid_json", None),
         ('{"model": "m"}', "unknown_message_type", "type"),
         ('{"type": "response.cancel"}', "unknown_message_type", "type"),
-        ('{"type": "response.create", "stream": true}', "unsupported_parameter", "stream"),
         ('{"type": "response.create", "stream": false}', "unsupported_parameter", "stream"),
+        ('{"type": "response.create", "stream": "true"}', "unsupported_parameter", "stream"),
         ('{"type": "response.create", "stream_options": {}}', "unsupported_parameter", None),
         ('{"type": "response.create", "background": true}', "unsupported_parameter", None),
         (
