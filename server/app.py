@@ -22,6 +22,7 @@ from turnout.engine.diagnostics import Problem
 from turnout.engine.errors import ConfigError
 from turnout.engine.registry import MappingRegistry
 from turnout.server.access.auth import Authenticator
+from turnout.server.admin import admin_router
 from turnout.server.config import Settings
 from turnout.server.errors import exception_handlers
 from turnout.server.gateway import Gateway, RegistryLike
@@ -110,6 +111,7 @@ def create_app(
     return Litestar(
         route_handlers=[
             v1_router(),
+            admin_router(),  # /admin/keys, /admin/teams, /admin/audit: master key only
             responses_socket,  # WebSocket mode on /v1/responses: checks the key itself
             health,
             health_deployments,

@@ -1,10 +1,13 @@
-"""`turnout serve|lint|record`, `turnout --version`.
+"""`turnout serve|lint|record|keys|teams`, `turnout --version`.
 
     turnout serve [--config FILE] [--host H] [--port P]   # default 127.0.0.1:4000
                   [--log-level debug|info|warning|error] [--access-log]
     turnout lint [DIR]                                      # default: the bundled mappings/
     turnout record --model PROVIDER/MODEL --input TEXT [--stream] [--config FILE] [--name NAME]
                    [--out DIR]   # one real request → fixture set + case file (server/record.py)
+    turnout keys create|list|show|update|revoke [--config FILE] [--json] …
+    turnout teams create|list|show|update|delete [--config FILE] [--json] …
+                   # virtual keys and teams in the config's store (server/keys_cli.py)
     turnout --version                                       # `turnout <version>`
 
 Exit codes: 0 ok, 1 lint found problems, 2 the config or a mapping is broken (problems printed as
@@ -57,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 from turnout.engine.errors import ConfigError, MappingError
 from turnout.engine.registry import DEFAULT_MAPPINGS_DIR, lint_dir
+from turnout.server.keys_cli import add_commands as add_key_commands
 from turnout.server.redaction import redact, secret_values
 
 if TYPE_CHECKING:
@@ -415,6 +419,7 @@ def _parser() -> argparse.ArgumentParser:
         "cases/ folder (a source checkout), else ./recorded/<provider>/",
     )
     rec.set_defaults(func=_record)
+    add_key_commands(sub)  # turnout keys …, turnout teams … (server/keys_cli.py)
     return parser
 
 
