@@ -35,7 +35,7 @@ from turnout.engine.canonical import CanonicalRequest
 from turnout.engine.errors import RequestError, UpstreamError
 from turnout.engine.ids import IdFactory
 from turnout.server.config import Settings
-from turnout.server.failover import Failover, Opened
+from turnout.server.failover import Failover, Opened, key_drops
 from turnout.server.finish import Finisher, record, tags
 from turnout.server.history import UNFINISHED
 from turnout.server.pricing import UsageCounts
@@ -61,12 +61,17 @@ BACKGROUND_RETRY_AFTER_S = 5.0
 
 
 class LiveResponse:
-    """A background response in the making: the builder and every event published so far."""
+    """A background response in the making: the builder and every event published so far,
+    and whose it is (the creator's key and team: server/access/isolation.py)."""
 
-    __slots__ = ("_wake", "builder", "done", "events", "started", "task")
+    __slots__ = ("_wake", "api_key_id", "builder", "done", "events", "started", "task", "team")
 
-    def __init__(self, builder: ResponseBuilder) -> None:
+    def __init__(
+        self, builder: ResponseBuilder, api_key_id: str | None = None, team: str | None = None
+    ) -> None:
         self.builder = builder
+        self.api_key_id = api_key_id
+        self.team = team
         self.events: list[Event] = []
         self.done = False
         # Set by the work's first step: a cancel before it would skip the final write.
@@ -228,7 +233,7 @@ class BackgroundWork:
         # every delta, whether the create call itself asked for a stream or not.
         canon = CanonicalRequest({**canon.view, "stream": True}, canon.input_items, canon.body)
         run, call = await self._queued(body, canon, prev, caller)
-        live = LiveResponse(run.builder)
+        live = LiveResponse(run.builder, caller.key_id, caller.team)
         live.publish(run.events)
         self.responses.reserve(live)  # counted against the cap before the first await
         try:
@@ -253,9 +258,13 @@ class BackgroundWork:
         provider/model."""
         spec = self.settings.models.get(canon.model)
         call = None
+        dropped: tuple[str, ...] = ()
         if spec is None or not spec.deployments:
             target = self.targets.resolve(canon.model)
-            call = await self.failover.call(canon, target)
+            if key_drops(caller):
+                call, dropped = await self.failover.call_dropping(canon, target)
+            else:
+                call = await self.failover.call(canon, target)
         else:
             # The router picks (and fails over) when the work starts; a deployment without a key
             # must not fail the create call when another one would answer.
@@ -264,6 +273,7 @@ class BackgroundWork:
             body, canon, prev, target, caller,
             ids=self.ids, max_image_bytes=self.settings.limits.max_image_bytes,
         )  # fmt: skip
+        run.dropped_tools = dropped
         run.events.extend(run.builder.queue())
         return run, call
 
@@ -324,8 +334,10 @@ class BackgroundWork:
         The work outlives the request: its attempts' deadline runs from the work's start."""
         try:
             if call is not None:
-                return await self.failover.direct(run.target, call, time.monotonic())
-            return await self.failover.attempt(run.canon, chain, run.attempts)
+                started = time.monotonic()
+                return await self.failover.direct(run.target, call, started, run.dropped_tools)
+            drop = key_drops(run.caller)
+            return await self.failover.attempt(run.canon, chain, run.attempts, drop=drop)
         except (RequestError, UpstreamError) as exc:
             code = exc.code or ("invalid_request" if isinstance(exc, RequestError) else None)
             await self._end(live, run, run.builder.fail(code or "server_error", exc.message))

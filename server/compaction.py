@@ -28,6 +28,7 @@ from turnout.engine.canonical import KNOWN_FIELDS, normalize
 from turnout.engine.compaction import seal_summary
 from turnout.engine.errors import RequestError, UpstreamError
 from turnout.engine.ids import IdFactory
+from turnout.server.access.admission import Admission
 from turnout.server.config import Settings
 from turnout.server.history import items, load_chain
 from turnout.server.pricing import PriceBook, usage_counts
@@ -159,12 +160,15 @@ class NativeCompact:
         upstream: Upstream,
         prices: PriceBook,
         key: bytes,
+        admission: Admission | None = None,
     ) -> None:
         self.store = store
         self.targets = targets
         self.upstream = upstream
         self.prices = prices
         self.key = key
+        # The create path's checks (model access, budgets, rate limits): this call skips create.
+        self.admission = admission or Admission()
 
     async def __call__(self, body: dict[str, Any], caller: Caller) -> JsonReply | None:
         model = str(body["model"])
@@ -173,10 +177,11 @@ class NativeCompact:
         build = getattr(mapping, "build_compact", None)
         if not getattr(mapping, "compacts", False) or build is None or target.pending:
             return None
-        chain = await load_chain(self.store, body.get("previous_response_id"))
+        chain = await load_chain(self.store, body.get("previous_response_id"), caller)
         create_like = {k: v for k, v in body.items() if k in KNOWN_FIELDS}
         canon = normalize({**create_like, "input": body.get("input") or []}, items(chain),
                           seal_key=self.key)  # fmt: skip
+        admitted = await self.admission.admit(caller, model)
         request = build(
             canon, model=target.model, api_base=target.api_base,
             credentials=target.credentials, settings=target.settings,
@@ -199,6 +204,7 @@ class NativeCompact:
         )  # fmt: skip
         if isinstance(usage, dict):
             usage["cost"] = None if price is None else price.cost
+        self.admission.settle(caller, None if price is None else price.cost, counts)
         ctx = CURRENT.get()
         if ctx is not None:  # the request's telemetry record, like a response's
             ctx.response_id = str(payload.get("id"))
@@ -214,7 +220,7 @@ class NativeCompact:
             }  # fmt: skip
             ctx.cost = None if price is None else price.cost
             ctx.cost_source = None if price is None else price.source
-        return JsonReply(payload, trail_headers(target.deployment or model, 1))
+        return JsonReply(payload, {**trail_headers(target.deployment or model, 1), **admitted})
 
 
 class Compactor:

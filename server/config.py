@@ -33,8 +33,10 @@ from turnout.engine.yamlstrict import LoadedYaml, load_yaml
 from turnout.server.stores import parse_store_url
 
 __all__ = [
+    "ALIASES_ONLY",
     "DEFAULT_MAPPINGS_DIR",
     "DEFAULT_STORE",
+    "AccessSettings",
     "Deployment",
     "LimitsSettings",
     "ModelAlias",
@@ -151,6 +153,24 @@ class LimitsSettings:
     upstream_wait_s: float = 10.0
 
 
+ALIASES_ONLY = "aliases_only"
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    """Which model names the gateway serves at all, to every caller (the master key included;
+    a virtual key's own `models` list narrows it further: server/access/models.py)."""
+
+    # "any": every `provider/model` name of every mapping; "aliases_only": the aliases under
+    # `models:` and the names matching `allow` (the recommended setting for a shared gateway).
+    models: str = "any"
+    allow: tuple[str, ...] = ()  # fnmatch globs of `provider/model` names ("openai/gpt-4o*")
+
+    @property
+    def aliases_only(self) -> bool:
+        return self.models == ALIASES_ONLY
+
+
 def env_prefix(pid: str) -> str:
     """``together-ai`` → ``TOGETHER_AI``: the prefix of a provider's environment variables."""
     return re.sub(r"[^A-Za-z0-9]", "_", pid).upper()
@@ -175,6 +195,7 @@ class Settings:
     router: RouterSettings = field(default_factory=RouterSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
     mappings_dir: str = DEFAULT_MAPPINGS_DIR
     logging: list[dict[str, Any]] = field(default_factory=list)
     # Price overrides by alias, provider/model or glob (server/pricing.py).
@@ -307,6 +328,17 @@ def _check_references(loaded: LoadedYaml, data: dict[str, Any]) -> None:
                             else "fallbacks name aliases defined under models",
                         )
                     )
+    access = data.get("access") or {}
+    if access.get("allow") and access.get("models") != ALIASES_ONLY:
+        # A list that would silently do nothing: `any` serves every name already.
+        problems.append(
+            loaded.problem(
+                ("access", "allow"),
+                f"allow only applies with models: {ALIASES_ONLY} "
+                f"(models is {access.get('models', 'any')!r}, which serves every name)",
+                f"add models: {ALIASES_ONLY} under access, or remove allow",
+            )
+        )
     if data.get("store"):
         # Checked here, not when the server opens it: a bad URL stops start-up at its line.
         try:
@@ -408,6 +440,10 @@ def _build(
                 "upstream_connections_per_host", defaults_l.upstream_connections_per_host
             ),
             upstream_wait_s=limits.get("upstream_wait_s", defaults_l.upstream_wait_s),
+        ),
+        access=AccessSettings(
+            models=str((data.get("access") or {}).get("models") or "any"),
+            allow=tuple((data.get("access") or {}).get("allow") or ()),
         ),
         mappings_dir=mappings_dir,
         logging=[dict(entry) for entry in data.get("logging") or []],

@@ -1,7 +1,8 @@
 """OpenAI's Conversations API: conversations, their items, and the turns that grow them.
 
-`Conversations` serves `/v1/conversations*` (the routes call it with the request's `Caller`,
-carried for ownership checks, none made yet) and takes part in `POST /v1/responses` with a
+`Conversations` serves `/v1/conversations*` (the routes call it with the request's `Caller`:
+a conversation is its creator's key's and that key's team's, and anyone else gets the 404 of an
+unknown id, server/access/isolation.py) and takes part in `POST /v1/responses` with a
 `conversation`:
 
 * `history(conversation_id)`: the conversation's items, oldest first, handed to
@@ -30,6 +31,7 @@ from typing import Any
 from turnout.engine.canonical import metadata_of, normalize_items
 from turnout.engine.errors import RequestError
 from turnout.engine.ids import IdFactory
+from turnout.server.access.isolation import sees_all, visible
 from turnout.server.request_context import ANONYMOUS, Caller
 from turnout.server.run import Run
 from turnout.server.store_health import StoreHealth
@@ -167,11 +169,20 @@ class Conversations:
             )
         return self._store
 
-    async def _conversation(self, conversation_id: str) -> StoredConversation:
-        conversation = await self.store.get_conversation(conversation_id)
+    async def _conversation(
+        self, conversation_id: str, caller: Caller, param: str | None = None
+    ) -> StoredConversation:
+        """The conversation, if the caller may see it; else the 404 of an unknown id."""
+        conversation = visible(caller, await self.store.get_conversation(conversation_id))
         if conversation is None:
-            raise conversation_not_found(conversation_id)
+            raise conversation_not_found(conversation_id, param)
         return conversation
+
+    async def _owned(self, conversation_id: str, caller: Caller, param: str | None = None) -> None:
+        """Before a write or a read by id: the caller's conversation (one lookup, skipped for
+        the callers who see everything, whose 404 comes from the operation itself)."""
+        if not sees_all(caller):
+            await self._conversation(conversation_id, caller, param)
 
     # -- /v1/conversations ------------------------------------------------------------------
 
@@ -191,7 +202,7 @@ class Conversations:
         return conversation_json(conversation)
 
     async def retrieve(self, conversation_id: str, caller: Caller = ANONYMOUS) -> dict[str, Any]:
-        return conversation_json(await self._conversation(conversation_id))
+        return conversation_json(await self._conversation(conversation_id, caller))
 
     async def update(
         self, conversation_id: str, body: Any, caller: Caller = ANONYMOUS
@@ -206,12 +217,14 @@ class Conversations:
                 code="missing_required_parameter",
             )
         metadata = metadata_of(body) or {}
+        await self._owned(conversation_id, caller)
         updated = await self.health.write(self.store.update_conversation(conversation_id, metadata))
         if updated is None:
             raise conversation_not_found(conversation_id)
         return conversation_json(updated)
 
     async def delete(self, conversation_id: str, caller: Caller = ANONYMOUS) -> dict[str, Any]:
+        await self._owned(conversation_id, caller)
         if not await self.health.write(self.store.delete_conversation(conversation_id)):
             raise conversation_not_found(conversation_id)
         return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
@@ -224,6 +237,7 @@ class Conversations:
         body = _body_object(body)
         _check_known(body, frozenset({"items"}))
         items = _new_items(body.get("items"), required=True, seal_key=self.seal_key)
+        await self._owned(conversation_id, caller)
         if not await self.health.write(self.store.append_items(conversation_id, items)):
             raise conversation_not_found(conversation_id)
         return {
@@ -243,6 +257,7 @@ class Conversations:
         order: Order,
         after: str | None,
     ) -> ItemPage:
+        await self._owned(conversation_id, caller)
         page = await self.store.list_items(conversation_id, limit=limit, order=order, after=after)
         if page is None:
             raise conversation_not_found(conversation_id)
@@ -251,21 +266,23 @@ class Conversations:
     async def item(
         self, conversation_id: str, item_id: str, caller: Caller = ANONYMOUS
     ) -> dict[str, Any]:
+        await self._owned(conversation_id, caller)
         item = await self.store.get_item(conversation_id, item_id)
         if item is None:
-            await self._conversation(conversation_id)  # 404 for the conversation first
+            await self._conversation(conversation_id, caller)  # 404 for the conversation first
             raise _item_not_found(item_id)
         return item
 
     async def delete_item(
         self, conversation_id: str, item_id: str, caller: Caller = ANONYMOUS
     ) -> dict[str, Any]:
+        await self._owned(conversation_id, caller)
         deleted = await self.health.write(self.store.delete_item(conversation_id, item_id))
         if deleted is None:
             raise conversation_not_found(conversation_id)
         if not deleted:
             raise _item_not_found(item_id)
-        return conversation_json(await self._conversation(conversation_id))
+        return conversation_json(await self._conversation(conversation_id, caller))
 
     # -- turns of POST /v1/responses --------------------------------------------------------
 
@@ -273,6 +290,7 @@ class Conversations:
         self, conversation_id: str, caller: Caller = ANONYMOUS
     ) -> list[dict[str, Any]]:
         """The conversation's items, oldest first: the history of the next turn."""
+        await self._owned(conversation_id, caller, "conversation")
         items = await self.store.conversation_items(conversation_id)
         if items is None:
             raise conversation_not_found(conversation_id, "conversation")

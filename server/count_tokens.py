@@ -21,8 +21,10 @@ from typing import Any, Protocol, cast
 
 from turnout.engine.canonical import CanonicalRequest, normalize
 from turnout.engine.errors import RequestError, UpstreamError
+from turnout.server.access.models import ModelAccess
 from turnout.server.history import items, load_chain, previous_response_id
 from turnout.server.redaction import CallSecrets, mask_error
+from turnout.server.request_context import Caller
 from turnout.server.stores.base import ResponseStore
 from turnout.server.targets import Target, Targets
 from turnout.server.upstream import Upstream, UpstreamCall
@@ -77,17 +79,27 @@ class TokenCounter:
     """Counts a create body's input tokens at the provider behind its model."""
 
     def __init__(
-        self, store: ResponseStore, targets: Targets, upstream: Upstream, secrets: Sequence[str]
+        self,
+        store: ResponseStore,
+        targets: Targets,
+        upstream: Upstream,
+        secrets: Sequence[str],
+        access: ModelAccess | None = None,
     ) -> None:
         self.store = store
         self.targets = targets
         self.upstream = upstream
         self.secrets = secrets  # masked out of provider errors with each call's own credentials
+        # Counting is no response (no budget, no rate limit), but only for a model the caller
+        # may use: the count names what the model's provider makes of the input.
+        self.access = access
 
-    async def count(self, body: Any) -> dict[str, Any]:
+    async def count(self, body: Any, caller: Caller) -> dict[str, Any]:
         prev = previous_response_id(body)  # also: the body must be an object
-        chain = await load_chain(self.store, prev)
+        chain = await load_chain(self.store, prev, caller)
         canon = normalize(body, items(chain))
+        if self.access is not None:
+            await self.access.require(caller, canon.model)
         target = self.targets.resolve(canon.model)  # an unknown model or no key: answered now
         try:
             return await self._count_at(target, canon)

@@ -28,6 +28,7 @@ from turnout.engine.builder import ResponseBuilder
 from turnout.engine.canonical import CanonicalRequest
 from turnout.engine.errors import RequestError, UpstreamError
 from turnout.server.config import Settings
+from turnout.server.request_context import Caller
 from turnout.server.router import (
     EJECT_CODES,
     MAX_WAIT_S,
@@ -43,7 +44,7 @@ from turnout.server.stores.base import StoredResponse
 from turnout.server.targets import Target, Targets
 from turnout.server.upstream import Upstream, UpstreamCall
 
-__all__ = ["Failover", "Opened", "entry", "release"]
+__all__ = ["Failover", "Opened", "entry", "key_drops", "release"]
 
 log = logging.getLogger("turnout.gateway")
 
@@ -94,6 +95,13 @@ def release(router: Router, state: DeploymentState, builder: ResponseBuilder) ->
     router.finished(state, tokens)
 
 
+def key_drops(caller: Caller) -> bool:
+    """The caller's virtual key opts in to `unsupported_tools: drop` on every model it calls
+    (as an alias's `models.<alias>.unsupported_tools: drop` does for that alias)."""
+    key = caller.key
+    return key is not None and key.unsupported_tools == "drop"
+
+
 _TOOL_PARAM = re.compile(r"^tools\[(\d+)\]$")
 
 
@@ -132,6 +140,7 @@ class _Walk:
     answered: UpstreamError | None = None  # the last error a provider answered (not transport)
     rate_limited: UpstreamError | None = None  # the last 429, with its Retry-After
     first_refusal: RequestError | None = None
+    drop: bool = False  # the caller's key drops hosted tools the provider lacks
     limited: list[float] = field(default_factory=list)  # retry-afters of rate-limited aliases
     cooling: list[float] = field(default_factory=list)  # ... and of cooling ones
     switched: bool = False  # to the context-window fallbacks (once)
@@ -158,7 +167,7 @@ class Failover:
     async def call_dropping(
         self, canon: CanonicalRequest, target: Target
     ) -> tuple[UpstreamCall, tuple[str, ...]]:
-        """`call`, leaving out each hosted tool the provider refuses (an alias's
+        """`call`, leaving out each hosted tool the provider refuses (an alias's or the key's
         `unsupported_tools: drop`); the types left out come back with the call."""
         dropped: list[str] = []
         while True:
@@ -185,10 +194,17 @@ class Failover:
             settings=target.settings,
         )
 
-    async def direct(self, target: Target, call: UpstreamCall, started: float) -> Opened:
+    async def direct(
+        self,
+        target: Target,
+        call: UpstreamCall,
+        started: float,
+        dropped: tuple[str, ...] = (),
+    ) -> Opened:
         """The one attempt of a `provider/model`: its errors are passed on as they are."""
         source, status = await open_source(self.upstream, call, target, self.secrets)
-        return Opened(target, source, status, [entry(target, None, status, started)], None)
+        attempts = [entry(target, None, status, started)]
+        return Opened(target, source, status, attempts, None, dropped)
 
     async def attempt(
         self,
@@ -196,21 +212,29 @@ class Failover:
         chain: list[StoredResponse],
         attempts: list[dict[str, Any]] | None = None,
         deadline: float | None = None,
+        *,
+        drop: bool = False,
     ) -> Opened:
         """The upstream reply that answered 2xx. `deadline` (monotonic) bounds an alias's
-        attempts; by default `router.timeout_s` from now."""
+        attempts; by default `router.timeout_s` from now. `drop`: hosted tools a provider lacks
+        are left out (`key_drops`), whatever the alias says."""
         spec = self.settings.models.get(canon.model)
         if spec is None or not spec.deployments:
             # `direct`, inline: the request path of every provider/model (no extra await).
             target = self.targets.resolve(canon.model)
             started = time.monotonic()
-            call = await self.call(canon, target)
+            dropped: tuple[str, ...] = ()
+            if drop:
+                call, dropped = await self.call_dropping(canon, target)
+            else:
+                call = await self.call(canon, target)
             try:
                 source, status = await open_source(self.upstream, call, target, self.secrets)
             except UpstreamError as exc:
                 exc.attempts = [entry(target, None, exc.status, started, exc.code)]
                 raise
-            return Opened(target, source, status, [entry(target, None, status, started)], None)
+            attempts = [entry(target, None, status, started)]
+            return Opened(target, source, status, attempts, None, dropped)
         if deadline is None:
             deadline = time.monotonic() + self.settings.router.timeout_s
         walk = _Walk(
@@ -219,6 +243,7 @@ class Failover:
             deadline=deadline,
             affinity=affinity_of(canon.view.get("entries") or [], chain, self.router.traits),
             attempts=[] if attempts is None else attempts,
+            drop=drop,
         )
         try:
             while walk.i < len(walk.queue):
@@ -285,7 +310,7 @@ class Failover:
             target = self.targets.for_deployment(state, alias)
             target = replace(target, timeout_s=min(target.timeout_s or remaining, remaining))
             dropped: tuple[str, ...] = ()
-            if self._drops(alias):
+            if walk.drop or self._drops(alias):
                 call, dropped = await self.call_dropping(walk.canon, target)
             else:
                 call = await self.call(walk.canon, target)

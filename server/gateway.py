@@ -32,12 +32,15 @@ from typing import Any, Literal
 from turnout.engine.canonical import conversation_of, normalize
 from turnout.engine.ids import IdFactory
 from turnout.server.access.admission import Admission
+from turnout.server.access.isolation import sees_all, visible
+from turnout.server.access.models import ModelAccess
+from turnout.server.access.teams import Teams
 from turnout.server.background import BackgroundResponses, BackgroundWork, LiveResponse, recover
 from turnout.server.compaction import Compactor, NativeCompact, compaction_key
 from turnout.server.config import Settings
 from turnout.server.conversations import Conversations
 from turnout.server.count_tokens import TokenCounter
-from turnout.server.failover import Failover
+from turnout.server.failover import Failover, key_drops
 from turnout.server.finish import Finisher
 from turnout.server.history import items, load_chain, previous_response_id
 from turnout.server.pricing import PriceBook
@@ -49,7 +52,8 @@ from turnout.server.router import Router
 from turnout.server.run import bind, new_run, reply_headers
 from turnout.server.socket_memory import SocketMemory
 from turnout.server.store_health import StoreHealth
-from turnout.server.stores.base import ItemPage, ResponseStore, StoredResponse
+from turnout.server.stores.base import ItemPage, ResponseStore, StoredResponse, page_items
+from turnout.server.stores.keys import KeyStore
 from turnout.server.targets import MappingLike, RegistryLike, Target, Targets
 from turnout.server.telemetry.hub import Telemetry
 from turnout.server.upstream import Upstream
@@ -95,8 +99,16 @@ class Gateway:
         # upstream error messages along with each call's own credentials.
         secrets = secret_values(settings.env)
         self.failover = Failover(settings, self.router, self.targets, upstream, secrets)
+        # Which models each caller may use (server/access/models.py): admission's first check,
+        # the input_tokens check and GET /v1/models's filter.
+        keys = store if isinstance(store, KeyStore) else None
+        self.model_access = ModelAccess(settings.access, settings.models, Teams(keys))
+        # What a caller may do before any upstream call (server/access/admission.py): model
+        # access, budgets, rate limits; told each response's cost by the Finisher. Model access
+        # first: a request refused for its model must not count against a limit.
+        self.admission = Admission([self.model_access])
         # POST /v1/responses/input_tokens (server/count_tokens.py).
-        self.counter = TokenCounter(store, self.targets, upstream, secrets)
+        self.counter = TokenCounter(store, self.targets, upstream, secrets, self.model_access)
         # Cost of every response (server/pricing.py), then the record and the telemetry.
         self.prices = PriceBook(settings.pricing, mappings=registry)
         # Whether the store takes writes: a failed write is a 503 / response.failed, and /health.
@@ -105,16 +117,15 @@ class Gateway:
         # `POST /v1/responses/compact` (server/compaction.py) and the key its blobs are sealed
         # with, which `create` (and a conversation's new items) need to open them again.
         self.compaction_key = compaction_key(settings)
-        native = NativeCompact(store, self.targets, upstream, self.prices, self.compaction_key)
+        native = NativeCompact(
+            store, self.targets, upstream, self.prices, self.compaction_key, self.admission
+        )
         self.compactor = Compactor(self.create, self.compaction_key, self.ids, native)
         # The Conversations API; a turn with `conversation` is appended by the Finisher.
         self.conversations = Conversations(
             store, self.store_health, self.ids, seal_key=self.compaction_key
         )
         self.finish.turns = self.conversations.append_turn
-        # What a caller may do before any upstream call (server/access/admission.py): model
-        # access, budgets, rate limits; told each response's cost by the Finisher.
-        self.admission = Admission()
         self.finish.settle = self.admission.settle
         self.background = BackgroundResponses()
         self.work = BackgroundWork(
@@ -148,10 +159,10 @@ class Gateway:
             chain: list[StoredResponse] = []
             history = await self.conversations.history(conversation, caller)
         elif memory is not None:
-            chain = await memory.chain(self.store, prev)
+            chain = await memory.chain(self.store, prev, caller)
             history = items(chain)
         else:
-            chain = await load_chain(self.store, prev)
+            chain = await load_chain(self.store, prev, caller)
             history = items(chain)
         canon = normalize(body, history, seal_key=self.compaction_key)
         admitted = await self.admission.admit(caller, canon.model)
@@ -159,7 +170,9 @@ class Gateway:
             reply = await self.work.create(body, canon, chain, prev, caller)
             reply.headers.update(admitted)
             return reply
-        opened = await self.failover.attempt(canon, chain, deadline=caller.deadline)
+        opened = await self.failover.attempt(
+            canon, chain, deadline=caller.deadline, drop=key_drops(caller)
+        )
         run = new_run(
             body, canon, prev, opened.target, caller,
             ids=self.ids, max_image_bytes=self.settings.limits.max_image_bytes,
@@ -178,18 +191,19 @@ class Gateway:
     async def count_tokens(self, body: Any, caller: Caller = ANONYMOUS) -> dict[str, Any]:
         """`{"object": "response.input_tokens", "input_tokens": N}` for a create body, counted
         by the provider behind its model."""
-        return await self.counter.count(body)
+        return await self.counter.count(body, caller)
 
-    # -- the responses made (the caller is carried for ownership checks; none are made yet) --
+    # -- the responses made: each the caller's to see (server/access/isolation.py), else
+    # answered as an unknown id --------------------------------------------------------------
 
     def live(self, response_id: str, caller: Caller = ANONYMOUS) -> LiveResponse | None:
         """A background response still at work."""
-        return self.background.get(response_id)
+        return visible(caller, self.background.get(response_id))
 
     async def retrieve(self, response_id: str, caller: Caller = ANONYMOUS) -> StoredResponse | None:
-        """The stored response; None when unknown or deleted."""
+        """The stored response; None when unknown, deleted or not the caller's."""
         stored = await self.store.get(response_id)
-        return None if stored is None or stored.deleted else stored
+        return None if stored is None or stored.deleted else visible(caller, stored)
 
     async def input_items(
         self,
@@ -200,14 +214,25 @@ class Gateway:
         order: Literal["asc", "desc"],
         after: str | None,
     ) -> ItemPage | None:
-        return await self.store.list_input_items(response_id, limit=limit, order=order, after=after)
+        if sees_all(caller):  # the store reads only the items, not the whole record
+            return await self.store.list_input_items(
+                response_id, limit=limit, order=order, after=after
+            )
+        stored = await self.retrieve(response_id, caller)
+        if stored is None:
+            return None
+        return page_items(stored.input_items, limit=limit, order=order, after=after)
 
     async def delete(self, response_id: str, caller: Caller = ANONYMOUS) -> bool:
+        if not sees_all(caller) and await self.retrieve(response_id, caller) is None:
+            return False
         await self.background.cancel(response_id)  # else its final write would bring it back
         return await self.store.delete(response_id)
 
     async def cancel(self, response_id: str, caller: Caller = ANONYMOUS) -> LiveResponse | None:
         """Stop a background response still at work, once its final record is written."""
+        if self.live(response_id, caller) is None:
+            return None
         return await self.background.cancel(response_id)
 
     def follow_sse(

@@ -1,5 +1,7 @@
 """The `previous_response_id` chain: the stored responses a request continues, oldest first,
-and the items they hand the next turn."""
+and the items they hand the next turn. Every link must be the caller's to see
+(server/access/isolation.py): another key's response is a missing link, answered exactly as an
+unknown id is."""
 
 from __future__ import annotations
 
@@ -7,32 +9,29 @@ from collections.abc import Sequence
 from typing import Any
 
 from turnout.engine.errors import RequestError
+from turnout.server.access.isolation import check_chain
+from turnout.server.request_context import Caller
 from turnout.server.stores.base import ChainError, ResponseStore, StoredResponse
 
-__all__ = ["UNFINISHED", "items", "load_chain", "previous_response_id"]
+__all__ = ["UNFINISHED", "broken_chain", "items", "load_chain", "previous_response_id"]
 
 # Statuses of a background response still at work: nothing can continue from it yet.
 UNFINISHED = frozenset({"queued", "in_progress"})
 
 
 async def load_chain(
-    store: ResponseStore, previous_response_id: str | None
+    store: ResponseStore, previous_response_id: str | None, caller: Caller
 ) -> list[StoredResponse]:
     """The chain ending at `previous_response_id` (404 `previous_response_not_found` when a
-    link is missing, 400 `previous_response_not_finished` while its end is still at work)."""
+    link is missing or not the caller's, 400 `previous_response_not_finished` while its end is
+    still at work)."""
     if previous_response_id is None:
         return []
     try:
         chain = await store.chain(previous_response_id)
+        check_chain(caller, chain, previous_response_id)
     except ChainError as exc:
-        # Name the link that broke: an ancestor deleted mid-chain is not the id the client
-        # sent, which GET still finds.
-        message = f"Previous response with id '{previous_response_id}' not found."
-        if exc.at_id != previous_response_id:
-            message = f"The conversation before '{previous_response_id}' cannot be rebuilt: {exc}"
-        raise RequestError(
-            404, message, param="previous_response_id", code="previous_response_not_found"
-        ) from None
+        raise broken_chain(previous_response_id, exc) from None
     if chain and chain[-1].status in UNFINISHED:
         raise RequestError(
             400,
@@ -42,6 +41,17 @@ async def load_chain(
             code="previous_response_not_finished",
         )
     return chain
+
+
+def broken_chain(previous_response_id: str, exc: ChainError) -> RequestError:
+    """The 404 of an unknown, deleted or someone else's link. It names the link that broke:
+    an ancestor deleted mid-chain is not the id the client sent, which GET still finds."""
+    message = f"Previous response with id '{previous_response_id}' not found."
+    if exc.at_id != previous_response_id:
+        message = f"The conversation before '{previous_response_id}' cannot be rebuilt: {exc}"
+    return RequestError(
+        404, message, param="previous_response_id", code="previous_response_not_found"
+    )
 
 
 def items(chain: Sequence[StoredResponse]) -> list[dict[str, Any]]:

@@ -1,9 +1,10 @@
 """Checks that need both the config and the loaded mappings, run by `turnout serve` before it
 listens (server/cli.py).
 
-:func:`check_providers` stops start-up when an alias deployment (or a ``providers:`` entry) names
-a provider no mapping file defines, located at its key with a did-you-mean (else the server would
-start and every request to the alias would fail with a confusing "model does not exist").
+:func:`check_providers` stops start-up when an alias deployment (or a ``providers:`` entry, or an
+``access.allow`` pattern) names a provider no mapping file defines, located at its key with a
+did-you-mean (else the server would start and every request to the alias would fail with a
+confusing "model does not exist").
 :func:`missing_credentials` lists the alias deployments whose credentials cannot be found, for a
 start-up warning that names the variables to set (never a value). :func:`check_store` opens and
 closes the store once, so an unwritable path (or a database that does not answer) stops start-up
@@ -70,6 +71,18 @@ def check_providers(settings: Settings, providers: Collection[str]) -> None:
                         hint(dep.provider),
                     )
                 )
+    for i, pattern in enumerate(settings.access.allow):
+        pid = pattern.split("/", 1)[0]
+        # A glob in the provider part ("*/llama-3*") may match several; a plain one must exist.
+        if not any(c in pid for c in "*?[") and pid not in providers:
+            problems.append(
+                _locate(
+                    settings,
+                    ("access", "allow", i),
+                    f"unknown provider {pid!r} in pattern {pattern!r}",
+                    hint(pid),
+                )
+            )
     if problems:
         problems.sort(key=lambda p: (p.line, p.col))
         raise ConfigError(problems)

@@ -24,6 +24,7 @@ from litestar.types import ASGIApp
 from turnout.engine.errors import RequestError
 from turnout.engine.nesting import MAX_DEPTH
 from turnout.server.access.auth import OPEN, Authenticator, Identity
+from turnout.server.access.isolation import spend_scope
 from turnout.server.config import ModelAlias
 from turnout.server.conversations import item_page_json
 from turnout.server.gateway import Gateway
@@ -424,21 +425,31 @@ def _alias_owner(alias: ModelAlias) -> str:
     return ", ".join(dict.fromkeys(d.provider for d in alias.deployments))
 
 
-def _models(gateway: Gateway) -> list[dict[str, Any]]:
-    """The names a model picker should offer: the config's aliases, each owned by the
-    provider(s) behind it. With no alias configured, one `provider/*` pattern per mapping says
-    which prefixes exist (`provider/<model>` names work in both cases)."""
+def _owner(gateway: Gateway, name: str) -> str:
+    """Who serves a listed name: the provider(s) behind an alias, else the name's provider
+    part (`turnout` for a pattern whose provider part is itself a glob)."""
+    alias = gateway.settings.models.get(name)
+    if alias is not None:
+        return _alias_owner(alias)
+    provider = name.partition("/")[0]
+    return provider if provider in gateway.registry.providers else "turnout"
+
+
+async def _models(gateway: Gateway, caller: Caller) -> list[dict[str, Any]]:
+    """The names a model picker should offer the caller (server/access/models.py): the
+    config's aliases, each owned by the provider(s) behind it, or with no alias one
+    `provider/*` pattern per mapping, and the patterns the gateway or the caller's key allows;
+    only those the caller may use."""
     created = gateway.router.created
-    aliases = gateway.settings.models
-    if aliases:
-        return [_model(name, _alias_owner(spec), created) for name, spec in aliases.items()]
-    return [_model(f"{pid}/*", pid, created) for pid in gateway.registry.providers]
+    names = await gateway.model_access.listing(caller, gateway.registry.providers)
+    return [_model(name, _owner(gateway, name), created) for name in names]
 
 
 @get("/models")
 async def list_models(request: Request[Any, Any, Any]) -> ASGIApp:
-    """OpenAI's model list: the configured aliases, else the `provider/<model>` patterns."""
-    return _json({"object": "list", "data": _models(_gateway(request))})
+    """OpenAI's model list: what the caller may use."""
+    gateway = _gateway(request)
+    return _json({"object": "list", "data": await _models(gateway, _caller(request.scope))})
 
 
 @get("/models/{model_id:path}")
@@ -446,14 +457,18 @@ async def retrieve_model(request: Request[Any, Any, Any], model_id: FromPath[str
     gateway = _gateway(request)
     name = model_id.lstrip("/")
     created = gateway.router.created
-    alias = gateway.settings.models.get(name)
-    if alias is not None:
-        return _json(_model(name, _alias_owner(alias), created))
     provider, sep, rest = name.partition("/")
-    if sep and rest and provider in gateway.registry.providers:
-        return _json(_model(name, provider, created))
+    exists = name in gateway.settings.models or bool(
+        sep and rest and provider in gateway.registry.providers
+    )
+    # OpenAI's 404 for a model the caller may not use says no more than for an unknown one.
+    if exists and await gateway.model_access.allows(_caller(request.scope), name):
+        return _json(_model(name, _owner(gateway, name), created))
     raise RequestError(
-        404, f"The model '{name}' does not exist.", param="model", code="model_not_found"
+        404,
+        f"The model '{name}' does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
     )
 
 
@@ -468,14 +483,21 @@ async def health_deployments(request: Request[Any, Any, Any]) -> ASGIApp:
 
 @get("/spend")
 async def spend(request: Request[Any, Any, Any]) -> ASGIApp:
-    """Totals from the store: `group_by=model|deployment|provider|api_key|metadata:<key>`,
-    `start`/`end` (unix seconds, `[start, end)`), optional `model` filter."""
+    """Totals from the store: `group_by=model|deployment|provider|api_key|team|metadata:<key>`,
+    `start`/`end` (unix seconds, `[start, end)`), optional `model`, `api_key_id` and `team`
+    filters. A virtual key sees its own spend, or its team's (server/access/isolation.py)."""
     query = request.query_params
     group_by = query.get("group_by") or "model"
     start = _int(query, "start", None, 0, 2**62)
     end = _int(query, "end", None, 0, 2**62)
+    api_key_id, team = spend_scope(
+        _caller(request.scope), query.get("api_key_id") or None, query.get("team") or None
+    )
     try:
-        spec = SpendQuery(group_by=group_by, start=start, end=end, model=query.get("model"))
+        spec = SpendQuery(
+            group_by=group_by, start=start, end=end, model=query.get("model"),
+            api_key_id=api_key_id, team=team,
+        )  # fmt: skip
     except ValueError as exc:
         raise RequestError(400, str(exc), param="group_by", code="invalid_value") from None
     report = await _gateway(request).store.spend(spec)

@@ -13,9 +13,11 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-from turnout.server.history import load_chain
+from turnout.server.access.isolation import check_chain
+from turnout.server.history import broken_chain, load_chain
+from turnout.server.request_context import Caller
 from turnout.server.run import Run
-from turnout.server.stores.base import ResponseStore, StoredResponse
+from turnout.server.stores.base import ChainError, ResponseStore, StoredResponse
 
 __all__ = ["MAX_KEPT", "Finish", "SocketMemory"]
 
@@ -34,10 +36,12 @@ class SocketMemory:
         self.records: dict[str, StoredResponse] = {}
 
     async def chain(
-        self, store: ResponseStore, previous_response_id: str | None
+        self, store: ResponseStore, previous_response_id: str | None, caller: Caller
     ) -> list[StoredResponse]:
         """The chain ending at `previous_response_id`, oldest first: the socket's own links from
-        memory, the older ones (if any) from the store (`history.load_chain`'s 404/400)."""
+        memory, the older ones (if any) from the store (`history.load_chain`'s 404/400). The
+        socket's own links are its caller's; each is checked all the same, as the store's are
+        (one key per socket is the auth's rule, not this memory's)."""
         newest_first: list[StoredResponse] = []
         current = previous_response_id
         while current is not None and current in self.records:
@@ -45,7 +49,12 @@ class SocketMemory:
             newest_first.append(record)
             current = record.previous_response_id
         newest_first.reverse()
-        return await load_chain(store, current) + newest_first
+        if previous_response_id is not None:
+            try:
+                check_chain(caller, newest_first, previous_response_id)
+            except ChainError as exc:
+                raise broken_chain(previous_response_id, exc) from None
+        return await load_chain(store, current, caller) + newest_first
 
     def keeping(self, finish: Finish) -> Finish:
         """`finish` (the store write), then the response kept here: only once it is final and

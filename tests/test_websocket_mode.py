@@ -359,16 +359,16 @@ async def test_the_chain_walks_the_socket_first_then_the_store() -> None:
     await store.put(record("resp_a", None, "stored"))
     memory.records["resp_b"] = record("resp_b", "resp_a", "unstored")
     memory.records["resp_c"] = record("resp_c", "resp_b", "unstored too")
-    chain = await memory.chain(store, "resp_c")
+    chain = await memory.chain(store, "resp_c", ANONYMOUS)
     assert [r.id for r in chain] == ["resp_a", "resp_b", "resp_c"]
-    assert await memory.chain(store, None) == []
-    assert [r.id for r in await memory.chain(store, "resp_a")] == ["resp_a"]
+    assert await memory.chain(store, None, ANONYMOUS) == []
+    assert [r.id for r in await memory.chain(store, "resp_a", ANONYMOUS)] == ["resp_a"]
     with pytest.raises(RequestError) as missing:
-        await memory.chain(store, "resp_zzz")
+        await memory.chain(store, "resp_zzz", ANONYMOUS)
     assert missing.value.status == 404 and missing.value.code == "previous_response_not_found"
     # Another socket's memory does not hold them.
     with pytest.raises(RequestError):
-        await SocketMemory().chain(store, "resp_b")
+        await SocketMemory().chain(store, "resp_b", ANONYMOUS)
 
 
 async def test_a_response_is_kept_once_its_finish_succeeded() -> None:
