@@ -8,8 +8,8 @@ A non-streamed answer is the same ops fed to the same builder, so stream and non
 Block model. Ops address blocks by ``(family, index)``; text and refusal share the message family.
 An op without ``index`` addresses the most recently opened block of its family.
 
-* Opening a text/refusal, reasoning or image block closes every other open block: providers emit
-  these items one after another.
+* Opening a text/refusal, reasoning, image or search block closes every other open block:
+  providers emit these items one after another.
 * Opening a tool block closes open text/reasoning/image blocks but not other tool blocks, because
   Chat Completions interleaves parallel tool-call fragments by index.
 * ``open_text`` is lazy: the message item appears on the first non-empty delta, so a message item
@@ -23,6 +23,18 @@ An op without ``index`` addresses the most recently opened block of its family.
 * A tool-args delta whose ``call_id`` differs from the provider-given call id of the open block
   with the same key starts a new call (some providers reuse index 0 for every parallel call).
   Unindexed calls carrying a ``call_id`` are keyed by it, so their fragments may interleave too.
+* A web search (``search_start`` … ``search_done``) is one ``web_search_call`` item. Its
+  arguments may stream like a tool call's (``tool_args_delta`` to its index); a ``close`` ends
+  only its input (``searching``): the item completes with its results, when another item
+  starts, or at the end. A search reported again under a key already seen is skipped (Gemini
+  resends its grounding metadata). Its ``sources`` are shown when the request's ``include``
+  asks for ``web_search_call.action.sources``, as at OpenAI.
+* Citations (``cite``) become ``url_citation`` annotations of the open message's output_text
+  part. With ``start``/``end`` they cover those offsets of the part (characters, or UTF-8 bytes
+  with ``offsets: utf8``), resolved when the part ends; without, they cover the provider's
+  current text ``segment`` (Anthropic cites a whole text block: ``segment`` on the text ops
+  names it) and are annotated when the segment ends. ``text[start_index:end_index]`` is the
+  cited span; ``response.output_text.annotation.added`` follows the deltas it covers.
 * Events and the Response share sub-objects (echoed tools, final items): treat them as immutable.
 
 Hot path: this runs once per upstream event, so events are built as plain dicts directly, nothing
@@ -39,6 +51,7 @@ from typing import Any
 
 import orjson
 
+from turnout.engine.citations import Span, resolve_spans, search_action, url_citation
 from turnout.engine.ids import IdFactory
 from turnout.engine.ops import FINISH_STATUSES
 from turnout.engine.state import decode_state, encode_state
@@ -109,7 +122,9 @@ _USAGE_FIELDS = (
     "cache_write_tokens",
     "output_tokens",
     "reasoning_tokens",
+    "web_searches",  # billed searches: priced, not part of the Response's usage object
 )
+_SOURCES = "web_search_call.action.sources"
 _TERMINAL_TYPES = {
     "completed": "response.completed",
     "incomplete": "response.incomplete",
@@ -290,30 +305,44 @@ class _Block:
     """One open output item. A single slotted class keeps the per-delta path free of dispatch."""
 
     __slots__ = (
+        "action",
         "buf",
         "call_given",
         "call_id",
+        "chars",
+        "error",
         "family",
         "image_options",
         "index",
         "item_id",
+        "key",
         "kind",
         "name",
         "namespace",
         "native",
+        "notes",
         "output_format",
         "output_index",
         "partials",
         "parts",
         "pending",
+        "queries",
+        "query",
         "result",
         "revised_prompt",
+        "searching",
+        "seg_cites",
+        "seg_start",
+        "segment",
         "slot",
+        "sources",
+        "spans",
         "state",
     )
 
     def __init__(self, family: str, index: Hashable, slot: Hashable) -> None:
-        self.family = family  # "text" (message: text + refusal), "reasoning", "tool", "image"
+        # "text" (message: text + refusal), "reasoning", "tool", "image", "search"
+        self.family = family
         self.index = index  # the provider's native key, matched by `close`
         self.slot = slot  # key in ResponseBuilder._open: index, or ("call", call_id) for tools
         self.item_id = ""
@@ -333,6 +362,23 @@ class _Block:
         self.result: str | None = None
         self.revised_prompt: str | None = None
         self.output_format: str | None = None
+        # Citations of the open output_text part: its length so far, the provider's text block
+        # being written (`segment`, from `seg_start`) and its citations, explicit spans, and the
+        # annotations already added.
+        self.chars = 0
+        self.segment: Any = None
+        self.seg_start = 0
+        self.seg_cites: list[tuple[str, str]] = []
+        self.spans: list[Span] = []
+        self.notes: list[dict[str, Any]] = []
+        # A web search: its key (the provider's id), what it searched and found.
+        self.key: str | None = None
+        self.query: Any = None
+        self.queries: Any = None
+        self.sources: list[str] | None = None
+        self.error: Any = None
+        self.action: dict[str, Any] | None = None  # a Responses upstream's own, passed on
+        self.searching = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,10 +389,13 @@ class ResponseBuilder:
 
     Counters for operators: ``unknown_finish_reasons`` (native reasons missing from the mapping's
     ``finish_reasons``), ``dropped_deltas`` (tool-args deltas with no call to go to),
-    ``unknown_ops``. ``internal_error`` holds an exception raised while handling an op (the
-    stream was then ended with ``response.failed`` so it stays valid). ``call_state`` maps a
-    call_id to the ``state`` of a whole ``tool_call`` op (e.g. Gemini thought signatures), which
-    has no field on the wire and must be stored by the server to replay it.
+    ``dropped_citations`` (citations with no text to annotate), ``unknown_ops``.
+    ``web_searches`` is the number of searches the provider bills (the ``usage`` op's
+    ``web_searches``), priced by the server. ``internal_error`` holds an exception raised while
+    handling an op (the stream was then ended with ``response.failed`` so it stays valid).
+    ``call_state`` maps a call_id to the ``state`` of a whole ``tool_call`` op (e.g. Gemini
+    thought signatures), which has no field on the wire and must be stored by the server to
+    replay it.
     """
 
     def __init__(
@@ -362,8 +411,11 @@ class ResponseBuilder:
         clock: Callable[[], float] = time.time,
         max_image_bytes: int | None = None,
         namespaces: Mapping[str, tuple[str, str]] | None = None,
+        include: Iterable[str] = (),
     ) -> None:
         self.response_id = response_id
+        # The request's `include`: a web search's sources are shown only when asked for.
+        self._with_sources = _SOURCES in include
         # Flat upstream name -> (namespace, name) of the request's namespace tools.
         self._namespaces = namespaces or {}
         # Base64 length of the largest image accepted (4 characters per 3 bytes).
@@ -393,10 +445,12 @@ class ResponseBuilder:
         self.ended = False
         self.unknown_finish_reasons = 0
         self.dropped_deltas = 0
+        self.dropped_citations = 0
         self.unknown_ops = 0
         self.internal_error: BaseException | None = None
         self.call_state: dict[str, Any] = {}
         self._closed_calls: set[str] = set()
+        self._searches: set[str] = set()  # keys of the searches seen
         self._handlers: dict[str, Callable[[_Op, list[Event]], None]] = {
             "start": self._op_start,
             "open_text": self._op_open_text,
@@ -410,6 +464,9 @@ class ResponseBuilder:
             "tool_call": self._op_tool_call,
             "image": self._op_image,
             "image_partial": self._op_image_partial,
+            "search_start": self._op_search_start,
+            "search_done": self._op_search_done,
+            "cite": self._op_cite,
             "close": self._op_close,
             "usage": self._op_usage,
             "finish": self._op_finish,
@@ -619,6 +676,11 @@ class ResponseBuilder:
             )
 
     @property
+    def web_searches(self) -> int:
+        """The searches the provider bills for this response (0 when it said nothing)."""
+        return self._usage.get("web_searches", 0)
+
+    @property
     def usage(self) -> dict[str, Any]:
         """The usage object as fed so far (what the terminal event will carry)."""
         return self._usage_obj()
@@ -726,6 +788,8 @@ class ResponseBuilder:
             self._close_reasoning(blk, out, status)
         elif fam == "tool":
             self._close_tool(blk, out, status)
+        elif fam == "search":
+            self._close_search(blk, out, status)
         else:
             self._close_image(blk, out, status)
 
@@ -733,8 +797,11 @@ class ResponseBuilder:
 
     def _op_open_text(self, op: _Op, out: list[Event]) -> None:
         index = op.get("index")
-        if self._find("text", index) is None:
-            self._new_block("text", index, out).pending = True
+        blk = self._find("text", index)
+        if blk is None:
+            blk = self._new_block("text", index, out)
+            blk.pending = True
+        self._enter_segment(blk, op, out)
 
     def _op_text_delta(self, op: _Op, out: list[Event]) -> None:
         self._message_delta(op, out, "output_text")
@@ -751,6 +818,7 @@ class ResponseBuilder:
         if blk is None:
             blk = self._new_block("text", index, out)
             blk.pending = True
+        self._enter_segment(blk, op, out)
         if blk.pending:
             blk.pending = False
             item_id = self._ids.message()
@@ -768,6 +836,7 @@ class ResponseBuilder:
             self._open_part(blk, kind, out)
         blk.buf.append(text)
         if kind == "output_text":
+            blk.chars += len(text)
             out.append(
                 {
                     "type": "response.output_text.delta",
@@ -815,7 +884,12 @@ class ResponseBuilder:
         ci = len(blk.parts)
         part: dict[str, Any]
         if blk.kind == "output_text":
-            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+            self._end_segment(blk, out)
+            for note in resolve_spans(text, blk.spans):
+                self._annotate(blk, note, out)
+            blk.spans = []
+            part = {"type": "output_text", "text": text, "annotations": blk.notes, "logprobs": []}
+            blk.notes, blk.chars, blk.seg_start = [], 0, 0
             out.append(
                 {
                     "type": "response.output_text.done",
@@ -853,16 +927,162 @@ class ResponseBuilder:
         blk.kind = None
 
     def _close_message(self, blk: _Block, out: list[Event], status: str) -> None:
-        if blk.pending:
-            return  # opened but never written to: no item was announced, nothing to close
         if blk.kind is not None:
             self._close_part(blk, out)
+        # Citations of text that never came (or of a refusal) annotate nothing.
+        self.dropped_citations += len(blk.seg_cites) + len(blk.spans)
+        if blk.pending:
+            return  # opened but never written to: no item was announced, nothing to close
         item = {
             "id": blk.item_id,
             "type": "message",
             "status": status,
             "content": blk.parts,
             "role": "assistant",
+        }
+        self._item_done(blk, item, out)
+
+    # ---- citations ---------------------------------------------------------------------------
+
+    def _enter_segment(self, blk: _Block, op: _Op, out: list[Event]) -> None:
+        """A text op naming another `segment` (the provider's text block) ends the current one."""
+        if "segment" in op and op["segment"] != blk.segment:
+            self._end_segment(blk, out)
+            blk.segment = op["segment"]
+            blk.seg_start = blk.chars
+
+    def _end_segment(self, blk: _Block, out: list[Event]) -> None:
+        """The current segment's citations cover the text written to it."""
+        cites, blk.seg_cites = blk.seg_cites, []
+        if blk.kind != "output_text" or blk.chars <= blk.seg_start:
+            self.dropped_citations += len(cites)
+            return
+        for url, title in cites:
+            self._annotate(blk, url_citation(url, title, blk.seg_start, blk.chars), out)
+
+    def _annotate(self, blk: _Block, note: dict[str, Any], out: list[Event]) -> None:
+        out.append(
+            {
+                "type": "response.output_text.annotation.added",
+                "sequence_number": self._next(),
+                "item_id": blk.item_id,
+                "output_index": blk.output_index,
+                "content_index": len(blk.parts),
+                "annotation_index": len(blk.notes),
+                "annotation": note,
+            }
+        )
+        blk.notes.append(note)
+
+    def _op_cite(self, op: _Op, out: list[Event]) -> None:
+        blk = self._find("text", op.get("index"))
+        url = op.get("url")
+        if blk is None or not isinstance(url, str) or not url:
+            self.dropped_citations += 1
+            return
+        title = op.get("title")
+        # OpenAI's url_citation requires a title: a source without one is named by its URL.
+        title = title if isinstance(title, str) and title else url
+        end = op.get("end")
+        if end is None:
+            blk.seg_cites.append((url, title))
+            return
+        try:
+            span = Span(
+                url, title, int(op.get("start") or 0), int(end), op.get("offsets") == "utf8"
+            )
+        except (TypeError, ValueError):
+            self.dropped_citations += 1
+            return
+        blk.spans.append(span)
+
+    # ---- web search ----------------------------------------------------------------------------
+
+    def _open_search(self, index: Hashable, key: str | None, out: list[Event]) -> _Block:
+        blk = self._new_block("search", index, out)
+        blk.key = key
+        if key is not None:
+            self._searches.add(key)
+        item_id = self._ids.web_search()
+        item = {
+            "id": item_id,
+            "type": "web_search_call",
+            "status": "in_progress",
+            "action": {"type": "search"},  # required by the schema, even in flight
+        }
+        self._add_item(blk, item_id, item, out)
+        self._search_event(blk, "response.web_search_call.in_progress", out)
+        return blk
+
+    def _search_event(self, blk: _Block, typ: str, out: list[Event]) -> None:
+        out.append(
+            {
+                "type": typ,
+                "sequence_number": self._next(),
+                "item_id": blk.item_id,
+                "output_index": blk.output_index,
+            }
+        )
+
+    def _searching(self, blk: _Block, out: list[Event]) -> None:
+        if not blk.searching:
+            blk.searching = True
+            self._search_event(blk, "response.web_search_call.searching", out)
+
+    def _open_search_for(self, key: str | None, index: Hashable) -> _Block | None:
+        for blk in self._open.values():
+            if blk.family == "search" and (
+                blk.key == key if key is not None else (index is None or blk.index == index)
+            ):
+                return blk
+        return None
+
+    def _search(self, op: _Op, out: list[Event]) -> _Block | None:
+        """The open search `op` addresses, a new one, or None for a search already reported."""
+        key = None if op.get("key") is None else str(op["key"])
+        blk = self._open_search_for(key, op.get("index"))
+        if blk is None:
+            if key is not None and key in self._searches:
+                return None
+            blk = self._open_search(op.get("index"), key, out)
+        for field in ("query", "queries"):
+            if op.get(field) is not None:
+                setattr(blk, field, op[field])
+        return blk
+
+    def _op_search_start(self, op: _Op, out: list[Event]) -> None:
+        self._search(op, out)
+
+    def _op_search_done(self, op: _Op, out: list[Event]) -> None:
+        blk = self._search(op, out)
+        if blk is None:
+            return
+        sources = op.get("sources")
+        if isinstance(sources, list):
+            blk.sources = [s for s in sources if isinstance(s, str) and s]
+        if op.get("error") is not None:
+            blk.error = op["error"]
+        if isinstance(op.get("action"), dict):
+            blk.action = dict(op["action"])
+        self._close(blk, out, "completed")
+
+    def _close_search(self, blk: _Block, out: list[Event], status: str) -> None:
+        ok = status == "completed" and blk.error is None
+        if ok:
+            self._searching(blk, out)
+            self._search_event(blk, "response.web_search_call.completed", out)
+        sources = (blk.sources or []) if self._with_sources else None
+        action = blk.action
+        if action is None:
+            action = search_action(blk.query, blk.queries, "".join(blk.buf), sources)
+        elif not self._with_sources:
+            action.pop("sources", None)
+        item = {
+            "id": blk.item_id,
+            "type": "web_search_call",
+            # The schema has no "incomplete" search: one cut short or refused has failed.
+            "status": "completed" if ok else "failed",
+            "action": action,
         }
         self._item_done(blk, item, out)
 
@@ -1039,6 +1259,11 @@ class ResponseBuilder:
         call_id = op.get("call_id")
         name = op.get("name")
         blk: _Block | None
+        search = self._open.get(("search", index)) if index is not None else None
+        if search is not None:  # a web search's arguments (its query), streamed like a call's
+            if text:
+                search.buf.append(str(text))
+            return
         if index is not None:
             blk = self._open.get(("tool", index))
         elif call_id:
@@ -1234,6 +1459,9 @@ class ResponseBuilder:
             family = "text"
         for blk in list(self._open.values()):
             if (index is None or blk.index == index) and (family is None or blk.family == family):
+                if blk.family == "search":
+                    self._searching(blk, out)  # its input is complete; it ends with its results
+                    continue
                 self._close(blk, out, "completed")
 
     def _op_usage(self, op: _Op, out: list[Event]) -> None:

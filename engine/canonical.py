@@ -19,6 +19,7 @@ from turnout.engine.compaction import COMPACTION_PREFIX, SUMMARY_LEAD, open_summ
 from turnout.engine.errors import RequestError
 from turnout.engine.namespaces import flat_name, namespace_map
 from turnout.engine.nesting import MAX_DEPTH, deep_path, param_of
+from turnout.engine.web_search import WEB_SEARCH_TYPES, hosted_entry, hosted_view, web_search_tool
 
 __all__ = [
     "KNOWN_FIELDS",
@@ -59,7 +60,7 @@ VIEW_FIELDS = frozenset(
         "top_p", "top_logprobs", "user", "metadata", "stream", "store", "include", "truncation",
         "service_tier", "raw", "has_reasoning", "previous_response_id", "file_refs",
         "linked_media", "image_tool", "prompt", "context_management", "moderation",
-        "tool_namespaces", "native_compaction",
+        "tool_namespaces", "native_compaction", "web_search", "max_tool_calls",
     }
 )  # fmt: skip
 
@@ -337,6 +338,8 @@ class _Normalizer:
             return self._reasoning(item, where)
         if itype == "compaction":
             return self._compaction(item, where)
+        if itype == "web_search_call":
+            return self._web_search_call(item, where)
         if itype == "image_generation_call":
             stored = {**item, "id": item.get("id") or _mint("ig")}
             result = item.get("result")
@@ -351,9 +354,26 @@ class _Normalizer:
             return stored
         raise _bad(
             f"Invalid value: '{itype}'. Supported input item types are: message, function_call, "
-            "function_call_output, reasoning, compaction, image_generation_call, item_reference.",
+            "function_call_output, reasoning, compaction, image_generation_call, "
+            "web_search_call, item_reference.",
             f"{where}.type",
         )
+
+    def _web_search_call(self, item: dict[str, Any], where: str) -> dict[str, Any]:
+        """A past web search is kept in the history as it came, and no provider is sent it:
+        the answer it informed (the assistant message after it) carries what was found, and
+        no provider can replay another's search (Anthropic wants its own encrypted results)."""
+        action = item.get("action")
+        if action is not None and not isinstance(action, dict):
+            raise _bad(
+                f"Invalid type for '{where}.action': expected an object.", f"{where}.action",
+                "invalid_type",
+            )  # fmt: skip
+        return {
+            **item,
+            "id": item.get("id") or _mint("ws"),
+            "status": item.get("status") or "completed",
+        }
 
     def _message(self, item: dict[str, Any], where: str) -> dict[str, Any]:
         role = item.get("role")
@@ -583,12 +603,13 @@ def _normalize_items(
 
 def _tools(
     body: Mapping[str, Any], prefix: str = "tools"
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Function tools (namespaces flattened) and the others, each of those with its `index` in
-    `tools` so a refusal can name it."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:
+    """Function tools (namespaces flattened), the others (each with its `index` in `tools`, so
+    a refusal can name it) and the web search tool normalised (engine/web_search.py)."""
     tools = _expect(body, "tools", (list,), "an array")
     functions: list[dict[str, Any]] = []
     hosted: list[dict[str, Any]] = []
+    search: dict[str, Any] | None = None
     for i, tool in enumerate(tools or []):
         where = f"{prefix}[{i}]"
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
@@ -599,7 +620,15 @@ def _tools(
         if tool["type"] != "function":
             if tool["type"] == "image_generation":
                 _check_image_tool(tool, where)
-            hosted.append({**tool, "index": i})
+            if tool["type"] in WEB_SEARCH_TYPES:
+                if search is not None:
+                    raise _bad(
+                        f"Invalid '{where}': a request takes one web search tool "
+                        f"('tools[{search['index']}]' is one).",
+                        where,
+                    )
+                search = web_search_tool(tool, i, where)
+            hosted.append(hosted_entry(tool, i))
             continue
         name = tool.get("name")
         if not isinstance(name, str) or not name:
@@ -616,7 +645,7 @@ def _tools(
              "parameters": params if params is not None else {"type": "object", "properties": {}},
              "strict": tool.get("strict")}
         )  # fmt: skip
-    return functions, hosted
+    return functions, hosted, search
 
 
 def _namespace_functions(tool: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
@@ -630,7 +659,7 @@ def _namespace_functions(tool: Mapping[str, Any], where: str) -> list[dict[str, 
             f"Invalid type for '{where}.tools': expected an array.", f"{where}.tools",
             "invalid_type",
         )  # fmt: skip
-    functions, hosted = _tools({"tools": inner}, f"{where}.tools")
+    functions, hosted, _ = _tools({"tools": inner}, f"{where}.tools")
     if hosted:
         kind = hosted[0]["type"]
         raise _bad(
@@ -867,15 +896,16 @@ def normalize(
     entries, system = norm.entries, norm.system
     if not entries and body.get("prompt") is None:  # a stored prompt may carry the input
         raise _bad("Missing required parameter: 'input'.", "input", "missing_required_parameter")
-    functions, hosted = _tools(body)
+    functions, hosted, search = _tools(body)
     texts = ([instructions] if instructions else []) + system
     view: dict[str, Any] = {
         "model": model,
         "instructions": "\n\n".join(texts) if texts else None,
         "entries": entries,
         "tools": functions,
-        "hosted_tools": hosted,
-        "image_tool": next((t for t in hosted if t.get("type") == "image_generation"), None),
+        # hosted_tools, image_tool and web_search (derived again when an alias drops a tool).
+        **hosted_view(hosted, search),
+        "max_tool_calls": body.get("max_tool_calls"),
         "tool_choice": _tool_choice(body, {t["name"] for t in functions}),
         "tool_namespaces": namespace_map(body.get("tools")),
         "parallel_tool_calls": body.get("parallel_tool_calls"),

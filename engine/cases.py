@@ -334,11 +334,19 @@ def _message_text(item: Mapping[str, Any]) -> str:
 
 
 def _item_view(item: Mapping[str, Any], want: Mapping[str, Any]) -> dict[str, Any]:
-    """The output item with the derived fields a case may name (`text`, parsed `arguments`)."""
+    """The output item with the derived fields a case may name (`text`, parsed `arguments`,
+    a message's `citations`: each url_citation as {text: the span it covers, url, title})."""
     view = dict(item)
     kind = item.get("type")
     if kind == "message":
         view["text"] = _message_text(item)
+        view["citations"] = [
+            {"text": str(part.get("text", ""))[note["start_index"] : note["end_index"]],
+             "url": note.get("url"), "title": note.get("title")}
+            for part in item.get("content") or []
+            for note in part.get("annotations") or []
+            if note.get("type") == "url_citation"
+        ]  # fmt: skip
     elif kind == "reasoning":
         view["text"] = "".join(str(p.get("text") or "") for p in item.get("summary") or [])
     if "arguments" in want and isinstance(item.get("arguments"), str):
@@ -459,6 +467,7 @@ def run_case(case: Case, registry: MappingRegistry) -> list[str]:
         str(case.request["model"]),
         ids=DeterministicIdFactory(),
         provider=mapping.provider,
+        include=case.request.get("include") or (),
     )
     events = builder.start() + builder.feed(ops) + builder.finish()
     return failures + check_response(case.expect, builder.response, events)

@@ -1,5 +1,5 @@
-"""Id minting for Responses objects (``resp_``, ``msg_``, ``fc_``, ``call_``, ``rs_``, ``ig_``)
-and conversations (``conv_``).
+"""Id minting for Responses objects (``resp_``, ``msg_``, ``fc_``, ``call_``, ``rs_``, ``ig_``,
+``ws_``) and conversations (``conv_``).
 
 Ids look like OpenAI's (prefix + hex) so clients that sniff prefixes keep working; provider ids are
 never reused because they collide across providers and leak upstream details.
@@ -37,6 +37,9 @@ class IdFactory:
 
     def image(self) -> str:
         return self.new("ig_")
+
+    def web_search(self) -> str:
+        return self.new("ws_")
 
     def conversation(self) -> str:
         return self.new("conv_")

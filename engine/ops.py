@@ -31,13 +31,15 @@ def _spec(required: str = "", optional: str = "", family: str | None = None) -> 
 
 
 # Block families the builder keys open blocks by; text and refusal share one message item.
-BLOCK_FAMILIES: frozenset[str] = frozenset({"text", "refusal", "reasoning", "tool", "image"})
+BLOCK_FAMILIES: frozenset[str] = frozenset(
+    {"text", "refusal", "reasoning", "tool", "image", "search"}
+)
 
 # Exactly the table in docs/internals.md ("Canonical ops"). Change the doc first.
 OPS: dict[str, OpSpec] = {
     "start": _spec(optional="id model"),
-    "open_text": _spec(optional="index", family="text"),
-    "text_delta": _spec("text", "index", "text"),
+    "open_text": _spec(optional="index segment", family="text"),
+    "text_delta": _spec("text", "index segment", "text"),
     "refusal_delta": _spec("text", "index", "refusal"),
     "open_reasoning": _spec(optional="index", family="reasoning"),
     "reasoning_delta": _spec("text", "index", "reasoning"),
@@ -51,9 +53,13 @@ OPS: dict[str, OpSpec] = {
     "image_partial": _spec(
         "b64", "index partial_index size quality background output_format", "image"
     ),
+    "search_start": _spec(optional="index key query", family="search"),
+    "search_done": _spec(optional="index key query queries sources error action", family="search"),
+    "cite": _spec("url", "index title start end offsets", "text"),
     "close": _spec(optional="index family"),
     "usage": _spec(
-        optional="input_tokens cached_tokens cache_write_tokens output_tokens reasoning_tokens"
+        optional="input_tokens cached_tokens cache_write_tokens output_tokens reasoning_tokens "
+        "web_searches"
     ),
     "finish": _spec("reason"),
     "error": _spec("message", "code type"),

@@ -5,8 +5,9 @@ A *rule* is one of
 ``{op: NAME, field: value, ..., when: "{{ cond }}"}``
     emit one op. A value is a JSONPath (``$.delta.text``; ``$``/``@`` is the current node), an
     expression (``{{ d.usage.input_tokens + (d.usage.cache_read_input_tokens or 0) }}`` with
-    ``d`` the current node, ``root`` the whole payload, ``event`` the frame's event name and
-    ``i`` the element index inside ``each``) or a literal. A field that resolves to None is left
+    ``d`` the current node, ``root`` the whole payload, ``event`` the frame's event name,
+    ``i`` the element index inside ``each`` and ``up`` the node that ``each`` walks, so a nested
+    ``each`` still reads its enclosing element) or a literal. A field that resolves to None is left
     out; an op missing a required field is not emitted (a chunk without a stop reason has no
     ``finish``).
 ``{each: PATH, key: KEY, events: {name: rule | [rules]}, default: rule | [rules]}``
@@ -195,14 +196,15 @@ class _EachRule:
             self.dispatch = compile_dispatch(spec, path)
 
     def run(self, node: Any, ctx: dict[str, Any], out: list[Op]) -> None:
-        saved_d, saved_i = ctx.get("d"), ctx.get("i")
+        saved_d, saved_i, saved_up = ctx.get("d"), ctx.get("i"), ctx.get("up")
+        ctx["up"] = node  # a nested `each` still sees the element it runs in
         for i, element in enumerate(self.path.all(node)):
             ctx["d"], ctx["i"] = element, i
             rules = self.dispatch.rules_for(element, ctx)
             if rules:
                 for rule in rules:
                     rule.run(element, ctx, out)
-        ctx["d"], ctx["i"] = saved_d, saved_i
+        ctx["d"], ctx["i"], ctx["up"] = saved_d, saved_i, saved_up
 
 
 def compile_rules(spec: Any, path: Path) -> list[Any]:

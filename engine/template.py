@@ -12,6 +12,9 @@ reserved, as in json-e:
     the tree of the matching case
 ``{$merge: [tree, tree]}``
     dicts merged left to right (later keys win); a part that renders to None is skipped
+``{$concat: [tree, tree]}``
+    one list: a part that renders to a list adds its elements, any other value is one element,
+    None is skipped (function tools and a provider's own tool side by side)
 
 A value that renders to ``None`` drops its key (dicts) or element (lists), so optional
 parameters vanish instead of being sent as ``null``. Write ``$null`` for a literal null.
@@ -29,7 +32,7 @@ __all__ = ["NULL_LITERAL", "Node", "TemplateProblem", "compile_template", "rende
 
 NULL_LITERAL = "$null"
 _EACH = re.compile(r"^each\((?P<name>[A-Za-z_][A-Za-z0-9_]*)\)$")
-_RESERVED = {"$map", "$if", "$switch", "$merge"}
+_RESERVED = {"$map", "$if", "$switch", "$merge", "$concat"}
 
 
 class _Null:
@@ -82,6 +85,8 @@ def _compile_dict(tree: Mapping[str, Any], path: Path) -> Node:
         return _compile_switch(tree, path)
     if "$merge" in keys:
         return _compile_merge(tree, path)
+    if "$concat" in keys:
+        return _compile_concat(tree, path)
     stray = [k for k in keys if isinstance(k, str) and k.startswith("$")]
     if stray:
         raise TemplateProblem(
@@ -169,6 +174,24 @@ def _compile_merge(tree: Mapping[str, Any], path: Path) -> Node:
         return out
 
     return render_merge
+
+
+def _compile_concat(tree: Mapping[str, Any], path: Path) -> Node:
+    if set(tree) != {"$concat"} or not isinstance(tree["$concat"], list):
+        raise TemplateProblem(path, "$concat takes a list of parts and nothing else")
+    parts = [compile_node(v, (*path, "$concat", i)) for i, v in enumerate(tree["$concat"])]
+
+    def render_concat(ctx: dict[str, Any]) -> list[Any]:
+        out: list[Any] = []
+        for part in parts:
+            value = part(ctx)
+            if isinstance(value, list):
+                out.extend(value)
+            elif value is not None:
+                out.append(value)
+        return out
+
+    return render_concat
 
 
 def _expression(value: Any, path: Path) -> Expression:

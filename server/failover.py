@@ -27,6 +27,7 @@ import anyio
 from turnout.engine.builder import ResponseBuilder
 from turnout.engine.canonical import CanonicalRequest
 from turnout.engine.errors import RequestError, UpstreamError
+from turnout.engine.web_search import hosted_view
 from turnout.server.config import Settings
 from turnout.server.request_context import Caller
 from turnout.server.router import (
@@ -179,8 +180,7 @@ class Failover:
                     raise
                 hosted = [t for t in canon.view["hosted_tools"] if t is not refused]
                 dropped.append(str(refused.get("type")))
-                image = next((t for t in hosted if t.get("type") == "image_generation"), None)
-                view = {**canon.view, "hosted_tools": hosted, "image_tool": image}
+                view = {**canon.view, **hosted_view(hosted, canon.view.get("web_search"))}
                 canon = CanonicalRequest(view, canon.input_items, canon.body)
 
     async def call(self, canon: CanonicalRequest, target: Target) -> UpstreamCall:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from turnout.server.pricing import Price, PriceBook, UsageCounts, usage_counts
@@ -53,6 +54,8 @@ class Finisher:
         response = run.builder.response
         created_at = int(response.get("created_at") or time.time())
         counts = usage_counts(response.get("usage"))
+        if run.builder.web_searches:
+            counts = replace(counts, web_searches=run.builder.web_searches)
         price = self._cost(run, counts, created_at)
         usage = response.get("usage")
         if isinstance(usage, dict):

@@ -22,7 +22,9 @@ Which genai-prices provider a Turnout provider is priced as comes from its mappi
 
 Usage is OpenAI's count (what the builder produces for every provider): `input_tokens` is the
 total, of which `cached_tokens` were read from the cache and `cache_write_tokens` written to it;
-`output_tokens` is the total, of which `reasoning_tokens` were reasoning. Each partition is priced
+`output_tokens` is the total, of which `reasoning_tokens` were reasoning. `web_searches` (the
+searches the provider bills, as its mapping reads them) is priced at the catalogue's
+per-search price where it has one; a config override prices tokens only. Each partition is priced
 at its own rate, so cached tokens are never billed as fresh input (anchor-failures 13) nor
 dropped. The price is a pure function of (provider, model, usage, created_at), so a streamed and a
 non-streamed reply with the same usage cost exactly the same.
@@ -132,6 +134,8 @@ class UsageCounts:
     reasoning_tokens: int = 0
     input_image_tokens: int = 0
     output_image_tokens: int = 0
+    # Web searches the provider bills (the builder's `web_searches`: not in OpenAI's usage).
+    web_searches: int = 0
 
     @property
     def empty(self) -> bool:
@@ -487,5 +491,7 @@ def _genai_usage(u: UsageCounts) -> dict[str, int]:
         "output_reasoning_tokens": min(u.reasoning_tokens, u.output_tokens),
         "input_image_tokens": min(u.input_image_tokens, u.input_tokens),
         "output_image_tokens": min(u.output_image_tokens, u.output_tokens),
+        # Priced where the catalogue has a per-search price for the model, else ignored.
+        "web_searches": u.web_searches,
     }
     return {k: v for k, v in values.items() if v}

@@ -64,6 +64,7 @@ def new_run(
         provider=target.provider,
         max_image_bytes=max_image_bytes,
         namespaces=canon.view.get("tool_namespaces"),
+        include=canon.view.get("include") or (),
     )
     return Run(
         canon=canon,

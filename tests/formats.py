@@ -92,6 +92,13 @@ class Facts:
     def call_ids_sent(self) -> bool:
         return bool(self._get("call_ids_sent"))
 
+    @property
+    def web_search(self) -> dict[str, Any] | None:
+        """Where the provider's own web search goes and what comes back (formats.yaml); None:
+        the format has none, a web_search tool is refused."""
+        found = self.data.get("web_search")
+        return dict(found) if found else None
+
     def _at(self, section: str, body: Any) -> Any:
         found = parse_path(self._get(section)["at"]).find(body)
         assert found, f"{section}: nothing at {self._get(section)['at']} in {body!r}"

@@ -203,6 +203,43 @@ TEXT_DONE = {
 }
 
 
+def check_citations_and_searches(ops: list[Op], final: dict[str, Any], events: list[Event]) -> None:
+    """Annotations lie inside their text and are the ones announced; a segment's citation
+    starts where its text does; each search is one web_search_call item."""
+    cited = {}
+    for o in ops:
+        if o["op"] == "text_delta" and "segment" in o:
+            cited[o["segment"]] = o["text"]
+    announced: dict[tuple[int, int], list[Any]] = {}
+    for e in events:
+        if e["type"] == "response.output_text.annotation.added":
+            notes = announced.setdefault((e["output_index"], e["content_index"]), [])
+            assert e["annotation_index"] == len(notes)
+            notes.append(e["annotation"])
+    for oi, item in enumerate(final["output"]):
+        if item["type"] != "message":
+            continue
+        for ci, part in enumerate(item["content"]):
+            if part["type"] != "output_text":
+                continue
+            notes = part["annotations"]
+            assert announced.pop((oi, ci), []) == notes
+            for note in notes:
+                assert 0 <= note["start_index"] < note["end_index"] <= len(part["text"])
+                assert note["title"]
+                if note["url"].startswith("https://ex.com/"):
+                    sid = note["url"].split("/")[3]
+                    assert part["text"][note["start_index"] :].startswith(cited[sid])
+    assert not announced  # every announced annotation is in the final response
+    searches = [o for o in ops if o["op"] == "search_start"]
+    calls = [i for i in final["output"] if i["type"] == "web_search_call"]
+    if ops[-2]["op"] != "error":
+        assert len(calls) == len(searches)
+    for call in calls:
+        assert call["status"] in ("completed", "failed")
+        assert call["action"]["type"] == "search" and "sources" not in call["action"]
+
+
 # ---- op sequence strategy ----------------------------------------------------------------------
 
 texts = st.text(max_size=12)
@@ -234,6 +271,25 @@ segments = st.one_of(
         st.lists(st.binary(min_size=1, max_size=6), max_size=3),
         st.booleans(),
         st.sampled_from([None, "image/png", "image/webp", "image/bmp"]),
+    ),
+    # Anthropic-style cited text: each piece a segment, its citations before its text.
+    st.tuples(
+        st.just("cited"), st.lists(st.tuples(texts, st.integers(0, 2)), min_size=1, max_size=4)
+    ),
+    # A web search, its query given or streamed as arguments, reported twice (Gemini resends).
+    st.tuples(
+        st.just("search"),
+        st.text(max_size=8),
+        st.lists(st.sampled_from(["https://a.example/", "https://b.example/x"]), max_size=3),
+        st.booleans(),
+        st.booleans(),
+        st.booleans(),
+    ),
+    # Gemini-style citations with explicit offsets (characters or UTF-8 bytes, any range).
+    st.tuples(
+        st.just("spans"),
+        texts,
+        st.lists(st.tuples(st.integers(-2, 40), st.integers(-2, 40), st.booleans()), max_size=3),
     ),
     st.tuples(
         st.just("usage"),
@@ -325,6 +381,37 @@ def to_ops(segs: list[tuple[Any, ...]], indexed: bool, ending: Any) -> list[Op]:
                 if mime:
                     img["mime"] = mime
                 ops.append(img)
+        elif kind == "cited":
+            for k, (text, n) in enumerate(seg[1]):
+                sid = f"s{next(counter)}.{k}"
+                ops.append({"op": "open_text", "segment": sid})
+                ops += [{"op": "cite", "url": f"https://ex.com/{sid}/{c}"} for c in range(n)]
+                ops.append({"op": "text_delta", "segment": sid, "text": text})
+        elif kind == "search":
+            _, query, sources, streamed, error, closed = seg
+            i, key = ix(), f"srvtoolu_{next(ncall)}"
+            start: Op = {"op": "search_start", "key": key, **i}
+            ops.append(start)
+            if streamed and i:
+                arguments = orjson.dumps({"query": query}).decode()
+                ops += [{"op": "tool_args_delta", "text": arguments[j : j + 5], **i}
+                        for j in range(0, len(arguments), 5)]  # fmt: skip
+            else:
+                start["query"] = query
+            if closed:
+                ops.append({"op": "close", **i})
+            done: Op = {"op": "search_done", "key": key, "sources": sources}
+            if error:
+                done["error"] = "max_uses_exceeded"
+            ops += [done, dict(done)]
+        elif kind == "spans":
+            _, text, spans = seg
+            ops.append({"op": "text_delta", "text": text})
+            for begin, end, utf8 in spans:
+                cite: Op = {"op": "cite", "url": "https://sp.example/", "start": begin, "end": end}
+                if utf8:
+                    cite["offsets"] = "utf8"
+                ops.append(cite)
         elif kind == "usage":
             ops.append({"op": "usage", **seg[1]})
     if ending is not None:
@@ -358,8 +445,9 @@ def test_random_op_sequences_make_valid_streams(ops: list[Op]) -> None:
     assert got == sent
     args_sent: dict[str, str] = {}
     by_index: dict[int, str] = {}
+    searched = {o.get("index") for o in ops if o["op"] == "search_start"}
     for o in ops:
-        if o["op"] == "tool_args_delta":
+        if o["op"] == "tool_args_delta" and o.get("index", -1) not in searched:
             cid = o.get("call_id") or by_index[o["index"]]
             if "index" in o:
                 by_index[o["index"]] = cid
@@ -372,6 +460,7 @@ def test_random_op_sequences_make_valid_streams(ops: list[Op]) -> None:
                 expected = "{}"
             assert it["arguments"] == expected
     assert b.dropped_deltas == 0
+    check_citations_and_searches(ops, final, events)
 
     # status follows the ending
     ending = ops[-2]
@@ -768,3 +857,129 @@ def test_mint_reasoning_state_roundtrip() -> None:
     assert blob.startswith("tnt1.")
     assert decode_reasoning_state(blob) == ("gemini", {"sig": "x"})
     assert decode_reasoning_state("tnt1.!!!") is None
+
+
+# ---- web search and citations ----------------------------------------------------------------
+
+
+def _search_builder(include: tuple[str, ...] = ()) -> ResponseBuilder:
+    return ResponseBuilder(
+        "resp_test", 1_700_000_000, make_echo(BODY), FINISH, "claude-x", DeterministicIdFactory(),
+        provider="anthropic", clock=lambda: 1_700_000_005.0, include=include,
+    )  # fmt: skip
+
+
+def test_a_streamed_search_is_one_web_search_call_in_openais_event_order() -> None:
+    b = _search_builder(("web_search_call.action.sources",))
+    ops: list[Op] = [
+        {"op": "search_start", "index": 0, "key": "srvtoolu_1"},
+        {"op": "tool_args_delta", "index": 0, "text": '{"query": "tur'},
+        {"op": "tool_args_delta", "index": 0, "text": 'nout"}'},
+        {"op": "close", "index": 0},
+        {"op": "search_done", "key": "srvtoolu_1", "sources": ["https://a.example/", "https://a.example/"]},
+        {"op": "close", "index": 1},
+        {"op": "usage", "input_tokens": 5, "output_tokens": 2, "web_searches": 1},
+        {"op": "finish", "reason": "stop"},
+    ]  # fmt: skip
+    events = b.start() + b.feed(ops) + b.finish()
+    check_stream(b, events)
+    assert types(events)[2:-1] == [
+        "output_item.added", "web_search_call.in_progress", "web_search_call.searching",
+        "web_search_call.completed", "output_item.done",
+    ]  # fmt: skip
+    assert events[2]["item"] == {
+        "id": "ws_0001", "type": "web_search_call", "status": "in_progress",
+        "action": {"type": "search"},
+    }  # fmt: skip
+    assert b.response["output"] == [
+        {"id": "ws_0001", "type": "web_search_call", "status": "completed",
+         "action": {"type": "search", "query": "turnout", "queries": ["turnout"],
+                    "sources": [{"type": "url", "url": "https://a.example/"}]}}
+    ]  # fmt: skip
+    assert b.web_searches == 1
+    assert "web_searches" not in b.response["usage"]  # priced by the server, not OpenAI's field
+
+
+def test_a_search_reported_again_is_skipped_and_a_failed_one_says_so() -> None:
+    b = _search_builder()
+    done: Op = {
+        "op": "search_done",
+        "key": "q1",
+        "queries": ["q1", "q2"],
+        "sources": ["https://a/"],
+    }
+    failed: Op = {"op": "search_done", "key": "k2", "query": "x", "error": "max_uses_exceeded"}
+    events = b.start() + b.feed([done, dict(done), failed, {"op": "end"}]) + b.finish()
+    check_stream(b, events)
+    calls = b.response["output"]
+    assert [(c["status"], c["action"].get("queries")) for c in calls] == [
+        ("completed", ["q1", "q2"]), ("failed", ["x"]),
+    ]  # fmt: skip
+    assert "sources" not in calls[0]["action"]  # not asked for (include)
+    assert types(events).count("web_search_call.completed") == 1
+
+
+def test_a_text_segments_citations_cover_it_once_it_ends() -> None:
+    """Anthropic: a text block's citations arrive before its text and cover the whole block."""
+    b = _search_builder()
+    ops: list[Op] = [
+        {"op": "open_text", "segment": 2},
+        {"op": "text_delta", "segment": 2, "text": "Lead. "},
+        {"op": "open_text", "segment": 3},
+        {"op": "cite", "url": "https://a.example/", "title": "A"},
+        {"op": "cite", "url": "https://b.example/"},
+        {"op": "text_delta", "segment": 3, "text": "Café "},
+        {"op": "text_delta", "segment": 3, "text": "✓ 🦜."},
+        {"op": "open_text", "segment": 4},
+        {"op": "text_delta", "segment": 4, "text": " Tail."},
+        {"op": "end"},
+    ]
+    events = b.start() + b.feed(ops) + b.finish()
+    check_stream(b, events)
+    (message,) = b.response["output"]
+    (part,) = message["content"]
+    assert part["text"] == "Lead. Café ✓ 🦜. Tail."
+    spans = [part["text"][a["start_index"] : a["end_index"]] for a in part["annotations"]]
+    assert spans == ["Café ✓ 🦜.", "Café ✓ 🦜."]
+    assert [a["title"] for a in part["annotations"]] == ["A", "https://b.example/"]
+    kinds = types(events)
+    # Announced after the segment's last delta, before the next segment's first.
+    first = kinds.index("output_text.annotation.added")
+    assert kinds[first - 1] == "output_text.delta" and events[first - 1]["delta"] == "✓ 🦜."
+    assert events[first + 2]["delta"] == " Tail."
+
+
+def test_byte_offset_citations_become_character_offsets_and_repeats_go() -> None:
+    """Gemini: offsets in UTF-8 bytes of the part, resent with every chunk."""
+    b = _search_builder()
+    text = "Ünïcode ✓ first. Second."
+    first = len("Ünïcode ✓ first.".encode())
+    cite: Op = {"op": "cite", "url": "https://g/", "title": "g", "start": 0, "end": first,
+                "offsets": "utf8"}  # fmt: skip
+    second: Op = {**cite, "start": first + 1, "end": len(text.encode()) + 40}  # clamped
+    ops = [{"op": "text_delta", "text": text}, cite, second, dict(cite), {"op": "end"}]
+    events = b.start() + b.feed(ops) + b.finish()
+    check_stream(b, events)
+    part = b.response["output"][0]["content"][0]
+    assert [part["text"][a["start_index"] : a["end_index"]] for a in part["annotations"]] == [
+        "Ünïcode ✓ first.", "Second.",
+    ]  # fmt: skip
+    kinds = types(events)
+    assert kinds.index("output_text.annotation.added") < kinds.index("output_text.done")
+
+
+def test_citations_with_no_text_to_annotate_are_dropped_and_counted() -> None:
+    b = _search_builder()
+    ops: list[Op] = [
+        {"op": "cite", "url": "https://nowhere/"},  # no message
+        {"op": "open_text", "segment": 1},
+        {"op": "cite", "url": "https://empty/"},  # a segment that writes nothing
+        {"op": "open_text", "segment": 2},
+        {"op": "text_delta", "segment": 2, "text": "hi"},
+        {"op": "cite", "url": "https://far/", "start": 5, "end": 9},  # past the text
+        {"op": "end"},
+    ]
+    events = b.start() + b.feed(ops) + b.finish()
+    check_stream(b, events)
+    assert b.response["output"][0]["content"][0]["annotations"] == []
+    assert b.dropped_citations == 2  # the out-of-range span resolves to nothing, uncounted

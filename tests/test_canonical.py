@@ -104,7 +104,11 @@ def test_view_fields() -> None:
          "strict": None}
     ]  # fmt: skip
     # Each hosted tool keeps its index in `tools`, so a refusal names `tools[1]`.
-    assert view["hosted_tools"] == [{"type": "web_search", "index": 1}]
+    assert view["hosted_tools"] == [{"type": "web_search", "index": 1, "kind": "web_search"}]
+    assert view["web_search"] == {
+        "index": 1, "type": "web_search", "allowed_domains": None, "user_location": None,
+        "search_context_size": None, "external_web_access": None,
+    }  # fmt: skip
     assert view["tool_choice"] == {"mode": "function", "name": "get_weather"}
     assert view["parallel_tool_calls"] is False
     assert view["text_format"] == {
@@ -565,7 +569,11 @@ def test_image_generation_options_as_openai_types_them_pass() -> None:
     tool = {"type": "image_generation", "size": "1536x1024", "quality": "high",
             "partial_images": 2, "output_compression": 80,
             "input_image_mask": {"file_id": "f"}}  # fmt: skip
-    assert normalize(_body(tools=[tool])).view["image_tool"] == {**tool, "index": 0}
+    assert normalize(_body(tools=[tool])).view["image_tool"] == {
+        **tool,
+        "index": 0,
+        "kind": "image_generation",
+    }
 
 
 def test_assistant_phase_is_kept_on_entries_and_stored_items() -> None:
@@ -593,3 +601,68 @@ def test_an_unknown_phase_is_refused() -> None:
     with pytest.raises(RequestError) as err:
         normalize(_body(input=[{"role": "assistant", "content": "x", "phase": "draft"}]))
     assert err.value.param == "input[0].phase"
+
+
+# --- web search (engine/web_search.py) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["web_search", "web_search_2025_08_26", "web_search_preview", "web_search_preview_2025_03_11"],
+)
+def test_every_spelling_of_the_web_search_tool_is_req_web_search(kind: str) -> None:
+    tool = {
+        "type": kind,
+        "filters": {"allowed_domains": ["example.com", ""]},
+        "user_location": {"type": "approximate", "city": "Lyon", "region": None, "country": "FR"},
+        "search_context_size": "low",
+        "external_web_access": False,
+    }
+    view = normalize(_body(tools=[TOOL, tool])).view
+    assert view["web_search"] == {
+        "index": 1, "type": kind, "allowed_domains": ["example.com"],
+        "user_location": {"city": "Lyon", "country": "FR"}, "search_context_size": "low",
+        "external_web_access": False,
+    }  # fmt: skip
+    assert [t["kind"] for t in view["hosted_tools"]] == ["web_search"]
+
+
+@pytest.mark.parametrize(
+    ("tool", "param"),
+    [
+        ({"filters": []}, "tools[0].filters"),
+        ({"filters": {"allowed_domains": "example.com"}}, "tools[0].filters.allowed_domains"),
+        ({"filters": {"allowed_domains": [1]}}, "tools[0].filters.allowed_domains"),
+        ({"user_location": "Lyon"}, "tools[0].user_location"),
+        ({"user_location": {"type": "exact"}}, "tools[0].user_location.type"),
+        ({"user_location": {"city": 7}}, "tools[0].user_location.city"),
+        ({"search_context_size": "huge"}, "tools[0].search_context_size"),
+        ({"external_web_access": "no"}, "tools[0].external_web_access"),
+    ],
+)
+def test_a_web_search_option_of_the_wrong_shape_is_a_400_naming_it(
+    tool: dict[str, Any], param: str
+) -> None:
+    assert _error(_body(tools=[{"type": "web_search", **tool}])).param == param
+
+
+def test_two_web_search_tools_are_a_400_naming_the_second() -> None:
+    tools = [{"type": "web_search"}, {"type": "web_search_preview"}]
+    assert _error(_body(tools=tools)).param == "tools[1]"
+
+
+def test_a_web_search_call_in_the_input_is_kept_but_sent_to_no_provider() -> None:
+    """Docs/behaviour.md: the answer after a search carries what it found; the search itself
+    cannot be replayed to another provider (Anthropic wants its own encrypted results)."""
+    call = {"type": "web_search_call", "id": "ws_1", "status": "completed",
+            "action": {"type": "search", "query": "q"}}  # fmt: skip
+    text = {"type": "output_text", "text": "Found it.", "annotations": []}
+    answer = {"type": "message", "role": "assistant", "content": [text]}
+    req = normalize(_body(input=[{"role": "user", "content": "look"}, call, answer]))
+    assert [(e["role"], e["kind"]) for e in req.view["entries"]] == [
+        ("user", "text"), ("assistant", "text"),
+    ]  # fmt: skip
+    assert req.input_items[1] == call
+    chained = normalize(_body(input="more"), history=req.input_items)
+    assert len(chained.view["entries"]) == 3
+    assert _error(_body(input=[{**call, "action": "q"}])).param == "input[0].action"

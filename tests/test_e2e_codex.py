@@ -6,8 +6,11 @@ Before: every route answered `400 Unknown parameter: 'client_metadata'` before a
 without that field, the `namespace` tool was refused as "a hosted tool" everywhere but OpenAI and
 Azure, naming `tools` without an index. Now `client_metadata` is accepted (passed to
 Responses-API upstreams, ignored by the others), a namespace's functions go upstream under flat
-names (`multi_agent_v1__close_agent`) and come back as `name` + `namespace`, and a hosted tool a
-provider has no counterpart for is refused naming `tools[i]` and the tool's type.
+names (`multi_agent_v1__close_agent`) and come back as `name` + `namespace`, its `web_search`
+tool becomes the provider's own search where the provider can search beside function tools
+(Anthropic, Claude on Vertex: tests/test_e2e_web_search.py), and a hosted tool a route cannot
+serve is refused naming `tools[i]` and the tool's type (Bedrock and Chat Completions have no
+search; Gemini cannot search beside function tools).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from jsonpath_ng.ext import parse as parse_path
 
 from tests import oas
 from tests.conftest import PROVIDERS, Gateway, facts_of, label_for, model_for
@@ -30,6 +34,10 @@ NAMESPACE = next(t for t in CODEX["tools"] if t["type"] == "namespace")
 NATIVE = {"openai", "azure"}  # OpenAI's own Responses API: every tool as it is
 # Perplexity's API takes no function tools at all (its own 400, tested elsewhere).
 FUNCTION_ROUTES = [p for p in PROVIDERS if p != "perplexity"]
+# Routes whose provider searches beside function tools (formats.yaml `web_search`).
+SEARCHING = [
+    p for p in PROVIDERS if (facts_of(p).web_search or {}).get("with_functions") and p not in NATIVE
+]
 SENT_BACK = ("type", "call_id", "name", "arguments", "namespace")  # what Codex replays
 
 
@@ -66,7 +74,19 @@ def test_the_recorded_codex_request_is_served_or_refused_by_name(
         assert sent["client_metadata"] == CODEX["client_metadata"]  # passed through
         assert any(t["type"] == "namespace" for t in sent["tools"])
         return
-    # No web search on this route: refused before any upstream call, naming the tool.
+    if provider in SEARCHING:
+        # The web_search tool is the provider's own search, beside the flattened functions.
+        assert status == 200, error
+        assert events[-1]["type"] == "response.completed"
+        search = facts_of(provider).web_search or {}
+        assert len(parse_path(search["tool"]).find(sim.last.json)) == 1
+        assert (
+            flat_name(NAMESPACE["name"], NAMESPACE["tools"][0]["name"])
+            in orjson.dumps(sim.last.json).decode()
+        )
+        return
+    # No web search beside function tools on this route: refused before any upstream call,
+    # naming the tool.
     assert status == 400, events[-1:] if events else error
     oas.validate_error_body(error)
     assert error["error"]["param"] == f"tools[{WEB_SEARCH}]"

@@ -65,6 +65,8 @@ def _config(sim: str, db: Path) -> str:
         + alias("drops", [f"model: groq/llama, api_base: '{sim}/dp'"],
                 "    unsupported_tools: drop\n")
         + alias("refuses", [f"model: groq/llama, api_base: '{sim}/rf'"])
+        + alias("gdrops", [f"model: {GEMINI}, api_base: '{sim}/gd'"],
+                "    unsupported_tools: drop\n")
         + alias("ra", [f"model: groq/llama, api_base: '{sim}/r1'",
                        f"model: groq/llama, api_base: '{DEAD}', weight: 0"])
         + alias("ctx", [f"model: {ANTHROPIC}, api_base: '{sim}/w1'"],
@@ -469,3 +471,13 @@ def test_an_alias_that_opts_in_drops_the_hosted_tools_its_provider_lacks(
     assert [t["function"]["name"] for t in sent.json["tools"]] == ["f"]
     plain = post(gw, {"model": "drops", "input": "no tools"})
     assert plain.status_code == 200 and "x-turnout-dropped-tools" not in plain.headers
+    # Gemini searches, but not beside function tools: its refusal names tools[1] too, so the
+    # search is left out there and the functions go up.
+    gemini = post(gw, {"model": "gdrops", "input": "look it up", "tools": tools})
+    assert gemini.status_code == 200, gemini.text
+    assert gemini.headers["x-turnout-dropped-tools"] == "web_search"
+    (sent,) = sim.requests_for("gd")
+    assert [list(t) for t in sent.json["tools"]] == [["functionDeclarations"]]
+    searched = post(gw, {"model": "gdrops", "input": "look it up", "tools": tools[1:]})
+    assert searched.status_code == 200 and "x-turnout-dropped-tools" not in searched.headers
+    assert sim.requests_for("gd")[-1].json["tools"] == [{"googleSearch": {}}]

@@ -65,6 +65,11 @@ CASES: list[tuple[str, str, str, tuple[int, int, int, int], list[str]]] = [
         "anthropic", "anthropic/message_thinking_tool_use.json", "completed", (398, 0, 155, 0),
         ["reasoning", "message", "function_call"],
     ),
+    # A web search (trimmed recording): one search item, then one message of five text blocks.
+    (
+        "anthropic", "anthropic/web_search_stream.chunks.txt", "completed", (15665, 0, 795, 0),
+        ["web_search_call", "message"],
+    ),
     ("gemini", "gemini/text_stream.sse", "completed", (13, 0, 8, 0), ["message"]),
     # 34 prompt + (469 candidates + 787 thoughts) = 1290 total, as the recording's totalTokenCount.
     (
@@ -358,3 +363,33 @@ def test_recorded_image_streams_keep_partials_and_settings(fixture: str) -> None
     kinds = [e["type"].rsplit(".", 1)[1] for e in events if ".image_generation_call." in e["type"]]
     assert kinds[-1] == "completed"
     assert kinds[:2] == ["in_progress", "generating"]
+
+
+def test_a_recorded_web_search_cites_whole_text_blocks() -> None:
+    """Anthropic's citations cover their text block: the span annotated is the block's text,
+    announced after its last delta (tests/fixtures/providers/anthropic/web_search_stream)."""
+    mapping = REGISTRY.get("anthropic")
+    assert mapping is not None
+    path = FIXTURES / "anthropic/web_search_stream.chunks.txt"
+    builder = ResponseBuilder(
+        "resp_test", 1_700_000_000, make_echo({"model": "m"}), mapping.finish_reasons,
+        model="m", ids=DeterministicIdFactory(), provider=mapping.provider,
+        include=["web_search_call.action.sources"],
+    )  # fmt: skip
+    events = builder.start() + builder.feed(_ops(mapping, path)) + builder.finish()
+    call, message = events[-1]["response"]["output"]
+    assert call["action"]["query"] == "tech news today September 26 2025"
+    assert [s["url"] for s in call["action"]["sources"]][:1] == [
+        "https://www.crescendo.ai/news/latest-ai-news-and-updates"
+    ]
+    blocks: dict[int, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        doc = orjson.loads(line)
+        if doc["type"] == "content_block_delta" and doc["delta"]["type"] == "text_delta":
+            blocks[doc["index"]] = blocks.get(doc["index"], "") + doc["delta"]["text"]
+    (part,) = message["content"]
+    spans = [part["text"][a["start_index"] : a["end_index"]] for a in part["annotations"]]
+    assert spans == [blocks[3]] * 3 + [blocks[5]] * 2
+    assert builder.web_searches == 1
+    kinds = [e["type"] for e in events]
+    assert kinds.count("response.output_text.annotation.added") == 5

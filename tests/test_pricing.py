@@ -118,6 +118,39 @@ def test_override_precedence_and_rates() -> None:
     assert dep is not None and dep.cost == pytest.approx(10.0)
 
 
+# Published prices per search (dollars per 1,000): Anthropic's web search tool, Google's
+# Grounding with Google Search (per grounded prompt on Gemini 2.5, per query on Gemini 3).
+SEARCH_RATES = {
+    ("anthropic", "claude-sonnet-4-5"): "10",
+    ("vertex_ai", "gemini-2.5-flash"): "35",
+    ("gemini", "gemini-2.5-flash"): "35",
+    ("gemini", "gemini-3-flash-preview"): "14",
+}
+
+
+@pytest.mark.parametrize(("provider", "model"), sorted(SEARCH_RATES))
+def test_web_searches_are_priced_at_the_published_rate(provider: str, model: str) -> None:
+    book = PriceBook()
+    tokens = UsageCounts(input_tokens=1000, output_tokens=100)
+    plain = book.cost(provider, model, tokens)
+    searched = book.cost(provider, model, UsageCounts(**{**vars_of(tokens), "web_searches": 3}))
+    assert plain is not None and searched is not None
+    per_search = Decimal(SEARCH_RATES[provider, model]) / 1000
+    assert searched.cost == pytest.approx(plain.cost + float(3 * per_search))
+
+
+def test_web_searches_cost_nothing_where_the_catalogue_has_no_search_price() -> None:
+    book = PriceBook()
+    model = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    tokens = UsageCounts(input_tokens=1000, output_tokens=100)
+    searched = UsageCounts(**{**vars_of(tokens), "web_searches": 3})
+    assert book.cost("bedrock", model, searched) == book.cost("bedrock", model, tokens)
+
+
+def vars_of(counts: UsageCounts) -> dict[str, int]:
+    return {name: getattr(counts, name) for name in counts.__dataclass_fields__}
+
+
 def test_usage_counts_from_a_response_usage_object() -> None:
     usage = {
         "input_tokens": 100,
@@ -192,7 +225,7 @@ _COUNT = st.integers(min_value=0, max_value=3_000_000)
 
 @given(
     index=st.integers(min_value=0, max_value=len(SNAPSHOT_MODELS) - 1),
-    counts=st.tuples(*[_COUNT] * 7),
+    counts=st.tuples(*[_COUNT] * 8),  # every UsageCounts field, web searches included
     created_at=st.integers(min_value=1_600_000_000, max_value=1_900_000_000),
 )
 @settings(max_examples=400, deadline=None)

@@ -31,6 +31,7 @@ from tests.simulators import (
     Slow,
     Thinking,
     ToolCalls,
+    WebSearch,
     compute_usage,
     fixture_names,
     load_fixture,
@@ -410,6 +411,7 @@ def _resp(**changes: Any) -> dict[str, Any]:
 
 
 THINKING = {"type": "enabled", "budget_tokens": 1024}
+WEB = {"type": "web_search_20250305", "name": "web_search"}
 _NO_KEY = {"anthropic-version": "2023-06-01"}
 INVALID: list[tuple[str, str, Any, dict[str, str] | None, int, str]] = [
     # (id, dialect, body, headers, status, expected error type / status / param)
@@ -464,6 +466,22 @@ INVALID: list[tuple[str, str, Any, dict[str, str] | None, int, str]] = [
     ("a-tool-no-schema", "anthropic", _anthropic(tools=[{"name": "f", "parameters": {}}]), None,
      400, "input_schema"),
     ("a-unknown-field", "anthropic", _anthropic(input="x"), None, 400, "Extra inputs"),
+    # The web search server tool, as documented (render_anthropic.py / validate_anthropic.py).
+    ("a-search-name", "anthropic", _anthropic(tools=[{**WEB, "name": "search"}]), None, 400,
+     "tools.0.web_search_20250305.name: Input should be 'web_search'"),
+    ("a-search-no-name", "anthropic", _anthropic(tools=[{"type": WEB["type"]}]), None, 400,
+     "name: Field required"),
+    ("a-search-extra", "anthropic", _anthropic(tools=[{**WEB, "filters": {}}]), None, 400,
+     "web_search_20250305.filters: Extra inputs are not permitted"),
+    ("a-search-uses", "anthropic", _anthropic(tools=[{**WEB, "max_uses": 0}]), None, 400,
+     "greater than 0"),
+    ("a-search-both-lists", "anthropic",
+     _anthropic(tools=[{**WEB, "allowed_domains": ["a.com"], "blocked_domains": ["b.com"]}]),
+     None, 400, "both allowed_domains and blocked_domains"),
+    ("a-search-location", "anthropic",
+     _anthropic(tools=[{**WEB, "user_location": {"city": "Lyon"}}]), None, 400,
+     "user_location.type"),
+    ("a-search-twice", "anthropic", _anthropic(tools=[WEB, WEB]), None, 400, "unique"),
     ("g-no-key", "gemini", _gemini(), {}, 401, "UNAUTHENTICATED"),
     ("g-no-contents", "gemini", _gemini(contents=[]), None, 400, "INVALID_ARGUMENT"),
     ("g-role", "gemini", _gemini(contents=[{"role": "assistant", "parts": [{"text": "x"}]}]),
@@ -492,6 +510,11 @@ INVALID: list[tuple[str, str, Any, dict[str, str] | None, int, str]] = [
     ("g-function-name", "gemini",
      _gemini(tools=[{"functionDeclarations": [{"name": "1 bad"}]}]), None, 400, "function name"),
     ("g-unknown-field", "gemini", _gemini(messages=[]), None, 400, "Unknown name"),
+    ("g-search-field", "gemini", _gemini(tools=[{"googleSearch": {"allowedDomains": ["a"]}}]),
+     None, 400, "Unknown name \"allowedDomains\" at 'tools[0].google_search'"),
+    ("g-search-and-functions", "gemini",
+     _gemini(tools=[{"functionDeclarations": [{"name": "f"}]}, {"google_search": {}}]), None, 400,
+     "Tool use with function calling is unsupported"),
     ("c-no-auth", "chat", _chat(), {}, 401, "invalid_request_error"),
     ("c-no-messages", "chat", {"model": "m", "messages": []}, None, 400, "messages"),
     ("c-bad-role", "chat", _chat({"role": "model", "content": "x"}), None, 400,
@@ -654,6 +677,97 @@ def test_usage_arithmetic_per_dialect(sim: Simulator, dialect: str) -> None:
         assert usage["input_tokens"] == want.input_total
         assert usage["output_tokens_details"]["reasoning_tokens"] == want.reasoning
         assert usage["total_tokens"] == want.input_total + want.output_total
+
+
+# -- web search --------------------------------------------------------------------------------
+
+SEARCH = WebSearch()
+ANSWER = "".join(text for text, _ in SEARCH.answer)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_searches_when_given_its_tool_and_cites_whole_blocks(
+    sim: Simulator, stream: bool
+) -> None:
+    sim.script("anthropic", SEARCH)
+    body = _anthropic(tools=[WEB], messages=[_u("search it")], stream=stream or None)
+    response = post(sim, "anthropic", body, stream=stream)
+    assert response.status_code == 200, response.text
+    if stream:
+        events = payloads(response.content)
+        starts = [e["content_block"] for e in events if e["type"] == "content_block_start"]
+        assert [b["type"] for b in starts[:2]] == ["server_tool_use", "web_search_tool_result"]
+        assert starts[0]["input"] == {}  # the query streams as input_json_delta
+        query = "".join(e["delta"]["partial_json"] for e in events
+                        if e["type"] == "content_block_delta"
+                        and e["delta"]["type"] == "input_json_delta")  # fmt: skip
+        assert orjson.loads(query) == {"query": SEARCH.query}
+        deltas = [e for e in events if e["type"] == "content_block_delta"]
+        cited = [e["index"] for e in deltas if e["delta"]["type"] == "citations_delta"]
+        texts = [e["index"] for e in deltas if e["delta"]["type"] == "text_delta"]
+        # A cited block's citations come before its text.
+        for index in set(cited):
+            first_text = next(
+                i
+                for i, e in enumerate(deltas)
+                if e["index"] == index and e["delta"]["type"] == "text_delta"
+            )
+            cites = [
+                e for e in deltas if e["index"] == index and e["delta"]["type"] != "text_delta"
+            ]
+            assert all(deltas.index(e) < first_text for e in cites)
+        assert texts and len(cited) == 3
+        usage = next(e for e in events if e["type"] == "message_delta")["usage"]
+    else:
+        message = response.json()
+        kinds = [b["type"] for b in message["content"]]
+        assert kinds[:2] == ["server_tool_use", "web_search_tool_result"]
+        assert message["content"][0]["input"] == {"query": SEARCH.query}
+        results = message["content"][1]["content"]
+        assert [(r["url"], r["title"]) for r in results] == list(SEARCH.results)
+        assert all(r["type"] == "web_search_result" and r["encrypted_content"] for r in results)
+        text_blocks = message["content"][2:]
+        assert "".join(b["text"] for b in text_blocks) == ANSWER
+        cites = [c for b in text_blocks for c in b.get("citations", [])]
+        assert {c["type"] for c in cites} == {"web_search_result_location"}
+        assert all(c["encrypted_index"] and c["cited_text"] for c in cites)
+        usage = message["usage"]
+    assert usage["server_tool_use"]["web_search_requests"] == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_grounds_with_byte_offsets_when_given_google_search(
+    sim: Simulator, stream: bool
+) -> None:
+    sim.script("gemini", SEARCH)
+    response = post(sim, "gemini", _gemini(tools=[{"google_search": {}}]), stream=stream)
+    assert response.status_code == 200, response.text
+    docs = payloads(response.content) if stream else [response.json()]
+    text = "".join(p.get("text", "") for d in docs for p in d["candidates"][0]["content"]["parts"])
+    assert text == ANSWER
+    grounded = [d["candidates"][0]["groundingMetadata"] for d in docs
+                if "groundingMetadata" in d["candidates"][0]]  # fmt: skip
+    assert len(grounded) == (2 if stream else 1)  # resent with the finishing chunk
+    assert "finishReason" in docs[-1]["candidates"][0]
+    meta = grounded[-1]
+    assert meta["webSearchQueries"] == [SEARCH.query]
+    assert meta["searchEntryPoint"]["renderedContent"]
+    raw = text.encode()
+    for support in meta["groundingSupports"]:
+        segment = support["segment"]
+        start = segment.get("startIndex", 0)  # proto3 JSON leaves a 0 out
+        assert raw[start : segment["endIndex"]].decode() == segment["text"]
+        assert all(0 <= n < len(meta["groundingChunks"]) for n in support["groundingChunkIndices"])
+    usage = docs[-1]["usageMetadata"]
+    want = compute_usage(sim.last.json, ANSWER, [], None)
+    assert usage["promptTokenCount"] + usage["toolUsePromptTokenCount"] == want.input_total
+
+
+@pytest.mark.parametrize("dialect", ["anthropic", "gemini"])
+def test_without_its_search_tool_the_model_just_answers(sim: Simulator, dialect: str) -> None:
+    sim.script(dialect, SEARCH)
+    got = collect(dialect, False, post(sim, dialect, text_request(dialect, "plain", False)).content)
+    assert got["text"] == "plain"
 
 
 # -- other reply modes ---------------------------------------------------------------------------

@@ -212,6 +212,25 @@ def test_merge_of_a_non_mapping_raises() -> None:
         render(node, {"x": [1]})
 
 
+def test_concat_splices_lists_appends_values_and_skips_none() -> None:
+    tree = {
+        "$concat": [
+            {"$map": "{{ xs }}", "each(x)": {"n": "{{ x }}"}},
+            {"$if": "{{ extra }}", "then": {"kind": "extra"}},
+            "{{ none }}",
+            "{{ tail }}",
+        ]
+    }
+    got = _render(tree, xs=[1, 2], extra=True, tail=[3])
+    assert got == [{"n": 1}, {"n": 2}, {"kind": "extra"}, 3]
+    assert _render(tree, xs=[], extra=False, tail=None) == []
+
+
+def test_concat_takes_only_a_list() -> None:
+    problem = _problem({"a": {"$concat": "{{ x }}"}})
+    assert "$concat takes a list" in problem.message
+
+
 # --- compile-time problems name the key path --------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from .modes import (
     Slow,
     Thinking,
     ToolCalls,
+    WebSearch,
 )
 from .recordings import FIXTURES_DIR, Fixture, fixture_names, load_fixture, split_bytes
 from .server import RecordedRequest, Simulator
@@ -55,6 +56,7 @@ __all__ = [
     "Thinking",
     "ToolCalls",
     "Usage",
+    "WebSearch",
     "compute_usage",
     "encode_message",
     "fixture_names",

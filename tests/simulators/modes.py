@@ -19,6 +19,7 @@ __all__ = [
     "Slow",
     "Thinking",
     "ToolCalls",
+    "WebSearch",
 ]
 
 # None: whole body at once; int: fixed-size pieces; "random": sizes 1..64 drawn with `seed`.
@@ -62,6 +63,32 @@ class Image:
     text: str | None = "Here is your image."
     revised_prompt: str = "A red square on white"
     size: int = 8  # pixels a side
+
+
+@dataclass(frozen=True)
+class WebSearch:
+    """The model searches the web once, then answers citing what it found, in the provider's
+    documented shapes: Anthropic `server_tool_use` + `web_search_tool_result` blocks and text
+    blocks with `web_search_result_location` citations (`citations_delta` when streamed);
+    Gemini `groundingMetadata` (queries, chunks, supports with UTF-8 byte offsets) with the last
+    chunks. A request without the provider's search tool gets a plain echo: the model cannot
+    search. `answer` is (text, indices of the `results` it cites) pieces; `error` an Anthropic
+    `web_search_tool_result_error` code (the search failed, the answer cites nothing).
+    """
+
+    query: str = "turnout gateway web search"
+    results: tuple[tuple[str, str], ...] = (
+        ("https://docs.example.com/turnout/tools", "Turnout: hosted tools"),
+        ("https://news.example.org/2025/gateways", "Gateways in 2025 — naïve ünïcode ✓"),
+    )
+    answer: tuple[tuple[str, tuple[int, ...]], ...] = (
+        ("Here is what I found. ", ()),
+        ("Turnout maps a hosted web search to the provider\u2019s own search.", (0,)),
+        (" ", ()),
+        ("Café naïve ✓ 🦜: citations keep their place in ünïcode text.", (0, 1)),
+        (" That is all.", ()),
+    )
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,4 +161,5 @@ Reply = (
     | Slow
     | Hang
     | Image
+    | WebSearch
 )

@@ -27,6 +27,7 @@ from .modes import (
     Slow,
     Thinking,
     ToolCalls,
+    WebSearch,
 )
 from .recordings import load_fixture, split_bytes
 from .render_anthropic import anthropic_error_frame, render_anthropic
@@ -35,7 +36,7 @@ from .render_chat import chat_error_frame, render_chat
 from .render_common import Rendered
 from .render_gemini import render_gemini
 from .render_responses import render_responses
-from .turn import Ids, Turn, compute_usage, last_user_text
+from .turn import Ids, Search, Turn, compute_usage, last_user_text, search_tool
 from .wire import WireFormat
 
 __all__ = ["Context", "error_response", "respond"]
@@ -100,6 +101,9 @@ def _turn(reply: Reply, ctx: Context) -> Turn:
         text = ctx.wire.user_text(ctx.body)
     else:
         text = last_user_text(ctx.dialect, ctx.body)
+    search = _search(reply, ctx)
+    if search is not None:
+        text = search.text
     images: list[tuple[str, list[str], str]] = []
     if isinstance(reply, Image):
         tool = next(
@@ -119,7 +123,18 @@ def _turn(reply: Reply, ctx: Context) -> Turn:
         stop=stop,  # type: ignore[arg-type]
         usage=compute_usage(ctx.body, text, calls, thought),
         images=images,
+        search=search,
     )
+
+
+def _search(reply: Reply, ctx: Context) -> Search | None:
+    """The search a WebSearch reply makes, when the request gave the provider's search tool."""
+    if not isinstance(reply, WebSearch) or ctx.wire is not None:
+        return None
+    if search_tool(ctx.dialect, ctx.body) is None:
+        return None  # no search tool: the model cannot search, it echoes
+    pieces = [(text, () if reply.error else cites) for text, cites in reply.answer]
+    return Search(reply.query, list(reply.results), pieces, reply.error)
 
 
 def _render(turn: Turn, ctx: Context, fail: tuple[int, str] | None = None) -> Rendered:
@@ -160,7 +175,7 @@ async def respond(reply: Reply, ctx: Context) -> HttpResponse:
         return _garbage(reply, ctx)
     if isinstance(reply, MidStreamError):
         return _mid_stream_error(reply, ctx)
-    assert isinstance(reply, Echo | ToolCalls | Thinking | MaxTokens | Image)
+    assert isinstance(reply, Echo | ToolCalls | Thinking | MaxTokens | Image | WebSearch)
     rendered = _render(_turn(reply, ctx), ctx)
     if isinstance(reply, Echo) and reply.chunk_size is not None:
         wire = split_bytes(b"".join(rendered.frames), reply.chunk_size)

@@ -13,12 +13,14 @@ import orjson
 
 __all__ = [
     "Ids",
+    "Search",
     "Turn",
     "Usage",
     "compute_usage",
     "last_user_text",
     "pieces",
     "prompt_chars",
+    "search_tool",
 ]
 
 Stop = Literal["end", "tool", "max_tokens"]
@@ -42,6 +44,24 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Search:
+    """One web search and the answer citing it (modes.WebSearch, once the request allowed it).
+
+    `pieces` are the answer's text pieces with the results each cites (indices into
+    `results`); `error` is the provider's error code for a search that failed.
+    """
+
+    query: str
+    results: list[tuple[str, str]]  # (url, title)
+    pieces: list[tuple[str, tuple[int, ...]]]
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(text for text, _ in self.pieces)
+
+
+@dataclass(frozen=True)
 class Turn:
     model: str
     text: str | None = None
@@ -53,6 +73,7 @@ class Turn:
     usage: Usage = Usage(0, 0, 0, 0, 0)
     # Generated images: (final base64 PNG, partial base64 PNGs, revised prompt).
     images: list[tuple[str, list[str], str]] = field(default_factory=list)
+    search: Search | None = None  # a web search before the answer (`text` is its answer)
 
 
 class Ids:
@@ -109,6 +130,22 @@ def compute_usage(
 def pieces(text: str, size: int = 5) -> list[str]:
     """Split text into stream deltas of `size` code points (never empty)."""
     return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def search_tool(dialect: str, body: dict[str, Any]) -> Any:
+    """The provider's own web search tool in a (validated) request, or None: Anthropic's
+    `web_search_20250305` server tool, Gemini's `googleSearch` (proto JSON: or `google_search`).
+    """
+    for tool in body.get("tools") or []:
+        if not isinstance(tool, dict):
+            continue
+        if dialect == "anthropic" and str(tool.get("type", "")).startswith("web_search_"):
+            return tool
+        if dialect == "gemini":
+            found = tool.get("googleSearch", tool.get("google_search"))
+            if found is not None:
+                return found
+    return None
 
 
 def last_user_text(dialect: str, body: dict[str, Any]) -> str:

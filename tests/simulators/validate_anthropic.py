@@ -1,4 +1,11 @@
-"""What the Anthropic Messages API refuses (messages modelled on its real error texts)."""
+"""What the Anthropic Messages API refuses (messages modelled on its real error texts).
+
+The web search server tool's fields are those the docs list
+(https://docs.anthropic.com/en/docs/agents-and-tools/tool-use/web-search-tool, "Tool definition"):
+`type`, `name` (exactly `web_search`), `max_uses` (> 0), `allowed_domains` or
+`blocked_domains` (not both), `user_location` (`type: approximate` with `city`, `region`,
+`country`, `timezone`), `cache_control`; anything else is refused as Pydantic refuses it.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +27,12 @@ _TOP_LEVEL = frozenset(
 _EFFORTS = ("high", "low", "max", "medium")
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+_WEB_SEARCH_TYPES = frozenset({"web_search_20250305", "web_search_20260209"})
+_WEB_SEARCH_FIELDS = frozenset(
+    {"type", "name", "max_uses", "allowed_domains", "blocked_domains", "user_location",
+     "cache_control", "allowed_callers"}
+)  # fmt: skip
+_LOCATION_FIELDS = frozenset({"type", "city", "region", "country", "timezone"})
 # Block types by the role allowed to send them.
 _USER_BLOCKS = frozenset({"text", "image", "document", "tool_result"})
 _ASSISTANT_BLOCKS = frozenset({"text", "tool_use", "thinking", "redacted_thinking"})
@@ -134,8 +147,14 @@ def _check_tools(tools: Any, choice: Any) -> None:
         for i, tool in enumerate(tools):
             if not isinstance(tool, dict):
                 raise Invalid(f"tools.{i}: Input should be a valid dictionary")
+            if tool.get("type") in _WEB_SEARCH_TYPES:
+                _check_web_search(i, tool)
+                if tool["name"] in names:
+                    raise Invalid("tools: Tool names must be unique.")
+                names.add(tool["name"])
+                continue
             if tool.get("type", "custom") != "custom":
-                continue  # server tools (web_search_20250305, …) carry their own shapes
+                continue  # other server tools carry their own shapes
             name = tool.get("name")
             if not isinstance(name, str) or not _TOOL_NAME.match(name):
                 raise Invalid(
@@ -161,6 +180,41 @@ def _check_tools(tools: Any, choice: Any) -> None:
         raise Invalid("tool_choice: Input tag does not match any of 'auto', 'any', 'tool', 'none'")
     if kind == "tool" and not isinstance(choice.get("name"), str):
         raise Invalid("tool_choice.tool.name: Field required")
+
+
+def _check_web_search(i: int, tool: dict[str, Any]) -> None:
+    at = f"tools.{i}.{tool['type']}"
+    extra = sorted(set(tool) - _WEB_SEARCH_FIELDS)
+    if extra:
+        raise Invalid(f"{at}.{extra[0]}: Extra inputs are not permitted")
+    if "name" not in tool:
+        raise Invalid(f"{at}.name: Field required")
+    if tool["name"] != "web_search":
+        raise Invalid(f"{at}.name: Input should be 'web_search'")
+    uses = tool.get("max_uses")
+    if uses is not None and (not _is_int(uses) or uses <= 0):
+        raise Invalid(f"{at}.max_uses: Input should be greater than 0")
+    for key in ("allowed_domains", "blocked_domains"):
+        domains = tool.get(key)
+        if domains is not None and not (
+            isinstance(domains, list) and all(isinstance(d, str) for d in domains)
+        ):
+            raise Invalid(f"{at}.{key}: Input should be a valid list")
+    if tool.get("allowed_domains") is not None and tool.get("blocked_domains") is not None:
+        raise Invalid("Cannot specify both allowed_domains and blocked_domains.")
+    location = tool.get("user_location")
+    if location is None:
+        return
+    if not isinstance(location, dict):
+        raise Invalid(f"{at}.user_location: Input should be a valid dictionary")
+    extra = sorted(set(location) - _LOCATION_FIELDS)
+    if extra:
+        raise Invalid(f"{at}.user_location.{extra[0]}: Extra inputs are not permitted")
+    if location.get("type") != "approximate":
+        raise Invalid(f"{at}.user_location.type: Input should be 'approximate'")
+    for key in ("city", "region", "country", "timezone"):
+        if key in location and not isinstance(location[key], str):
+            raise Invalid(f"{at}.user_location.{key}: Input should be a valid string")
 
 
 def _check_messages(messages: Any) -> None:

@@ -3,6 +3,12 @@
 Google parses the body as proto3 JSON, which accepts both lowerCamel and the original
 snake_case field names (`parameters_json_schema` appears in a recorded request), so every name
 check normalises snake_case to camelCase first.
+
+Google Search grounding (`googleSearch`, https://ai.google.dev/api/caching#GoogleSearch) takes
+only `timeRangeFilter` (and on Vertex `excludeDomains`); beside function declarations Gemini 2.x
+answers 400 "Tool use with function calling is unsupported by the model." (Gemini 3 wants
+`toolConfig.includeServerSideToolInvocations`; reported in withceleste/celeste-python#197 and
+owndev/Open-WebUI-Functions#159).
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ _DECLARATION = frozenset(
 )
 _FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
 _MODES = frozenset({"MODE_UNSPECIFIED", "AUTO", "ANY", "NONE", "VALIDATED"})
+_GOOGLE_SEARCH = frozenset({"timeRangeFilter", "excludeDomains"})
 
 
 def _camel(key: str) -> str:
@@ -207,10 +214,17 @@ def _check_tools(tools: Any) -> None:
         return
     if not isinstance(tools, list):
         raise Invalid("Invalid value at 'tools': expected a list")
+    kinds: set[str] = set()
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict):
             raise Invalid(f"Invalid value at 'tools[{i}]': expected an object")
         tool = _fields(tool, _TOOL_KINDS, f"tools[{i}]")
+        kinds.update(tool)
+        search = tool.get("googleSearch")
+        if search is not None:
+            if not isinstance(search, dict):
+                raise Invalid(f"Invalid value at 'tools[{i}].google_search': expected an object")
+            _fields(search, _GOOGLE_SEARCH, f"tools[{i}].google_search")
         for j, decl in enumerate(tool.get("functionDeclarations") or []):
             where = f"tools[{i}].function_declarations[{j}]"
             if not isinstance(decl, dict):
@@ -229,6 +243,10 @@ def _check_tools(tools: Any) -> None:
                     f"{where}.parameters",
                     "parameters and parameters_json_schema cannot both be set",
                 )
+    if "googleSearch" in kinds and "functionDeclarations" in kinds:
+        raise Invalid(
+            "Tool use with function calling is unsupported by the model.", kind="INVALID_ARGUMENT"
+        )
 
 
 def _check_tool_config(config: Any) -> None:
