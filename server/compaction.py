@@ -28,6 +28,7 @@ from turnout.engine.canonical import KNOWN_FIELDS, normalize
 from turnout.engine.compaction import seal_summary
 from turnout.engine.errors import RequestError, UpstreamError
 from turnout.engine.ids import IdFactory
+from turnout.server.access.admission import Admission
 from turnout.server.config import Settings
 from turnout.server.history import items, load_chain
 from turnout.server.pricing import PriceBook, usage_counts
@@ -165,6 +166,9 @@ class NativeCompact:
         self.upstream = upstream
         self.prices = prices
         self.key = key
+        # The caller's limits and budgets (server/access/admission.py), wired by the gateway:
+        # a native compact call is admitted and settled like a response.
+        self.admission: Admission | None = None
 
     async def __call__(self, body: dict[str, Any], caller: Caller) -> JsonReply | None:
         model = str(body["model"])
@@ -173,6 +177,8 @@ class NativeCompact:
         build = getattr(mapping, "build_compact", None)
         if not getattr(mapping, "compacts", False) or build is None or target.pending:
             return None
+        admission = self.admission
+        admitted = {} if admission is None else await admission.admit(caller, model)
         chain = await load_chain(self.store, body.get("previous_response_id"))
         create_like = {k: v for k, v in body.items() if k in KNOWN_FIELDS}
         canon = normalize({**create_like, "input": body.get("input") or []}, items(chain),
@@ -199,6 +205,8 @@ class NativeCompact:
         )  # fmt: skip
         if isinstance(usage, dict):
             usage["cost"] = None if price is None else price.cost
+        if admission is not None:
+            admission.settle(caller, None if price is None else price.cost, counts)
         ctx = CURRENT.get()
         if ctx is not None:  # the request's telemetry record, like a response's
             ctx.response_id = str(payload.get("id"))
@@ -214,7 +222,7 @@ class NativeCompact:
             }  # fmt: skip
             ctx.cost = None if price is None else price.cost
             ctx.cost_source = None if price is None else price.source
-        return JsonReply(payload, trail_headers(target.deployment or model, 1))
+        return JsonReply(payload, {**trail_headers(target.deployment or model, 1), **admitted})
 
 
 class Compactor:

@@ -32,6 +32,8 @@ from typing import Any, Literal
 from turnout.engine.canonical import conversation_of, normalize
 from turnout.engine.ids import IdFactory
 from turnout.server.access.admission import Admission
+from turnout.server.access.checks import admission_checks
+from turnout.server.access.teams import Teams
 from turnout.server.background import BackgroundResponses, BackgroundWork, LiveResponse, recover
 from turnout.server.compaction import Compactor, NativeCompact, compaction_key
 from turnout.server.config import Settings
@@ -50,6 +52,7 @@ from turnout.server.run import bind, new_run, reply_headers
 from turnout.server.socket_memory import SocketMemory
 from turnout.server.store_health import StoreHealth
 from turnout.server.stores.base import ItemPage, ResponseStore, StoredResponse
+from turnout.server.stores.keys import KeyStore
 from turnout.server.targets import MappingLike, RegistryLike, Target, Targets
 from turnout.server.telemetry.hub import Telemetry
 from turnout.server.upstream import Upstream
@@ -114,12 +117,15 @@ class Gateway:
         self.finish.turns = self.conversations.append_turn
         # What a caller may do before any upstream call (server/access/admission.py): model
         # access, budgets, rate limits; told each response's cost by the Finisher.
-        self.admission = Admission()
+        # Teams' own limits, cached for a second (server/access/teams.py).
+        self.teams = Teams(store if isinstance(store, KeyStore) else None)
+        self.admission = Admission(admission_checks(store, self.teams))
         self.finish.settle = self.admission.settle
+        native.admission = self.admission
         self.background = BackgroundResponses()
         self.work = BackgroundWork(
             settings, self.background, self.targets, self.failover, self.finish, self.ids,
-            done_marker,
+            done_marker, self.teams,
         )  # fmt: skip
 
     @property
@@ -156,7 +162,7 @@ class Gateway:
         canon = normalize(body, history, seal_key=self.compaction_key)
         admitted = await self.admission.admit(caller, canon.model)
         if body.get("background") is True:
-            reply = await self.work.create(body, canon, chain, prev, caller)
+            reply = await self.work.create(body, canon, chain, prev, caller, admitted)
             reply.headers.update(admitted)
             return reply
         opened = await self.failover.attempt(canon, chain, deadline=caller.deadline)
@@ -220,6 +226,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.background.aclose()
+        await self.admission.aclose()
 
     async def recover(self) -> int:
         """At start-up: fail the background responses a previous process left unfinished."""
