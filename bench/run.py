@@ -54,6 +54,12 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_ADDED_P50_MS = 2.0
 TARGET_RPS = 1000.0
 
+# The gateway runs with a master key; the "vkey" scenarios call it with a virtual key that has a
+# budget and rpm/tpm limits (never reached: every check runs, none refuses), created in the
+# SQLite store before the gateway starts.
+MASTER_KEY = "sk-bench-master-0123456789abcdef"
+_VKEY: list[str] = []  # the virtual key's secret, once created
+
 # -- child processes -----------------------------------------------------------------------------
 
 _children: list[subprocess.Popen[bytes]] = []
@@ -139,11 +145,45 @@ def write_config(tmp: Path, upstream_port: int, store: str) -> Path:
                     "openai": {"api_base": f"http://127.0.0.1:{upstream_port}/v1", "api_key": "x"},
                     "anthropic": {"api_base": f"http://127.0.0.1:{upstream_port}", "api_key": "x"},
                 },
+                "auth": {"master_key": MASTER_KEY},
             },
             indent=2,
         )
     )
     return config
+
+
+def create_virtual_key(db: Path) -> str:
+    """A virtual key with a budget and rpm/tpm limits in the store at `db` (the way
+    tests/keys.py writes one), before the gateway opens it; its secret."""
+    from turnout.server.access.secrets import display_prefix, new_key_id, new_secret, secret_hash
+    from turnout.server.stores import SQLiteStore
+    from turnout.server.stores.keys import AuditEntry, StoredKey, public_key
+
+    secret = new_secret()
+    key = StoredKey(
+        id=new_key_id(),
+        secret_hash=secret_hash(secret),
+        prefix=display_prefix(secret),
+        created_at=int(time.time()),
+        name="bench",
+        max_budget_usd=1e9,
+        budget_period="30d",
+        rpm=1_000_000_000,
+        tpm=1_000_000_000_000,
+    )
+
+    async def write() -> None:
+        store = SQLiteStore(db)
+        await store.open()
+        try:
+            audit = AuditEntry("bench", "key.create", key.id, None, public_key(key), key.created_at)
+            await store.create_key(key, audit)
+        finally:
+            await store.aclose()
+
+    asyncio.run(write())
+    return secret
 
 
 def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -310,10 +350,11 @@ class Scenario:
     direct: bytes  # raw request to the simulator
     gateway: bytes  # raw request to the gateway
     expect_text: str
+    vkey: bool = False  # through a virtual key with a budget and limits, not the master key
 
     @property
     def label(self) -> str:
-        return f"{self.name} {'stream' if self.stream else 'json'}"
+        return f"{self.name} {'stream' if self.stream else 'json'}{' vkey' if self.vkey else ''}"
 
 
 _ONLY: list[str] = []
@@ -328,23 +369,17 @@ def _scenarios() -> list[Scenario]:
     out: list[Scenario] = []
     for stream in (False, True):
         q = "What is the capital of France?"
-        out.append(
-            Scenario(
-                "openai",
-                stream,
-                http_post(
-                    "/v1/responses",
-                    {"model": "gpt-4o-mini", "input": q, "store": False, "stream": stream},
-                    {"authorization": "Bearer x"},
-                ),
-                http_post(
-                    "/v1/responses",
-                    {"model": "openai/gpt-4o-mini", "input": q, "stream": stream},
-                    {},
-                ),
-                "The capital of France is Paris.",
-            )
+        direct = http_post(
+            "/v1/responses",
+            {"model": "gpt-4o-mini", "input": q, "store": False, "stream": stream},
+            {"authorization": "Bearer x"},
         )
+        body = {"model": "openai/gpt-4o-mini", "input": q, "stream": stream}
+        for secret in [MASTER_KEY, *_VKEY]:
+            through = http_post("/v1/responses", body, {"authorization": f"Bearer {secret}"})
+            expect = "The capital of France is Paris."
+            vkey = secret != MASTER_KEY
+            out.append(Scenario("openai", stream, direct, through, expect, vkey=vkey))
     for stream in (False, True):
         q = "What is 1+1? Answer with just the number."
         native = {
@@ -364,7 +399,7 @@ def _scenarios() -> list[Scenario]:
                 http_post(
                     "/v1/responses",
                     {"model": "anthropic/claude-sonnet-4-5", "input": q, "stream": stream},
-                    {},
+                    {"authorization": f"Bearer {MASTER_KEY}"},
                 ),
                 "2",
             )
@@ -523,7 +558,7 @@ async def measure(
         results.append(r)
         g = r.gateway_c16
         print(
-            f"  {sc.label:16s} added p50 {r.added_p50_ms:6.3f} ms  gw {g['rps']:7.0f} req/s  "
+            f"  {sc.label:18s} added p50 {r.added_p50_ms:6.3f} ms  gw {g['rps']:7.0f} req/s  "
             f"cpu {g['cpu_us_per_req']:6.0f} us/req",
             flush=True,
         )
@@ -643,7 +678,7 @@ def report(results: list[Result], meta: dict[str, Any]) -> str:
     )
     out.append("")
     hdr = (
-        f"{'scenario':16s} | {'direct p50/p99 ms':>17s} | {'gateway p50/p99 ms':>18s} | "
+        f"{'scenario':18s} | {'direct p50/p99 ms':>17s} | {'gateway p50/p99 ms':>18s} | "
         f"{'added p50/p99 ms':>16s} | {'TTFB gw p50/p99':>15s} | {'gw req/s c16':>12s} | "
         f"{'gw p50/p99 @c16':>15s} | {'gw CPU us/req':>13s} | {'direct req/s':>12s}"
     )
@@ -657,7 +692,7 @@ def report(results: list[Result], meta: dict[str, Any]) -> str:
             else f"{'-':>15s}"
         )
         out.append(
-            f"{r.scenario:16s} | {_f(r.direct_p50_ms, 7, 3)}/{_f(r.direct_p99_ms, 7, 3)}   | "
+            f"{r.scenario:18s} | {_f(r.direct_p50_ms, 7, 3)}/{_f(r.direct_p99_ms, 7, 3)}   | "
             f"{_f(r.gateway_p50_ms, 7, 3)}/{_f(r.gateway_p99_ms, 7, 3)}    | "
             f"{_f(r.added_p50_ms, 7, 3)}/{_f(r.added_p99_ms, 7, 3)}  | {ttfb:>15s} | "
             f"{g['rps']:12.0f} | {_f(g['p50_ms'], 6)}/{_f(g['p99_ms'], 7)} | "
@@ -671,6 +706,16 @@ def report(results: list[Result], meta: dict[str, Any]) -> str:
                 f"{r.direct_first_p99_ms:.3f} ms; gateway {r.gateway_first_p50_ms:.3f}/"
                 f"{r.gateway_first_p99_ms:.3f} ms"
             )
+    by_label = {r.scenario: r for r in results}
+    for r in results:
+        base = by_label.get(r.scenario.removesuffix(" vkey"))
+        if r.scenario.endswith(" vkey") and base is not None:
+            out.append(
+                f"{r.scenario}: virtual key (budget, rpm, tpm) vs master key: added p50 "
+                f"{r.added_p50_ms - base.added_p50_ms:+.3f} ms, CPU "
+                f"{r.gateway_c16['cpu_us_per_req'] - base.gateway_c16['cpu_us_per_req']:+.0f} "
+                f"us/req, req/s {r.gateway_c16['rps'] - base.gateway_c16['rps']:+.0f}"
+            )
     errs = {r.scenario: r.gateway_c16["errors"] for r in results if r.gateway_c16["errors"]}
     if errs:
         out.append(f"NON-200 replies during throughput: {errs}")
@@ -682,18 +727,18 @@ def report(results: list[Result], meta: dict[str, Any]) -> str:
     out.append("")
     out.append("targets:")
     for r in results:
-        if r.scenario.endswith("json"):
+        if " json" in r.scenario:
             ok1 = r.added_p50_ms < TARGET_ADDED_P50_MS
             ok2 = r.gateway_c16["rps"] >= TARGET_RPS
             out.append(
-                f"  {r.scenario:16s} added p50 {r.added_p50_ms:.3f} ms < {TARGET_ADDED_P50_MS} ms: "
+                f"  {r.scenario:18s} added p50 {r.added_p50_ms:.3f} ms < {TARGET_ADDED_P50_MS} ms: "
                 f"{'PASS' if ok1 else 'MISS'};  {r.gateway_c16['rps']:.0f} req/s >= "
                 f"{TARGET_RPS:.0f}: {'PASS' if ok2 else 'MISS'}"
             )
         else:
             ok1 = r.added_p50_ms < TARGET_ADDED_P50_MS
             out.append(
-                f"  {r.scenario:16s} added p50 {r.added_p50_ms:.3f} ms < {TARGET_ADDED_P50_MS} ms: "
+                f"  {r.scenario:18s} added p50 {r.added_p50_ms:.3f} ms < {TARGET_ADDED_P50_MS} ms: "
                 f"{'PASS' if ok1 else 'MISS'}  (no req/s target for streams)"
             )
     return "\n".join(out)
@@ -773,6 +818,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _up_proc, up_port = start_upstream(cores_load)
         config = write_config(tmp, up_port, args.store)
+        if args.store != "memory":  # a memory store starts empty: no virtual key to call with
+            _VKEY[:] = [create_virtual_key(tmp / "bench.db")]
         gw_port = free_port()
         gw, how, startup = start_gateway(config, gw_port, cores_gw, tmp / "gateway.log")
         if cores_gw:

@@ -238,6 +238,8 @@ async def run(n: int) -> list[tuple[str, str, float]]:
             )
             add("events kept for store (count)", float(len(events)))
 
+    await _key_stages(gw, store, rows, n)
+
     # The whole app over ASGI (Litestar + gateway + httpx with a socket-free transport).
     for store_url in (f"sqlite:///{tmp / 'app.db'}", "memory://"):
         settings2 = load_config(str(cfg), {})
@@ -260,6 +262,43 @@ async def run(n: int) -> list[tuple[str, str, float]]:
                     print(f"  {label:16s} {rows[-1][1]:52s} {us:9.1f}", file=sys.stderr, flush=True)
     await store.close()
     return rows
+
+
+async def _key_stages(gw: Gateway, store: Any, rows: list[tuple[str, str, float]], n: int) -> None:
+    """What a virtual key adds per request: the authenticator's (cached) lookup, then the
+    admission checks and the settle of a key with a budget and rpm/tpm limits; beside them the
+    same for the master key (which has none)."""
+    from turnout.server.access.auth import Authenticator
+    from turnout.server.access.secrets import display_prefix, new_key_id, new_secret, secret_hash
+    from turnout.server.pricing import UsageCounts
+    from turnout.server.stores.keys import AuditEntry, StoredKey
+
+    secret = new_secret()
+    key = StoredKey(
+        id=new_key_id(), secret_hash=secret_hash(secret), prefix=display_prefix(secret),
+        created_at=int(time.time()), max_budget_usd=1e9, budget_period="30d",
+        rpm=1_000_000_000, tpm=1_000_000_000_000,
+    )  # fmt: skip
+    await store.create_key(key, AuditEntry("bench", "key.create", key.id, None, None, 0))
+    master = "sk-bench-master-0123456789abcdef"
+    auth = Authenticator(master, store)
+    usage = UsageCounts(input_tokens=20, output_tokens=10)
+    label = "keys"
+    for who, token in (("virtual key", secret), ("master key", master)):
+        caller = (await auth.identify(f"Bearer {token}")).caller(None, None)
+        await gw.admission.admit(caller, "openai/gpt-4o-mini")  # seeds the budget's period
+
+        async def identify(token: str = token) -> Any:
+            return await auth.identify(f"Bearer {token}")
+
+        async def admit(caller: Any = caller) -> None:
+            await gw.admission.admit(caller, "openai/gpt-4o-mini")
+            gw.admission.settle(caller, 1e-6, usage)
+
+        for stage, fn in (("auth.identify (cached)", identify), ("admission admit+settle", admit)):
+            us = await atimeit(fn, n)
+            rows.append((label, f"{who}: {stage}", us))
+            print(f"  {label:16s} {rows[-1][1]:52s} {us:9.1f}", file=sys.stderr, flush=True)
 
 
 class _lifespan:

@@ -96,6 +96,9 @@ class RequestError(TurnoutError):
         code: str | None = None,
         type: str = "invalid_request_error",  # the OpenAI field name
         retry_after: float | None = None,  # seconds; sent as Retry-After with a 429
+        # Extra reply headers (a key's `x-ratelimit-*`): names and values of our own, never
+        # anything the client or a provider sent.
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -104,6 +107,7 @@ class RequestError(TurnoutError):
         self.code = code
         self.type = type
         self.retry_after = retry_after
+        self.headers = headers
 
     def __str__(self) -> str:
         return self.message

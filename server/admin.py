@@ -46,7 +46,14 @@ async def require_admin(
 
 def _admin(request: Request[Any, Any, Any]) -> KeyAdmin:
     auth: Authenticator = request.app.state.auth
-    return KeyAdmin(request.app.state.gateway.store, actor=ADMIN_ACTOR, on_change=auth.invalidate)
+    gateway = request.app.state.gateway
+
+    def changed() -> None:
+        # This process sees a change at once: the key lookups and the teams' limits.
+        auth.invalidate()
+        gateway.teams.invalidate()
+
+    return KeyAdmin(gateway.store, actor=ADMIN_ACTOR, on_change=changed)
 
 
 async def _body(request: Request[Any, Any, Any]) -> Any:

@@ -34,6 +34,7 @@ from turnout.engine.builder import ResponseBuilder
 from turnout.engine.canonical import CanonicalRequest
 from turnout.engine.errors import RequestError, UpstreamError
 from turnout.engine.ids import IdFactory
+from turnout.server.access.teams import Teams
 from turnout.server.config import Settings
 from turnout.server.failover import Failover, Opened, key_drops
 from turnout.server.finish import Finisher, record, tags
@@ -45,6 +46,7 @@ from turnout.server.request_context import Caller
 from turnout.server.run import Run, bind, new_run, reply_headers
 from turnout.server.store_health import StoreUnavailable
 from turnout.server.stores.base import ResponseStore, StoredResponse
+from turnout.server.stores.keys import StoredTeam
 from turnout.server.targets import Targets
 from turnout.server.telemetry.hub import CURRENT
 from turnout.server.upstream import UpstreamCall
@@ -70,6 +72,7 @@ class LiveResponse:
         self, builder: ResponseBuilder, api_key_id: str | None = None, team: str | None = None
     ) -> None:
         self.builder = builder
+        # Whose it is: who may see it, and whose `max_background` it counts against.
         self.api_key_id = api_key_id
         self.team = team
         self.events: list[Event] = []
@@ -128,6 +131,16 @@ class BackgroundResponses:
 
     def running(self) -> int:
         return sum(1 for live in self._live.values() if not live.done)
+
+    def running_for(self, *, key_id: str | None = None, team: str | None = None) -> int:
+        """How many of a key's (or a team's) background responses are at work."""
+        return sum(
+            1
+            for live in self._live.values()
+            if not live.done
+            and ((key_id is not None and live.api_key_id == key_id)
+                 or (team is not None and live.team == team))
+        )  # fmt: skip
 
     def reserve(self, live: LiveResponse) -> None:
         """Count the response as running from now (before its first await), so concurrent
@@ -197,6 +210,7 @@ class BackgroundWork:
         finish: Finisher,
         ids: IdFactory,
         done_marker: bool,
+        teams: Teams | None = None,
     ) -> None:
         self.settings = settings
         self.responses = responses
@@ -205,6 +219,7 @@ class BackgroundWork:
         self.finish = finish
         self.ids = ids
         self.done_marker = done_marker
+        self.teams = teams  # a team's own max_background (server/access/teams.py)
 
     async def create(
         self,
@@ -213,29 +228,26 @@ class BackgroundWork:
         chain: list[StoredResponse],
         prev: str | None,
         caller: Caller,
+        headers: dict[str, str] | None = None,
     ) -> JsonReply | StreamReply:
         """Store the response as queued, start the work, answer at once. For a direct
         provider/model the request is built first, so an unknown model, a missing key or a
-        parameter the provider cannot honour is still this call's own 4xx."""
-        limit = self.settings.limits.max_background
-        if self.responses.running() >= limit:
-            raise RequestError(
-                429,
-                f"Too many background responses at work ({limit}, limits.max_background): "
-                "retry once some have finished.",
-                param="background",
-                code="rate_limit_exceeded",
-                type="requests",
-                retry_after=BACKGROUND_RETRY_AFTER_S,
-            )
+        parameter the provider cannot honour is still this call's own 4xx. `headers`: the
+        admission's (`x-ratelimit-*`), for a 429 from the caps."""
+        team = None
+        if self.teams is not None and caller.team is not None:
+            team = await self.teams.get(caller.team)
+        self._check_caps(caller, team, headers)
         reply_stream = canon.stream
         # The upstream always streams, so GET shows the output as it grows and followers get
         # every delta, whether the create call itself asked for a stream or not.
         canon = CanonicalRequest({**canon.view, "stream": True}, canon.input_items, canon.body)
         run, call = await self._queued(body, canon, prev, caller)
+        # Checked again after the await: the caps hold however creates interleave.
+        self._check_caps(caller, team, headers)
         live = LiveResponse(run.builder, caller.key_id, caller.team)
         live.publish(run.events)
-        self.responses.reserve(live)  # counted against the cap before the first await
+        self.responses.reserve(live)  # counted against the caps before the next await
         try:
             await self.finish.health.put(
                 self.finish.store, record(run, UsageCounts(), None, tags(body.get("metadata")))
@@ -250,6 +262,37 @@ class BackgroundWork:
         if reply_stream:
             return StreamReply(self.follow_sse(live), headers, detached=True)
         return JsonReply(run.builder.response, headers, detached=True)
+
+    def _check_caps(
+        self, caller: Caller, team: StoredTeam | None, headers: dict[str, str] | None
+    ) -> None:
+        """429 when the gateway (`limits.max_background`), the caller's key or its team already
+        has as many background responses at work as it may."""
+        limit = self.settings.limits.max_background
+        if self.responses.running() >= limit:
+            raise _capped(
+                f"Too many background responses at work ({limit}, limits.max_background): "
+                "retry once some have finished.",
+                headers,
+            )
+        key = caller.key
+        if key is not None and key.max_background is not None:
+            held = self.responses.running_for(key_id=key.id)
+            if held >= key.max_background:
+                raise _capped(
+                    f"The key '{key.id}' already has {held} background response(s) at work, "
+                    f"its max_background ({key.max_background}): retry once one has finished.",
+                    headers,
+                )
+        if team is not None and team.max_background is not None:
+            held = self.responses.running_for(team=team.name)
+            if held >= team.max_background:
+                raise _capped(
+                    f"The team '{team.name}' already has {held} background response(s) at "
+                    f"work, its max_background ({team.max_background}): retry once one has "
+                    "finished.",
+                    headers,
+                )
 
     async def _queued(
         self, body: dict[str, Any], canon: CanonicalRequest, prev: str | None, caller: Caller
@@ -358,6 +401,13 @@ class BackgroundWork:
             yield b"".join([encode_sse(event) for event in group])
         if self.done_marker:
             yield DONE
+
+
+def _capped(message: str, headers: dict[str, str] | None) -> RequestError:
+    return RequestError(
+        429, message, param="background", code="rate_limit_exceeded", type="requests",
+        retry_after=BACKGROUND_RETRY_AFTER_S, headers=dict(headers) if headers else None,
+    )  # fmt: skip
 
 
 async def recover(store: ResponseStore, responses: BackgroundResponses) -> int:

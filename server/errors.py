@@ -6,7 +6,8 @@ Shape (OpenAI `ErrorResponse`, all four keys always present, `param`/`code` null
 
 Exception → status:
 
-    RequestError                → its own status (client mistake, 4xx)
+    RequestError                → its own status (client mistake, 4xx), its `headers` added
+                                  (a virtual key's `x-ratelimit-*`), `Retry-After` for 429
     UpstreamError               → its own status; `Retry-After` passed on for 429/503
     InternalError               → 500 `server_error` naming what failed (Turnout's own defect)
     litestar HTTPException      → its status (404 route, 405 method, 413 body, 400 validation);
@@ -106,13 +107,16 @@ def _retry_headers(status: int, retry_after: float | None) -> dict[str, str]:
 
 def _on_request_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     assert isinstance(exc, RequestError)
+    headers = _retry_headers(exc.status, exc.retry_after)
+    if exc.headers:
+        headers = {**exc.headers, **headers}
     return error_response(
         exc.status,
         exc.message,
         type_=exc.type or None,
         param=exc.param,
         code=exc.code,
-        headers=_retry_headers(exc.status, exc.retry_after),
+        headers=headers,
     )
 
 

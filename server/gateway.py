@@ -32,6 +32,7 @@ from typing import Any, Literal
 from turnout.engine.canonical import conversation_of, normalize
 from turnout.engine.ids import IdFactory
 from turnout.server.access.admission import Admission
+from turnout.server.access.checks import admission_checks
 from turnout.server.access.isolation import sees_all, visible
 from turnout.server.access.models import ModelAccess
 from turnout.server.access.teams import Teams
@@ -102,11 +103,13 @@ class Gateway:
         # Which models each caller may use (server/access/models.py): admission's first check,
         # the input_tokens check and GET /v1/models's filter.
         keys = store if isinstance(store, KeyStore) else None
-        self.model_access = ModelAccess(settings.access, settings.models, Teams(keys))
+        # Teams' own limits and model lists, cached for a second (server/access/teams.py).
+        self.teams = Teams(keys)
+        self.model_access = ModelAccess(settings.access, settings.models, self.teams)
         # What a caller may do before any upstream call (server/access/admission.py): model
-        # access, budgets, rate limits; told each response's cost by the Finisher. Model access
-        # first: a request refused for its model must not count against a limit.
-        self.admission = Admission([self.model_access])
+        # access, then rate limits, then budgets (server/access/checks.py); told each
+        # response's cost by the Finisher.
+        self.admission = Admission(admission_checks(store, self.teams, self.model_access))
         # POST /v1/responses/input_tokens (server/count_tokens.py).
         self.counter = TokenCounter(store, self.targets, upstream, secrets, self.model_access)
         # Cost of every response (server/pricing.py), then the record and the telemetry.
@@ -130,7 +133,7 @@ class Gateway:
         self.background = BackgroundResponses()
         self.work = BackgroundWork(
             settings, self.background, self.targets, self.failover, self.finish, self.ids,
-            done_marker,
+            done_marker, self.teams,
         )  # fmt: skip
 
     @property
@@ -167,7 +170,7 @@ class Gateway:
         canon = normalize(body, history, seal_key=self.compaction_key)
         admitted = await self.admission.admit(caller, canon.model)
         if body.get("background") is True:
-            reply = await self.work.create(body, canon, chain, prev, caller)
+            reply = await self.work.create(body, canon, chain, prev, caller, admitted)
             reply.headers.update(admitted)
             return reply
         opened = await self.failover.attempt(
@@ -245,6 +248,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.background.aclose()
+        await self.admission.aclose()
 
     async def recover(self) -> int:
         """At start-up: fail the background responses a previous process left unfinished."""

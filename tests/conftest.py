@@ -99,10 +99,10 @@ class Gateway:
     process: subprocess.Popen[bytes]
     log: Path
 
-    def client(self, **kwargs: object) -> OpenAI:
+    def client(self, api_key: str = "client-key-not-used-upstream", **kwargs: object) -> OpenAI:
         return OpenAI(
             base_url=f"{self.url}/v1",
-            api_key="client-key-not-used-upstream",
+            api_key=api_key,
             max_retries=0,
             timeout=30,
             _strict_response_validation=True,

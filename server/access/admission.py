@@ -5,7 +5,7 @@ rate limits); this module only runs them in order.
 * `admit(caller, model)` runs every check; a check refuses by raising `RequestError` (403
   `model_not_allowed`, 429 `insufficient_quota` / `rate_limit_exceeded` with `retry_after`) and
   may return headers for the reply (the `x-ratelimit-*` family), which the gateway adds to the
-  JSON reply or the SSE stream.
+  JSON reply or the SSE stream, and which a later check's refusal carries too.
 * `settle(caller, cost, counts)` tells every check what a finished response cost (also with
   `store: false`: a budget counts what was paid, not what was kept). Called by the Finisher
   once per priced response, before its terminal event leaves.
@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from turnout.engine.errors import RequestError
 from turnout.server.pricing import UsageCounts
 from turnout.server.request_context import Caller
 
@@ -43,7 +44,14 @@ class Admission:
     async def admit(self, caller: Caller, model: str) -> dict[str, str]:
         headers: dict[str, str] = {}
         for check in self.checks:
-            more = await check.admit(caller, model)
+            try:
+                more = await check.admit(caller, model)
+            except RequestError as exc:
+                # A refusal carries the headers of the checks before it (a budget's 429 still
+                # says where the key stands with its rate limits).
+                if headers:
+                    exc.headers = {**headers, **(exc.headers or {})}
+                raise
             if more:
                 headers.update(more)
         return headers
@@ -51,3 +59,11 @@ class Admission:
     def settle(self, caller: Caller, cost: float | None, counts: UsageCounts) -> None:
         for check in self.checks:
             check.settle(caller, cost, counts)
+
+    async def aclose(self) -> None:
+        """Stop what checks run in the background (a budget's store re-reads), before the
+        store closes."""
+        for check in self.checks:
+            close = getattr(check, "aclose", None)
+            if close is not None:
+                await close()

@@ -1,7 +1,11 @@
-"""Team settings for the checks on the request path, read from the key store at most once per
-`ttl_s` (1 s) per team: a team changed anywhere (the admin API, the CLI, another replica) is
-seen within that, as a key is by the authenticator (server/access/auth.py), without a store
-round trip per request."""
+"""A team's own limits (`StoredTeam`), read from the key store and kept for a second.
+
+Budgets, rate limits and `max_background` of a team are shared by all its keys, so every
+request of a key with a team needs the team's settings. They are cached per process for
+`ttl_s` (1 s, like the authenticator's key lookups): a team changed elsewhere is seen within a
+second, and a busy team costs one store read per second, never one per request. A key whose
+team has no stored settings has no team limits (cached as such).
+"""
 
 from __future__ import annotations
 
@@ -23,8 +27,6 @@ class _Cached:
 
 
 class Teams:
-    """A team's settings by name (None: no such team, or no key store)."""
-
     def __init__(
         self,
         keys: KeyStore | None,
@@ -38,17 +40,18 @@ class Teams:
         self._cache: dict[str, _Cached] = {}
 
     def invalidate(self) -> None:
+        """Forget every cached team: the next request of each reads the store."""
         self._cache.clear()
 
-    async def get(self, name: str) -> StoredTeam | None:
-        if self._keys is None:
+    async def get(self, name: str | None) -> StoredTeam | None:
+        """The team's settings; None for no team, an unknown team or no key store."""
+        if name is None or self._keys is None:
             return None
         now = self._monotonic()
         cached = self._cache.get(name)
         if cached is None or now - cached.fetched >= self._ttl:
-            cached = _Cached(await self._keys.get_team(name), now)
-            if len(self._cache) >= _MAX_CACHED:
+            team = await self._keys.get_team(name)
+            if len(self._cache) >= _MAX_CACHED and name not in self._cache:
                 self._cache.pop(next(iter(self._cache)))  # the oldest entry
-            self._cache.pop(name, None)  # re-inserted last: the table stays oldest first
-            self._cache[name] = cached
+            cached = self._cache[name] = _Cached(team, now)
         return cached.team
