@@ -39,6 +39,7 @@ __all__ = [
     "LimitsSettings",
     "ModelAlias",
     "ProviderSettings",
+    "RetentionSettings",
     "RouterSettings",
     "ServerSettings",
     "Settings",
@@ -151,6 +152,12 @@ class LimitsSettings:
     upstream_wait_s: float = 10.0
 
 
+@dataclass(frozen=True)
+class RetentionSettings:
+    # Stored responses older than this many days are forgotten (server/retention.py); None: kept.
+    days: int | None = None
+
+
 def env_prefix(pid: str) -> str:
     """``together-ai`` → ``TOGETHER_AI``: the prefix of a provider's environment variables."""
     return re.sub(r"[^A-Za-z0-9]", "_", pid).upper()
@@ -175,6 +182,7 @@ class Settings:
     router: RouterSettings = field(default_factory=RouterSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     mappings_dir: str = DEFAULT_MAPPINGS_DIR
     logging: list[dict[str, Any]] = field(default_factory=list)
     # Price overrides by alias, provider/model or glob (server/pricing.py).
@@ -409,6 +417,7 @@ def _build(
             ),
             upstream_wait_s=limits.get("upstream_wait_s", defaults_l.upstream_wait_s),
         ),
+        retention=RetentionSettings(days=(data.get("retention") or {}).get("days")),
         mappings_dir=mappings_dir,
         logging=[dict(entry) for entry in data.get("logging") or []],
         pricing={k: dict(v) for k, v in (data.get("pricing") or {}).items()},
