@@ -26,6 +26,7 @@ from turnout.server.admin import admin_router
 from turnout.server.config import Settings
 from turnout.server.errors import exception_handlers
 from turnout.server.gateway import Gateway, RegistryLike
+from turnout.server.retention import Retention
 from turnout.server.routes import health, health_deployments, metrics, v1_router
 from turnout.server.stores import ResponseStore, create_store
 from turnout.server.stores.keys import KeyStore
@@ -104,6 +105,10 @@ def create_app(
             # First to close: background responses stop and are recorded before the rest.
             opened.push_async_callback(gateway.aclose)
             await gateway.recover()
+            if settings.retention.days is not None:
+                retention = Retention(the_store, settings.retention.days)
+                retention.start()
+                opened.push_async_callback(retention.aclose)  # stopped before the rest
             gateway.telemetry = telemetry
             app.state.telemetry = telemetry
             yield

@@ -1,7 +1,8 @@
-"""`turnout serve|lint|record|keys|teams`, `turnout --version`.
+"""`turnout serve|migrate|lint|record|keys|teams`, `turnout --version`.
 
     turnout serve [--config FILE] [--host H] [--port P]   # default 127.0.0.1:4000
                   [--log-level debug|info|warning|error] [--access-log]
+    turnout migrate [--config FILE]                         # bring the store's schema up to date
     turnout lint [DIR]                                      # default: the bundled mappings/
     turnout record --model PROVIDER/MODEL --input TEXT [--stream] [--config FILE] [--name NAME]
                    [--out DIR]   # one real request → fixture set + case file (server/record.py)
@@ -9,6 +10,11 @@
     turnout teams create|list|show|update|delete [--config FILE] [--json] …
                    # virtual keys and teams in the config's store (server/keys_cli.py)
     turnout --version                                       # `turnout <version>`
+
+`turnout migrate` opens the configured store, which applies its pending schema migrations (the
+same ones `serve` applies at start-up; PostgreSQL under an advisory lock, so replicas starting at
+once and a `migrate` run beside them migrate once), prints one line and closes it:
+`store postgresql://turnout:***@db:5432/turnout: schema version 2 (applied 1, 2)`.
 
 Exit codes: 0 ok, 1 lint found problems, 2 the config or a mapping is broken (problems printed as
 `file:line:col: key: message`, never a traceback).
@@ -299,6 +305,40 @@ def _settle_heap() -> None:
     gc.freeze()
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from turnout.server.config import load_config
+    from turnout.server.stores import open_store
+
+    configure_logging()
+    try:
+        settings = load_config(args.config, os.environ)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return 2
+    shown = mask_store_url(settings.store)
+
+    async def run() -> str:
+        store = await open_store(settings.store)  # opening migrates
+        version, applied = store.schema_version, store.migrations_applied
+        await store.aclose()
+        if version is None:
+            return "nothing to migrate"
+        done = f" (applied {', '.join(map(str, applied))})" if applied else " (up to date)"
+        return f"schema version {version}{done}"
+
+    try:
+        outcome = asyncio.run(run())
+    except Exception as exc:
+        # The store's own words (they never hold the URL's password), one line.
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"turnout migrate: store {shown}: {reason}", file=sys.stderr)
+        return 1
+    print(f"store {shown}: {outcome}")
+    return 0
+
+
 def _lint(args: argparse.Namespace) -> int:
     count, problems = lint_dir(args.dir or DEFAULT_MAPPINGS_DIR)
     for problem in problems:
@@ -403,6 +443,14 @@ def _parser() -> argparse.ArgumentParser:
         "response_id (also config server.access_log: true)",
     )
     serve.set_defaults(func=_serve)
+    migrate = sub.add_parser(
+        "migrate",
+        help="apply the store's pending schema migrations (serve also does at start-up)",
+        description="Open the configured store, apply its pending schema migrations and close "
+        "it (PostgreSQL: under an advisory lock, so concurrent starts migrate once).",
+    )
+    migrate.add_argument("--config", metavar="FILE", help="YAML config file (its store:)")
+    migrate.set_defaults(func=_migrate)
     lint = sub.add_parser("lint", help="check mapping files")
     lint.add_argument("dir", nargs="?", help="mappings folder (default: the bundled one)")
     lint.set_defaults(func=_lint)

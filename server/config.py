@@ -41,6 +41,7 @@ __all__ = [
     "LimitsSettings",
     "ModelAlias",
     "ProviderSettings",
+    "RetentionSettings",
     "RouterSettings",
     "ServerSettings",
     "Settings",
@@ -171,6 +172,12 @@ class AccessSettings:
         return self.models == ALIASES_ONLY
 
 
+@dataclass(frozen=True)
+class RetentionSettings:
+    # Stored responses older than this many days are forgotten (server/retention.py); None: kept.
+    days: int | None = None
+
+
 def env_prefix(pid: str) -> str:
     """``together-ai`` → ``TOGETHER_AI``: the prefix of a provider's environment variables."""
     return re.sub(r"[^A-Za-z0-9]", "_", pid).upper()
@@ -196,6 +203,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     mappings_dir: str = DEFAULT_MAPPINGS_DIR
     logging: list[dict[str, Any]] = field(default_factory=list)
     # Price overrides by alias, provider/model or glob (server/pricing.py).
@@ -445,6 +453,7 @@ def _build(
             models=str((data.get("access") or {}).get("models") or "any"),
             allow=tuple((data.get("access") or {}).get("allow") or ()),
         ),
+        retention=RetentionSettings(days=(data.get("retention") or {}).get("days")),
         mappings_dir=mappings_dir,
         logging=[dict(entry) for entry in data.get("logging") or []],
         pricing={k: dict(v) for k, v in (data.get("pricing") or {}).items()},

@@ -20,12 +20,25 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from tests import postgres
 from tests.formats import MAPPINGS_ROOT, WIRES, Facts, facts, format_of
 from tests.simulators import Simulator
 from turnout.engine.registry import DEFAULT_MAPPINGS_DIR, MappingRegistry
 from turnout.server.config import env_prefix
 
 pytest_plugins = ["tests.simulators.pytest_plugin"]
+
+# The contract suite's postgresql:// scratch stores live on the test server (tests/postgres.py).
+postgres.use_test_server()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    postgres.sweep(mine=False)  # what killed runs left behind
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    postgres.sweep(mine=True)  # whatever a test of this run left behind
+
 
 ROOT = Path(__file__).resolve().parents[1]
 # The bundled mappings, or the folder $TURNOUT_TEST_MAPPINGS names (tests/formats.py).

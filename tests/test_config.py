@@ -249,7 +249,9 @@ def test_config_overrides_environment(tmp_path: Path) -> None:
     ("text", "expected"),
     [
         # No backend registers the scheme: refused at load, naming the ones that exist.
-        ("store: postgres://x\n", "store: unknown store url scheme 'postgres'"),
+        ("store: mysql://x\n", "store: unknown store url scheme 'mysql'"),
+        # A registered backend checks the rest of its URL at load, naming no part of it.
+        ("store: postgres://u:pw@x\n", ":1:1: store: postgresql store url needs a host and a"),
         ("store: not-a-url\n", ":1:1: store: value does not match regex"),
         ("models:\n  a: {deployments: []}\n", ":2:7: models.a.deployments: min length is 1"),
         ("models:\n  a: {deployments: [{model: gpt}]}\n", ":2:22: models.a.deployments[0].model"),

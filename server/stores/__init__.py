@@ -1,13 +1,15 @@
 """Response stores: pick a backend from a URL (``store.url`` in the config).
 
 Backends register their URL scheme (``registry.py``); importing this package imports the
-built-in ones (``memory``, ``sqlite``), so every registered scheme is known to
+built-in ones (``memory``, ``sqlite``, ``postgresql``: its driver is imported only when
+one is opened), so every registered scheme is known to
 `parse_store_url`, `create_store` and `open_store`.
 """
 
 from __future__ import annotations
 
 from . import memory as _memory  # registers memory://
+from . import postgres as _postgres  # registers postgresql:// and postgres://
 from . import sqlite as _sqlite  # registers sqlite://
 from .base import (
     ChainCycleError,
@@ -25,6 +27,7 @@ from .base import (
 )
 from .conversations import ConversationStore, StoredConversation
 from .memory import MemoryStore
+from .postgres import PostgresStore
 from .registry import (
     STORE_BACKENDS,
     create_store,
@@ -44,6 +47,7 @@ __all__ = [
     "MemoryStore",
     "MissingChainLinkError",
     "Order",
+    "PostgresStore",
     "ResponseStore",
     "SQLiteStore",
     "SpendQuery",
@@ -60,4 +64,4 @@ __all__ = [
     "register_store",
 ]
 
-del _memory, _sqlite
+del _memory, _postgres, _sqlite

@@ -1,7 +1,7 @@
 """The response store contract: one record per response, behind a small async interface.
 
 Modelled on ``litestar.stores``: a tiny abstract base, several interchangeable backends
-(``memory.py``, ``sqlite.py``) and one contract test suite run over all of them
+(``memory.py``, ``sqlite.py``, ``postgres.py``) and one contract test suite run over all of them
 (``tests/test_store_contract.py``). Routes only ever see ``ResponseStore``.
 
 Decisions that every backend honours (the contract suite checks them):
@@ -373,6 +373,10 @@ class ResponseStore(ABC):
     scheme: ClassVar[str] = ""
     # URL forms shown when a store URL is refused (every registered backend's are listed).
     url_forms: ClassVar[tuple[str, ...]] = ()
+    # A backend with a schema sets these in open(): the version the store is at, and the
+    # migrations that open() applied (`turnout migrate` prints them). None: no schema.
+    schema_version: int | None = None
+    migrations_applied: tuple[int, ...] = ()
 
     # -- choosing a backend from a URL (registry.py) ----------------------------------------
 
@@ -394,6 +398,13 @@ class ResponseStore(ABC):
         under ``folder``); None when this backend cannot run here (a server that is not
         configured), which fails the contract suite for it: no backend is left untested."""
         raise NotImplementedError(f"{cls.__name__} names no scratch store for the contract suite")
+
+    @classmethod
+    async def drop_scratch(cls, url: str) -> None:
+        """Remove what a scratch store at ``url`` (from `scratch_url`) left outside its folder:
+        a database server's schema. The contract suite calls it after each test, failed or
+        not; files under the folder go with it, so by default there is nothing to do."""
+        return None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -430,6 +441,14 @@ class ResponseStore(ABC):
     @abstractmethod
     async def delete(self, response_id: str) -> bool:
         """Tombstone the record; False when unknown or already deleted."""
+
+    async def purge(self, before: int, *, limit: int) -> int:
+        """Retention: tombstone, as `delete` does (the accounting stays, so spend totals do not
+        change), up to ``limit`` live records created before ``before`` (unix seconds) that
+        are not queued or in progress, oldest first; how many it tombstoned. Called in small
+        batches (server/retention.py), each a short write that requests do not queue behind
+        for long. Every registered backend implements it (the contract suite checks)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot purge old responses")
 
     @abstractmethod
     async def unfinished(self) -> list[str]:

@@ -101,6 +101,20 @@ class MemoryStore(ResponseStore, ConversationStore, MemoryKeys):
             self._rows[response_id] = record_to_json(tombstone(record))
             return True
 
+    async def purge(self, before: int, *, limit: int) -> int:
+        self._check_open()
+        with self._lock:
+            records = [record_from_json(data) for data in self._rows.values()]
+            old = sorted(
+                (r for r in records
+                 if not r.deleted and r.created_at < before
+                 and r.status not in UNFINISHED_STATUSES),
+                key=lambda r: r.created_at,
+            )[:limit]  # fmt: skip
+            for record in old:
+                self._rows[record.id] = record_to_json(tombstone(record))
+        return len(old)
+
     async def accounting(self, query: SpendQuery) -> Iterable[AccountingRow]:
         self._check_open()
         with self._lock:

@@ -41,6 +41,11 @@ appended in one transaction on the writer, so they are contiguous and all-or-not
 4 adds the owner's ``team`` to responses and conversations, the key tables (``sqlite_keys.py``:
 virtual keys, teams, the audit log) and the per-key / per-team spend indexes; older files are
 brought to 4 in the same transaction as the steps before.
+
+Retention (``purge``): one ``UPDATE`` on the writer per batch, over a partial index of the live
+rows (made at every open), then ``PRAGMA incremental_vacuum`` hands the freed pages back. New
+files are created with ``auto_vacuum=INCREMENTAL`` (it must be set before the first table);
+older ones reuse their free pages until a ``VACUUM`` converts them.
 """
 
 from __future__ import annotations
@@ -52,7 +57,6 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,6 +83,7 @@ from .base import (
 )
 from .columns import ACCOUNTING_COLUMNS, COLUMNS, Column, RowCodec
 from .conversations import ConversationStore, StoredConversation
+from .encoding import document, encode_items, encode_lists, is_large
 from .registry import register_store
 from .sqlite_keys import KEY_TABLES, SQLiteKeys
 
@@ -99,24 +104,10 @@ _TYPES = {
 _dumps = orjson.dumps
 
 
-class _Encoded:
-    """A document column encoded already (piecewise, by `_encode_lists`). A bytearray: built in
-    place, and bound by sqlite3 as a BLOB without another copy of a 100 MB value."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytearray) -> None:
-        self.data = data
-
-
-def _document(value: Any) -> bytes | bytearray:
-    return value.data if type(value) is _Encoded else _dumps(value)
-
-
 # How each kind of column is written and read (see columns.py).
 _ENCODERS: dict[str, Callable[[Any], Any]] = {
     "flag": int,
-    "document": _document,
+    "document": document,
     "json": lambda value: _dumps(value).decode(),
 }
 _DECODERS: dict[str, Callable[[Any], Any]] = {
@@ -188,6 +179,18 @@ _UNFINISHED_INDEX = (
     f"CREATE INDEX IF NOT EXISTS responses_unfinished ON responses (status) WHERE {_UNFINISHED}"
 )
 _SELECT_UNFINISHED = f"SELECT id FROM responses WHERE {_UNFINISHED}"
+# Retention walks the live records oldest first: a partial index, so the tombstones it leaves
+# (kept for ever, for spend) are never scanned again. Created at every open, like the above.
+_LIVE_INDEX = (
+    "CREATE INDEX IF NOT EXISTS responses_live_created_at ON responses (created_at) "
+    "WHERE deleted = 0"
+)
+_PURGE = (
+    "UPDATE responses SET deleted = 1, response = x'7b7d', input_items = x'5b5d', "
+    "events = NULL, request = x'7b7d' WHERE rowid IN (SELECT rowid FROM responses "
+    "WHERE deleted = 0 AND created_at < ? AND status NOT IN "
+    f"({', '.join(repr(s) for s in UNFINISHED_STATUSES)}) ORDER BY created_at LIMIT ?)"
+)
 # Version 3: conversations and their items (``seq`` orders the items of one conversation).
 _CONVERSATION_TABLES = (
     "CREATE TABLE conversations (\n    id TEXT PRIMARY KEY,\n    created_at INTEGER NOT NULL,\n"
@@ -239,63 +242,6 @@ _DELETE = (
 
 # The record as one row of parameters for _UPSERT (bench/stages.py times it), and back.
 _row_params = _RECORDS.to_row
-# Encoding a record runs on the event loop (a snapshot at put time). A 20 MB input is copied into
-# several events, so the lists are encoded an element at a time, letting other requests (and
-# /health) run whenever this much has been encoded since the last pause.
-_YIELD_EVERY_BYTES = 2 * 1024 * 1024
-
-
-_LARGE_TEXT_CHARS = 512 * 1024
-_PROBE_NODES = 400  # a record with more nodes than this is treated as large: encoded in pieces
-
-
-def _is_large(record: StoredResponse) -> bool:
-    """Whether the record's text may take long to encode: its input items, and its output
-    (which the events repeat several times), hold over `_LARGE_TEXT_CHARS` characters. A few
-    microseconds for an ordinary record; stops early either way."""
-    output = record.response.get("output") if isinstance(record.response, dict) else None
-    stack: list[Any] = [record.input_items, output, output, output, output]
-    chars = nodes = 0
-    while stack:
-        node = stack.pop()
-        nodes += 1
-        if nodes > _PROBE_NODES:
-            return True
-        if isinstance(node, str):
-            chars += len(node)
-            if chars > _LARGE_TEXT_CHARS:
-                return True
-        elif isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return False
-
-
-async def _encode_lists(record: StoredResponse) -> StoredResponse:
-    """`record` with its `events` and `input_items` encoded, pausing for the loop between
-    elements every `_YIELD_EVERY_BYTES` (the same bytes as one `orjson.dumps` of the list)."""
-    since_pause = 0
-    encoded: dict[str, _Encoded] = {}
-    for name in ("input_items", "events"):
-        value = getattr(record, name)
-        if not isinstance(value, list):  # None, or not a list: encoded whole as before
-            continue
-        out = bytearray(b"[")
-        for i, element in enumerate(value):
-            if i:
-                out += b","
-            part = _dumps(element)
-            out += part
-            since_pause += len(part)
-            if since_pause >= _YIELD_EVERY_BYTES:
-                since_pause = 0
-                await asyncio.sleep(0)
-        out += b"]"
-        encoded[name] = _Encoded(out)
-    return replace(record, **encoded)  # type: ignore[arg-type]
-
-
 _from_row = _RECORDS.from_row
 
 
@@ -406,18 +352,26 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
         # the thread that owns it (sqlite3's check_same_thread stays on as a guard).
         conn = sqlite3.connect(self._path, isolation_level=None)
         try:
+            # Space freed by retention goes back to the file system (`_purge`). Takes effect
+            # only in a file without tables yet: an older file keeps reusing its free pages
+            # (`VACUUM` once, offline, converts it; README "Retention").
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             conn.execute("PRAGMA journal_mode=WAL")  # ":memory:" answers "memory": fine
             conn.execute(f"PRAGMA synchronous={self._synchronous}")  # see the module docstring
             conn.execute("PRAGMA busy_timeout=5000")  # another process (a CLI) may hold a lock
-            self._migrate(conn)
+            was = self._migrate(conn)
             conn.execute(_UNFINISHED_INDEX)
+            conn.execute(_LIVE_INDEX)
         except BaseException:
             conn.close()
             raise
         self._conn = conn
+        self.schema_version = SCHEMA_VERSION
+        self.migrations_applied = tuple(range(was + 1, SCHEMA_VERSION + 1))
 
     @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
+    def _migrate(conn: sqlite3.Connection) -> int:
+        """Bring the file to SCHEMA_VERSION; the version it was at."""
         conn.execute("BEGIN IMMEDIATE")  # two processes opening a fresh file at once
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -449,6 +403,7 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        return int(version)
 
     def _db(self) -> sqlite3.Connection:
         assert self._conn is not None
@@ -495,6 +450,16 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _purge(self, before: int, limit: int) -> int:
+        conn = self._db()
+        count = conn.execute(_PURGE, (before, limit)).rowcount
+        if count:
+            # Hand the pages the erased documents held back to the file system (a no-op in a
+            # file without auto_vacuum=INCREMENTAL). executescript steps the pragma to its end:
+            # execute() would step it once, freeing a single page.
+            conn.executescript("PRAGMA incremental_vacuum")
+        return int(count)
 
     def _get(self, response_id: str) -> StoredResponse | None:
         row = self._rdb().execute(_SELECT_LIVE, (response_id,)).fetchone()
@@ -699,8 +664,8 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
         if not self._ready:
             raise self._unusable()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if _is_large(record):
-            record = await _encode_lists(record)
+        if is_large(record):
+            record = await encode_lists(record)
         self._pending.append((_row_params(record), future))
         if not self._writing:
             # One writer task at a time: what queues up while it writes is the next batch.
@@ -734,6 +699,9 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
     async def get(self, response_id: str) -> StoredResponse | None:
         return await self._read(self._get, response_id)
 
+    async def purge(self, before: int, *, limit: int) -> int:
+        return await self._run(self._purge, before, limit)
+
     async def delete(self, response_id: str) -> bool:
         return await self._run(self._delete, response_id)
 
@@ -766,7 +734,7 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
             conversation.id, conversation.created_at, _dumps(conversation.metadata).decode(),
             conversation.api_key_id, conversation.team,
         )  # fmt: skip
-        await self._run(self._create_conversation, row, _encode_items(items))
+        await self._run(self._create_conversation, row, encode_items(items))
 
     async def get_conversation(self, conversation_id: str) -> StoredConversation | None:
         return await self._read(self._get_conversation, conversation_id)
@@ -781,7 +749,7 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
         return await self._run(self._delete_conversation, conversation_id)
 
     async def append_items(self, conversation_id: str, items: list[dict[str, Any]]) -> bool:
-        return await self._run(self._append_items, conversation_id, _encode_items(items))
+        return await self._run(self._append_items, conversation_id, encode_items(items))
 
     async def conversation_items(self, conversation_id: str) -> list[dict[str, Any]] | None:
         return await self._read(self._conversation_items, conversation_id)
@@ -819,12 +787,3 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
                 await asyncio.get_running_loop().run_in_executor(executor, self._close)
             finally:
                 executor.shutdown(wait=False)
-
-
-def _encode_items(items: list[dict[str, Any]]) -> list[tuple[str | None, bytes]]:
-    """(id, orjson bytes) per item, encoded on the caller's thread (a snapshot)."""
-    out: list[tuple[str | None, bytes]] = []
-    for item in items:
-        item_id = item.get("id")
-        out.append((item_id if isinstance(item_id, str) else None, _dumps(item)))
-    return out
