@@ -24,6 +24,7 @@ from turnout.engine.registry import MappingRegistry
 from turnout.server.access.auth import Authenticator
 from turnout.server.admin import admin_router
 from turnout.server.config import Settings
+from turnout.server.console import Console, console_router
 from turnout.server.errors import exception_handlers
 from turnout.server.gateway import Gateway, RegistryLike
 from turnout.server.retention import Retention
@@ -75,6 +76,12 @@ def create_app(
     passed in is neither opened nor closed here, since the caller owns it."""
     mappings: RegistryLike = registry or MappingRegistry.load(settings.mappings_dir)
     telemetry = _telemetry(settings, mappings)
+    # The admin console (/ui): on by default with a master key, its login password.
+    console = (
+        Console(settings.master_key, settings.ui)
+        if settings.master_key is not None and settings.ui.on(settings.master_key)
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -111,6 +118,7 @@ def create_app(
                 opened.push_async_callback(retention.aclose)  # stopped before the rest
             gateway.telemetry = telemetry
             app.state.telemetry = telemetry
+            app.state.console = console
             yield
 
     return Litestar(
@@ -121,6 +129,7 @@ def create_app(
             health,
             health_deployments,
             metrics,
+            *([console_router()] if console is not None else []),  # /ui: its own login
         ],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),

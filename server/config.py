@@ -45,6 +45,7 @@ __all__ = [
     "RouterSettings",
     "ServerSettings",
     "Settings",
+    "UiSettings",
     "env_prefix",
     "key_variables",
     "load_config",
@@ -178,6 +179,25 @@ class RetentionSettings:
     days: int | None = None
 
 
+@dataclass(frozen=True)
+class UiSettings:
+    """The admin console at `/ui` (server/console/): the master key logs in."""
+
+    # None (not written): on exactly when auth.master_key is set. Without a master key the
+    # console is off whatever this says (there is nothing to log in with; the loader refuses
+    # `enabled: true` without one).
+    enabled: bool | None = None
+    # The session cookie's Secure flag: "auto" sets it when the request came over https (as
+    # uvicorn sees it: X-Forwarded-Proto from a trusted proxy counts), "always" on every reply
+    # (a TLS proxy whose forwarded scheme uvicorn does not trust).
+    secure_cookie: str = "auto"
+    # A login lasts this long (the signed cookie carries its expiry).
+    session_ttl_s: int = 8 * 3600
+
+    def on(self, master_key: str | None) -> bool:
+        return master_key is not None and self.enabled is not False
+
+
 def env_prefix(pid: str) -> str:
     """``together-ai`` → ``TOGETHER_AI``: the prefix of a provider's environment variables."""
     return re.sub(r"[^A-Za-z0-9]", "_", pid).upper()
@@ -204,6 +224,7 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    ui: UiSettings = field(default_factory=UiSettings)
     mappings_dir: str = DEFAULT_MAPPINGS_DIR
     logging: list[dict[str, Any]] = field(default_factory=list)
     # Price overrides by alias, provider/model or glob (server/pricing.py).
@@ -347,6 +368,16 @@ def _check_references(loaded: LoadedYaml, data: dict[str, Any]) -> None:
                 f"add models: {ALIASES_ONLY} under access, or remove allow",
             )
         )
+    ui = data.get("ui") or {}
+    if ui.get("enabled") is True and not _opt((data.get("auth") or {}).get("master_key")):
+        # The console logs in with the master key: without one nobody could use it.
+        problems.append(
+            loaded.problem(
+                ("ui", "enabled"),
+                "the admin console needs auth.master_key (its login password)",
+                "set auth.master_key, or remove ui.enabled",
+            )
+        )
     if data.get("store"):
         # Checked here, not when the server opens it: a bad URL stops start-up at its line.
         try:
@@ -454,12 +485,22 @@ def _build(
             allow=tuple((data.get("access") or {}).get("allow") or ()),
         ),
         retention=RetentionSettings(days=(data.get("retention") or {}).get("days")),
+        ui=_ui(data.get("ui") or {}),
         mappings_dir=mappings_dir,
         logging=[dict(entry) for entry in data.get("logging") or []],
         pricing={k: dict(v) for k, v in (data.get("pricing") or {}).items()},
         config_path=path,
         source=loaded,
         env=env,
+    )
+
+
+def _ui(ui: dict[str, Any]) -> UiSettings:
+    defaults = UiSettings()
+    return UiSettings(
+        enabled=ui.get("enabled"),
+        secure_cookie=str(ui.get("secure_cookie") or defaults.secure_cookie),
+        session_ttl_s=int(ui.get("session_ttl_s") or defaults.session_ttl_s),
     )
 
 

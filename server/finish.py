@@ -170,6 +170,7 @@ def record(
         api_key_id=run.caller.key_id,
         team=run.caller.team,
         tags=run_tags,
+        duration_ms=round((time.monotonic() - run.started) * 1000, 1),
     )
 
 

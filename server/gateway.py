@@ -25,6 +25,7 @@ calling travels explicitly as a `Caller` (`request_context.py`) from the route.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any, Literal
@@ -156,6 +157,7 @@ class Gateway:
     ) -> JsonReply | StreamReply:
         """`memory`: a WebSocket's own responses (websocket_mode.py), chained from before the
         store and added to once each of the socket's turns is final."""
+        started = time.monotonic()  # the stored duration counts the upstream attempts too
         prev = previous_response_id(body)
         conversation = conversation_of(body)  # 400 beside previous_response_id
         if conversation is not None:
@@ -178,7 +180,7 @@ class Gateway:
         )
         run = new_run(
             body, canon, prev, opened.target, caller,
-            ids=self.ids, max_image_bytes=self.settings.limits.max_image_bytes,
+            ids=self.ids, max_image_bytes=self.settings.limits.max_image_bytes, started=started,
         )  # fmt: skip
         bind(run, opened, self.router)
         headers = reply_headers(run)

@@ -42,6 +42,8 @@ class Run:
     # One entry per upstream attempt: deployment, status, error code, latency (no secrets).
     attempts: list[dict[str, Any]] = field(default_factory=list)
     dropped_tools: tuple[str, ...] = ()  # left out for the provider (unsupported_tools: drop)
+    # time.monotonic() when the run began: the stored record's duration_ms.
+    started: float = field(default_factory=time.monotonic)
 
 
 def new_run(
@@ -53,7 +55,10 @@ def new_run(
     *,
     ids: IdFactory,
     max_image_bytes: int | None,
+    started: float | None = None,
 ) -> Run:
+    """`started`: `time.monotonic()` when the create call began (before its upstream
+    attempts), for the record's duration; default now."""
     builder = ResponseBuilder(
         ids.response(),
         int(time.time()),
@@ -78,6 +83,7 @@ def new_run(
         upstream_status=0,
         caller=caller,
         conversation=conversation_of(body),
+        started=time.monotonic() if started is None else started,
     )
 
 

@@ -201,6 +201,7 @@ def test_wheel_and_sdist_hold_what_they_should(dists: Dists) -> None:
         }
         assert found, f"the repository has no mappings/{shared}/*.yaml"
         expected |= found
+    expected |= {f"turnout/server/console/{name}" for name in _console_assets(src)}
     missing = sorted(expected - names)
     assert not missing, f"missing from {dists.wheel.name}: {missing}\n--- wheel ---\n{listing}"
 
@@ -226,8 +227,39 @@ def test_wheel_and_sdist_hold_what_they_should(dists: Dists) -> None:
         sources += [str(p.relative_to(src)) for p in src.glob(f"{folder}/**/*.py")]
         sources += [str(p.relative_to(src)) for p in src.glob(f"{folder}/*.yaml")]
     sources += [str(p.relative_to(src)) for p in src.glob("mappings/_*/*.yaml")]
+    sources += [f"server/console/{name}" for name in _console_assets(src)]
     missing = sorted(s for s in sources if f"{top}/{s}" not in members)
     assert not missing, f"missing from {dists.sdist.name}: {missing}\n" + "\n".join(sorted(members))
+
+
+def _console_assets(src: Path) -> list[str]:
+    """The admin console's templates and static files (package data), relative to its folder."""
+    folder = src / "server" / "console"
+    found = sorted(
+        str(p.relative_to(folder))
+        for pattern in ("templates/*.html", "static/*")
+        for p in folder.glob(pattern)
+    )
+    assert any(n.startswith("templates/") for n in found) and "static/console.js" in found
+    return found
+
+
+def test_the_installed_wheel_renders_the_console_from_its_own_files(
+    venv: Venv, tmp_path: Path
+) -> None:
+    """The console's templates and assets load from site-packages, not from the repository."""
+    code = (
+        "import json\n"
+        "from turnout.server.console import render\n"
+        "page = render.render('login.html', csrf=None, nav=None, title='t', login_token='x',\n"
+        "                     error=None, next='/ui/spend')\n"
+        "print(json.dumps({'file': render.__file__, 'page': page,\n"
+        "  'assets': {n: len(render.asset(n).body) for n in render.STATIC_FILES}}))\n"
+    )
+    report = orjson.loads(_run([venv.python, "-c", code], cwd=tmp_path, env=_clean_env()).stdout)
+    assert Path(report["file"]).is_relative_to(venv.site_packages), report["file"]
+    assert 'action="/ui/login"' in report["page"] and "/ui/static/console.css?v=" in report["page"]
+    assert all(size > 0 for size in report["assets"].values()), report["assets"]
 
 
 def _python_report(venv: Venv, cwd: Path, env: dict[str, str]) -> dict[str, list[str]]:

@@ -48,9 +48,16 @@ from turnout.server.stores import (
     parse_store_url,
     register_store,
 )
-from turnout.server.stores.base import AccountingRow, aggregate_spend
+from turnout.server.stores.base import (
+    AccountingRow,
+    RecentFilter,
+    SpendPoint,
+    aggregate_series,
+    aggregate_spend,
+    select_recent,
+)
 from turnout.server.stores.columns import COLUMN_NAMES
-from turnout.server.stores.sqlite import SCHEMA_VERSION
+from turnout.server.stores.sqlite import SCHEMA_VERSION, _recent_sql
 
 pytestmark = pytest.mark.anyio
 
@@ -571,6 +578,129 @@ async def test_native_spend_equals_the_reference_aggregation(store: ResponseStor
             assert native == reference
 
 
+# -- spend over time and the request list (issue 16: the admin console) -------------------------
+
+
+async def test_spend_series_buckets_groups_and_filters(store: ResponseStore) -> None:
+    for rec in SPEND_ROWS:
+        await store.put(rec)
+    assert await store.delete("s1")  # counted, as by spend
+
+    def shown(points: list[SpendPoint]) -> list[tuple[int, str | None, int, float | None]]:
+        return [(p.bucket, p.row.key, p.row.requests, p.row.cost) for p in points]
+
+    assert shown(await store.spend_series(SpendQuery("model"), 200)) == [
+        (0, "claude-sonnet-4", 1, 1.0),
+        (200, "claude-sonnet-4", 1, 2.0), (200, "gpt-x", 1, None),  # by cost within a bucket
+        (400, "gpt-x", 1, 0.5),
+    ]  # fmt: skip
+    ranged = await store.spend_series(SpendQuery("api_key", start=150, end=400), 100)
+    assert shown(ranged) == [(200, "key_b", 1, 2.0), (300, "key_a", 1, None)]
+    assert [p.row.input_tokens for p in ranged] == [100, 100]
+    assert ranged[1].row.unpriced_requests == 1
+    assert await store.spend_series(SpendQuery(start=10_000), 60) == []
+    with pytest.raises(ValueError, match="bucket_seconds"):
+        await store.spend_series(SpendQuery(), 0)
+
+
+async def test_native_spend_series_equals_the_reference(store: ResponseStore) -> None:
+    for rec in SPEND_ROWS:
+        await store.put(rec)
+    for group_by in ("model", "deployment", "provider", "api_key", "team", "metadata:team"):
+        for bucket in (1, 100, 86_400):
+            for start, end in ((None, None), (150, 350)):
+                query = SpendQuery(group_by, start=start, end=end)
+                native = await store.spend_series(query, bucket)
+                assert native == aggregate_series(query, bucket, await store.accounting(query))
+                # The buckets add up to the report.
+                report = await store.spend(query)
+                assert sum(p.row.requests for p in native) == report.total.requests
+
+
+def listed(store_rows: list[AccountingRow]) -> list[str]:
+    return [r.id for r in store_rows]
+
+
+async def test_recent_is_newest_first_filtered_and_paged(store: ResponseStore) -> None:
+    for i in range(6):
+        await store.put(
+            priced(
+                f"r{i}", created_at=100 + i // 2, status="failed" if i % 3 == 0 else "completed",
+                model="m-even" if i % 2 == 0 else "m-odd", api_key_id=f"key_{i % 2}",
+                team="blue" if i < 3 else None, duration_ms=10.5 * i,
+            )
+        )  # fmt: skip
+    assert await store.delete("r4")
+    newest = await store.recent(3)
+    assert listed(newest) == ["r5", "r4", "r3"]  # created_at, then id, both descending
+    assert [r.deleted for r in newest] == [False, True, False]  # a tombstone is still listed
+    assert newest[0].duration_ms == 52.5 and newest[0].status == "completed"
+    assert newest[0].cost == 0.00123 and newest[0].input_tokens == 100
+    assert listed(await store.recent(3, RecentFilter(before=(101, "r3")))) == ["r2", "r1", "r0"]
+    assert listed(await store.recent(50, RecentFilter(status="failed"))) == ["r3", "r0"]
+    assert listed(await store.recent(50, RecentFilter(model="m-odd"))) == ["r5", "r3", "r1"]
+    assert listed(await store.recent(50, RecentFilter(api_key_id="key_0"))) == ["r4", "r2", "r0"]
+    assert listed(await store.recent(50, RecentFilter(team="blue", model="m-even"))) == [
+        "r2", "r0"
+    ]  # fmt: skip
+    assert await store.recent(50, RecentFilter(status="queued")) == []
+    for filters in (RecentFilter(), RecentFilter(model="m-even", before=(102, "r5"))):
+        reference = select_recent(await store.accounting(SpendQuery()), 4, filters)
+        assert await store.recent(4, filters) == reference
+    with pytest.raises(ValueError, match="limit"):
+        await store.recent(0)
+
+
+async def test_duration_round_trips(store: ResponseStore) -> None:
+    await store.put(priced("timed", duration_ms=1234.5))
+    got = await store.get("timed")
+    assert got is not None and got.duration_ms == 1234.5
+    await store.put(priced("untimed"))
+    got = await store.get("untimed")
+    assert got is not None and got.duration_ms is None
+
+
+async def test_sqlite_migrates_a_version_4_database(tmp_path: Path) -> None:
+    db = tmp_path / "v4.db"
+    s = SQLiteStore(db)
+    await s.open()
+    await s.put(priced("kept"))
+    await s.aclose()
+    conn = sqlite3.connect(db)
+    undo_version_5(conn)
+    conn.execute("PRAGMA user_version=4")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        assert await store.get("kept") == priced("kept")  # no duration: NULL
+        await store.put(priced("new", duration_ms=5.0))
+        assert listed(await store.recent(5)) == ["new", "kept"]
+    finally:
+        await store.aclose()
+    with sqlite3.connect(db) as check:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        info = [row[1:] for row in check.execute("PRAGMA table_info(responses)")]
+    check.close()
+    assert info == _V5_TABLE
+
+
+async def test_sqlite_recent_reads_the_created_at_index(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "plan.db")
+    await s.open()
+    try:
+        sql, params = _recent_sql(50, RecentFilter())
+        plan = await s._run(
+            lambda: " ".join(r[3] for r in s._db().execute(f"EXPLAIN QUERY PLAN {sql}", params))
+        )
+    finally:
+        await s.aclose()
+    assert "responses_created_at" in plan and "SCAN responses" not in plan.replace(
+        "SCAN responses USING INDEX", ""
+    ), plan
+
+
 @pytest.mark.parametrize(
     "group_by", ["colour", "metadata:", 'metadata:a"b', "metadata:a\\b", "metadata:" + "k" * 65]
 )
@@ -630,7 +760,7 @@ async def test_sqlite_migrates_a_version_1_database(tmp_path: Path) -> None:
     finally:
         await store.close()
     with sqlite3.connect(db) as check:
-        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         indexes = {row[1] for row in check.execute("PRAGMA index_list(responses)")}
         assert {"responses_created_at", "responses_model_created_at"} <= indexes
     check.close()
@@ -992,6 +1122,7 @@ _V2_TABLE = [
     ("tags", "TEXT", 1, "'{}'", 0),
 ]
 _V4_TABLE = [*_V2_TABLE, ("team", "TEXT", 0, None, 0)]
+_V5_TABLE = [*_V4_TABLE, ("duration_ms", "REAL", 0, None, 0)]
 
 
 async def test_sqlite_a_new_file_and_a_migrated_one_have_the_same_table(tmp_path: Path) -> None:
@@ -1009,7 +1140,7 @@ async def test_sqlite_a_new_file_and_a_migrated_one_have_the_same_table(tmp_path
             info = [row[1:] for row in check.execute("PRAGMA table_info(responses)")]
             indexes = {row[1] for row in check.execute("PRAGMA index_list(responses)")}
         check.close()
-        assert info == _V4_TABLE, db.name
+        assert info == _V5_TABLE, db.name
         assert {"responses_created_at", "responses_model_created_at", "responses_unfinished"} <= (
             indexes
         )
@@ -1171,8 +1302,14 @@ async def test_sqlite_conversations_survive_reopen(tmp_path: Path) -> None:
         await again.aclose()
 
 
+def undo_version_5(conn: sqlite3.Connection) -> None:
+    """A version-5 file made what version 4 was: no duration column."""
+    conn.execute("ALTER TABLE responses DROP COLUMN duration_ms")
+
+
 def undo_version_4(conn: sqlite3.Connection) -> None:
-    """A version-4 file made what version 3 was: no key tables, no team columns."""
+    """A version-5 file made what version 3 was: no key tables, no team columns."""
+    undo_version_5(conn)
     for table in ("api_keys", "teams", "audit_log"):
         conn.execute(f"DROP TABLE {table}")
     conn.execute("DROP INDEX responses_key_created_at")
@@ -1210,7 +1347,7 @@ async def test_sqlite_migrates_a_version_2_database(tmp_path: Path) -> None:
     schemas = []
     for path in (db, tmp_path / "fresh.db"):
         with sqlite3.connect(path) as check:
-            assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+            assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
             schemas.append(
                 check.execute(
                     "SELECT type, name, sql FROM sqlite_master WHERE name LIKE 'conversation%' "

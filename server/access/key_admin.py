@@ -1,13 +1,13 @@
 """Managing virtual keys and teams: the one implementation behind the admin API
-(`server/admin.py`), `turnout keys|teams` (`server/keys_cli.py`) and whatever console comes
-next. No web framework here: each call takes a parsed body and returns the JSON to show, or
-raises `RequestError` (404 `key_not_found`, 400 naming the field, …), which the API answers as
-OpenAI's error body and the CLI prints.
+(`server/admin.py`), `turnout keys|teams` (`server/keys_cli.py`) and the admin console
+(`server/console/`). No web framework here: each call takes a parsed body and returns the JSON
+to show, or raises `RequestError` (404 `key_not_found`, 400 naming the field, …), which the API
+answers as OpenAI's error body, the CLI prints and the console shows on its page.
 
 * Every change is written with its audit entry in one store transaction (`stores/keys.py`),
-  naming `actor` (`master_key`, `cli:<user>`) and holding the settings before and after:
-  `public_key` of the key, never its secret or its hash. A call that changes nothing writes
-  nothing.
+  naming `actor` (`master_key`, `cli:<user>`, `ui:master_key`) and holding the settings
+  before and after: `public_key` of the key, never its secret or its hash. A call that
+  changes nothing writes nothing.
 * After a change `on_change` runs (the API passes `Authenticator.invalidate`), so this process
   sees it at once; other processes (other workers, the CLI's gateway) within the
   authenticator's cache lifetime (1 s).

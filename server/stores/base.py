@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -53,17 +53,21 @@ __all__ = [
     "ItemPage",
     "MissingChainLinkError",
     "Order",
+    "RecentFilter",
     "ResponseStore",
+    "SpendPoint",
     "SpendQuery",
     "SpendReport",
     "SpendRow",
     "StoreUrl",
     "StoredResponse",
     "UnknownCursorError",
+    "aggregate_series",
     "aggregate_spend",
     "page_items",
     "record_from_json",
     "record_to_json",
+    "select_recent",
     "tombstone",
 ]
 
@@ -97,6 +101,9 @@ class StoredResponse:
     api_key_id: str | None = None  # "key_" + a hash of the bearer token, never the key
     tags: dict[str, str] = field(default_factory=dict)  # the request's metadata
     team: str | None = None  # the team of the key that made it (a team-mate may read it)
+    # From the start of the run to its store write (queue time included for a background
+    # response); None for records written before it was kept.
+    duration_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +158,13 @@ class SpendQuery:
 
 @dataclass(frozen=True, slots=True)
 class AccountingRow:
-    """What spend needs of one record."""
+    """What spend and the console's request list need of one record: small fields only, kept
+    by tombstones too (no Response, items or events)."""
 
+    id: str
+    status: str
+    deleted: bool
+    duration_ms: float | None
     created_at: int
     model: str
     provider: str | None
@@ -237,34 +249,120 @@ def finish_report(query: SpendQuery, rows: Iterable[SpendRow]) -> SpendReport:
     return SpendReport(query, data, total)
 
 
+def _matches(query: SpendQuery, r: AccountingRow) -> bool:
+    """``r`` is within the query's ``[start, end)`` and filters."""
+    if query.start is not None and r.created_at < query.start:
+        return False
+    if query.end is not None and r.created_at >= query.end:
+        return False
+    if query.model is not None and r.model != query.model:
+        return False
+    if query.api_key_id is not None and r.api_key_id != query.api_key_id:
+        return False
+    return query.team is None or r.team == query.team
+
+
+def _grouper(query: SpendQuery) -> Callable[[AccountingRow], str | None]:
+    """The group key of a row, as the query groups (worked out once per query)."""
+    tag = query.tag_key
+    if tag is not None:
+        return lambda r: None if (v := r.tags.get(tag)) is None else str(v)
+    column = GROUP_BY_COLUMNS[query.group_by]
+    return lambda r: None if (v := getattr(r, column)) is None else str(v)
+
+
+def _one(key: str | None, r: AccountingRow) -> SpendRow:
+    return SpendRow(
+        key, 1, r.input_tokens, r.cached_tokens, r.cache_write_tokens, r.output_tokens,
+        r.reasoning_tokens, r.cost, 1 if r.cost is None else 0,
+    )  # fmt: skip
+
+
 def aggregate_spend(query: SpendQuery, rows: Iterable[AccountingRow]) -> SpendReport:
     """The reference implementation of ``spend`` over an iteration of rows."""
     groups: dict[str | None, SpendRow] = {}
-    tag = query.tag_key
-    column = GROUP_BY_COLUMNS.get(query.group_by, "")
+    group_key = _grouper(query)
     for r in rows:
-        if query.start is not None and r.created_at < query.start:
+        if not _matches(query, r):
             continue
-        if query.end is not None and r.created_at >= query.end:
-            continue
-        if query.model is not None and r.model != query.model:
-            continue
-        if query.api_key_id is not None and r.api_key_id != query.api_key_id:
-            continue
-        if query.team is not None and r.team != query.team:
-            continue
-        key = r.tags.get(tag) if tag is not None else getattr(r, column)
-        key = None if key is None else str(key)
+        key = group_key(r)
         row = groups.get(key)
         if row is None:
             row = groups[key] = SpendRow(key=key)
-        row.add(
-            SpendRow(
-                key, 1, r.input_tokens, r.cached_tokens, r.cache_write_tokens, r.output_tokens,
-                r.reasoning_tokens, r.cost, 1 if r.cost is None else 0,
-            )
-        )  # fmt: skip
+        row.add(_one(key, r))
     return finish_report(query, groups.values())
+
+
+@dataclass(frozen=True, slots=True)
+class SpendPoint:
+    """One group's totals in one time bucket of a spend series."""
+
+    bucket: int  # the bucket's start: created_at // bucket_seconds * bucket_seconds (UTC)
+    row: SpendRow  # row.key is the group
+
+
+def check_bucket(bucket_seconds: int) -> None:
+    if bucket_seconds < 1:
+        raise ValueError(f"bucket_seconds must be >= 1, got {bucket_seconds}")
+
+
+def finish_series(points: Iterable[SpendPoint]) -> list[SpendPoint]:
+    """Oldest bucket first; in a bucket, the same order as a report (cost, then key)."""
+    return sorted(
+        points,
+        key=lambda p: (p.bucket, -(p.row.cost or 0.0), p.row.key is None, p.row.key or ""),
+    )
+
+
+def aggregate_series(
+    query: SpendQuery, bucket_seconds: int, rows: Iterable[AccountingRow]
+) -> list[SpendPoint]:
+    """The reference implementation of ``spend_series`` over an iteration of rows."""
+    check_bucket(bucket_seconds)
+    groups: dict[tuple[int, str | None], SpendRow] = {}
+    group_key = _grouper(query)
+    for r in rows:
+        if not _matches(query, r):
+            continue
+        key = group_key(r)
+        bucket = r.created_at // bucket_seconds * bucket_seconds
+        row = groups.get((bucket, key))
+        if row is None:
+            row = groups[(bucket, key)] = SpendRow(key=key)
+        row.add(_one(key, r))
+    return finish_series(SpendPoint(bucket, row) for (bucket, _k), row in groups.items())
+
+
+@dataclass(frozen=True, slots=True)
+class RecentFilter:
+    """Which records ``recent`` lists; ``before`` is the (created_at, id) of the last record of
+    the previous page: only older ones (a cursor that survives new records arriving)."""
+
+    model: str | None = None
+    api_key_id: str | None = None
+    team: str | None = None
+    status: str | None = None
+    before: tuple[int, str] | None = None
+
+
+def select_recent(
+    rows: Iterable[AccountingRow], limit: int, filters: RecentFilter
+) -> list[AccountingRow]:
+    """The reference implementation of ``recent``: newest first (created_at, then id)."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    f = filters
+    kept = [
+        r
+        for r in rows
+        if (f.model is None or r.model == f.model)
+        and (f.api_key_id is None or r.api_key_id == f.api_key_id)
+        and (f.team is None or r.team == f.team)
+        and (f.status is None or r.status == f.status)
+        and (f.before is None or (r.created_at, r.id) < f.before)
+    ]
+    kept.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+    return kept[:limit]
 
 
 class ChainError(LookupError):
@@ -506,3 +604,20 @@ class ResponseStore(ABC):
     async def spend(self, query: SpendQuery) -> SpendReport:
         """Totals of requests, tokens and cost grouped as ``query`` says: natively, or
         ``aggregate_spend(query, await self.accounting(query))``."""
+
+    async def spend_series(self, query: SpendQuery, bucket_seconds: int) -> list[SpendPoint]:
+        """``spend`` cut into time buckets of ``bucket_seconds`` (aligned on the unix epoch, so
+        a day is a UTC day): one point per bucket and group that has records, oldest first.
+        Built on ``accounting`` here, so every backend has it; a backend may answer natively
+        (SQLite: one ``GROUP BY``)."""
+        check_bucket(bucket_seconds)
+        return aggregate_series(query, bucket_seconds, await self.accounting(query))
+
+    async def recent(
+        self, limit: int = 50, filters: RecentFilter | None = None
+    ) -> list[AccountingRow]:
+        """The newest records (tombstones too: ``deleted``), newest first, at most ``limit``.
+        Built on ``accounting`` here (a scan); a backend may answer natively (SQLite: the
+        ``created_at`` index)."""
+        rows = await self.accounting(SpendQuery())
+        return select_recent(rows, limit, filters or RecentFilter())

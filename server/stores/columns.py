@@ -69,6 +69,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("tags", "json", since=2, default="'{}'"),
     # Version 4: the team of the key that made it (isolation, team spend).
     Column("team", "text", nullable=True, since=4),
+    # Version 5: how long the run took (the console's request list).
+    Column("duration_ms", "real", nullable=True, since=5),
 )
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
 _BY_NAME = {c.name: c for c in COLUMNS}
@@ -79,7 +81,8 @@ def columns(names: Iterable[str]) -> tuple[Column, ...]:
     return tuple(_BY_NAME[name] for name in names)
 
 
-# What spend reads of a record: AccountingRow's fields are named after the columns.
+# What spend and the request list read of a record: AccountingRow's fields are named after
+# the columns.
 ACCOUNTING_COLUMNS = columns(f.name for f in dataclasses.fields(AccountingRow))
 
 Convert = Callable[[Any], Any]

@@ -39,8 +39,9 @@ per item keyed by its conversation and its position): a version-2 file gets them
 open (a version-1 file is brought to 2 first, in the same transaction). A turn's items are
 appended in one transaction on the writer, so they are contiguous and all-or-nothing.
 4 adds the owner's ``team`` to responses and conversations, the key tables (``sqlite_keys.py``:
-virtual keys, teams, the audit log) and the per-key / per-team spend indexes; older files are
-brought to 4 in the same transaction as the steps before.
+virtual keys, teams, the audit log) and the per-key / per-team spend indexes; 5 adds
+``duration_ms`` (NULL for older rows). Older files are brought to 5 in the same transaction as
+the steps before.
 
 Retention (``purge``): one ``UPDATE`` on the writer per batch, over a partial index of the live
 rows (made at every open), then ``PRAGMA incremental_vacuum`` hands the freed pages back. New
@@ -72,13 +73,17 @@ from .base import (
     ItemPage,
     MissingChainLinkError,
     Order,
+    RecentFilter,
     ResponseStore,
+    SpendPoint,
     SpendQuery,
     SpendReport,
     SpendRow,
     StoredResponse,
     StoreUrl,
+    check_bucket,
     finish_report,
+    finish_series,
     page_items,
 )
 from .columns import ACCOUNTING_COLUMNS, COLUMNS, Column, RowCodec
@@ -91,7 +96,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _TYPES = {
     "text": "TEXT",
@@ -150,6 +155,10 @@ _OWNER_INDEXES = (
 )
 _ADD_V4_RESPONSES = tuple(
     f"ALTER TABLE responses ADD COLUMN {_declare(col)}" for col in COLUMNS if col.since == 4
+)
+# Version 4 -> 5: the run's duration (the console's request list).
+_ADD_V5 = tuple(
+    f"ALTER TABLE responses ADD COLUMN {_declare(col)}" for col in COLUMNS if col.since == 5
 )
 # A new file runs these too: its responses table is made whole by _CREATE, the rest is here.
 _V4_TABLES = ("ALTER TABLE conversations ADD COLUMN team TEXT", *KEY_TABLES, *_OWNER_INDEXES)
@@ -251,7 +260,8 @@ _SPEND_SUMS = (
 )
 
 
-def _spend_sql(query: SpendQuery) -> tuple[str, list[Any]]:
+def _spend_parts(query: SpendQuery) -> tuple[str, str, list[Any]]:
+    """The group key expression, the WHERE clause (or "") and their parameters."""
     params: list[Any] = []
     tag = query.tag_key
     if tag is not None:
@@ -276,7 +286,51 @@ def _spend_sql(query: SpendQuery) -> tuple[str, list[Any]]:
         where.append("team = ?")
         params.append(query.team)
     clause = f" WHERE {' AND '.join(where)}" if where else ""
+    return key, clause, params
+
+
+def _spend_sql(query: SpendQuery) -> tuple[str, list[Any]]:
+    key, clause, params = _spend_parts(query)
     return f"SELECT {key} AS k, {_SPEND_SUMS} FROM responses{clause} GROUP BY k", params
+
+
+def _series_sql(query: SpendQuery, bucket_seconds: int) -> tuple[str, list[Any]]:
+    key, clause, params = _spend_parts(query)
+    # Integer division of INTEGER values: the bucket's start, as Python's // gives it.
+    sql = (
+        f"SELECT (created_at / ?) * ? AS b, {key} AS k, {_SPEND_SUMS} FROM responses{clause} "
+        "GROUP BY b, k"
+    )
+    return sql, [bucket_seconds, bucket_seconds, *params]
+
+
+def _recent_sql(limit: int, f: RecentFilter) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("model", f.model), ("api_key_id", f.api_key_id), ("team", f.team), ("status", f.status),
+    ):  # fmt: skip
+        if value is not None:
+            where.append(f"{column} = ?")  # fixed column names, never client text
+            params.append(value)
+    if f.before is not None:
+        where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+        params.extend((f.before[0], f.before[0], f.before[1]))
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    # Newest first along the created_at indexes; no document column is read.
+    sql = (
+        f"SELECT {_ACCOUNTING.sql_list} FROM responses{clause} "
+        "ORDER BY created_at DESC, id DESC LIMIT ?"
+    )
+    return sql, [*params, limit]
+
+
+def _spend_row(k: Any, sums: tuple[Any, ...]) -> SpendRow:
+    n, inp, cached, written, out, reasoning, cost, unpriced = sums
+    return SpendRow(
+        None if k is None else str(k), n, inp or 0, cached or 0, written or 0, out or 0,
+        reasoning or 0, cost, unpriced or 0,
+    )  # fmt: skip
 
 
 @register_store("sqlite")
@@ -380,7 +434,7 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
                 for statement in (*_INDEXES, *_CONVERSATION_TABLES, *_V4_TABLES):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version in (1, 2, 3):
+            elif version in (1, 2, 3, 4):
                 if version == 1:
                     for statement in _ADD_V2:
                         conn.execute(statement)
@@ -391,7 +445,10 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
                     # Version 2 -> 3: the conversation tables; responses unchanged.
                     for statement in _CONVERSATION_TABLES:
                         conn.execute(statement)
-                for statement in (*_ADD_V4_RESPONSES, *_V4_TABLES):
+                if version < 4:
+                    for statement in (*_ADD_V4_RESPONSES, *_V4_TABLES):
+                        conn.execute(statement)
+                for statement in _ADD_V5:  # older rows: no duration (NULL)
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
@@ -496,17 +553,20 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
 
     def _spend(self, query: SpendQuery) -> SpendReport:
         sql, params = _spend_sql(query)
-        rows = []
-        for k, n, inp, cached, written, out, reasoning, cost, unpriced in self._rdb().execute(
-            sql, params
-        ):
-            rows.append(
-                SpendRow(
-                    None if k is None else str(k), n, inp or 0, cached or 0, written or 0,
-                    out or 0, reasoning or 0, cost, unpriced or 0,
-                )
-            )  # fmt: skip
+        rows = [_spend_row(row[0], row[1:]) for row in self._rdb().execute(sql, params)]
         return finish_report(query, rows)
+
+    def _spend_series(self, query: SpendQuery, bucket_seconds: int) -> list[SpendPoint]:
+        sql, params = _series_sql(query, bucket_seconds)
+        return finish_series(
+            SpendPoint(row[0], _spend_row(row[1], row[2:]))
+            for row in self._rdb().execute(sql, params)
+        )
+
+    def _recent(self, limit: int, filters: RecentFilter) -> list[AccountingRow]:
+        sql, params = _recent_sql(limit, filters)
+        from_row = _ACCOUNTING.from_row
+        return [from_row(row) for row in self._rdb().execute(sql, params)]
 
     def _accounting(self, query: SpendQuery) -> list[AccountingRow]:
         from_row = _ACCOUNTING.from_row
@@ -723,6 +783,17 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
 
     async def accounting(self, query: SpendQuery) -> Iterable[AccountingRow]:
         return await self._read(self._accounting, query)
+
+    async def spend_series(self, query: SpendQuery, bucket_seconds: int) -> list[SpendPoint]:
+        check_bucket(bucket_seconds)
+        return await self._read(self._spend_series, query, bucket_seconds)
+
+    async def recent(
+        self, limit: int = 50, filters: RecentFilter | None = None
+    ) -> list[AccountingRow]:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        return await self._read(self._recent, limit, filters or RecentFilter())
 
     async def unfinished(self) -> list[str]:
         return await self._read(self._unfinished)
