@@ -87,9 +87,7 @@ _V2 = ("CREATE INDEX responses_live_created_at ON responses (created_at) WHERE d
 
 # Version 3: the columns SQLite's version 5 added (`duration_ms`: what the console's Requests
 # page shows; NULL for older rows).
-_V3 = tuple(
-    f"ALTER TABLE responses ADD COLUMN {_declare(c)}" for c in COLUMNS if c.since == 5
-)
+_V3 = tuple(f"ALTER TABLE responses ADD COLUMN {_declare(c)}" for c in COLUMNS if c.since == 5)
 
 # Append only: a released version's statements never change (databases have run them).
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2), (3, _V3))
