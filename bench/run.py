@@ -129,7 +129,7 @@ def gateway_command(config: Path, port: int) -> tuple[list[str], str]:
     return [*cmd, "--port", str(port)], "python -m turnout.server.cli"
 
 
-def write_config(tmp: Path, upstream_port: int, store: str) -> Path:
+def write_config(tmp: Path, upstream_port: int, store: str, state: str | None = None) -> Path:
     store_url = {
         "sqlite": f"sqlite:///{tmp / 'bench.db'}",
         "sqlite-normal": f"sqlite:///{tmp / 'bench.db'}?synchronous=normal",
@@ -146,6 +146,8 @@ def write_config(tmp: Path, upstream_port: int, store: str) -> Path:
                     "anthropic": {"api_base": f"http://127.0.0.1:{upstream_port}", "api_key": "x"},
                 },
                 "auth": {"master_key": MASTER_KEY},
+                # `--state redis://…`: the vkey scenarios' limits and budget live in Redis.
+                **({"state": state} if state else {}),
             },
             indent=2,
         )
@@ -747,6 +749,31 @@ def report(results: list[Result], meta: dict[str, Any]) -> str:
 # -- main ----------------------------------------------------------------------------------------
 
 
+def _bench_state(url: str | None) -> str | None:
+    """The state URL with this run's own key prefix (unless it names one)."""
+    if not url or "prefix=" in url:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}prefix=turnout-bench:{os.getpid()}:"
+
+
+def _drop_state(url: str | None) -> None:
+    """Delete what the run left in Redis (its prefix's keys)."""
+    if not url:
+        return
+    import redis
+
+    from turnout.server.state import parse_state_url
+
+    parsed = parse_state_url(url)
+    client = redis.Redis.from_url(parsed.url)
+    try:
+        keys = list(client.scan_iter(match=f"{parsed.prefix}*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Turnout gateway benchmark")
     p.add_argument("--quick", action="store_true", help="fewer requests, shorter runs (~30 s)")
@@ -757,6 +784,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="sqlite",
         help="gateway store (default sqlite, the embedded default, fsync per commit; "
         "sqlite-normal: WAL without fsync per commit)",
+    )
+    p.add_argument(
+        "--state",
+        metavar="URL",
+        help="shared state (redis://host:6379/0): the gateway keeps rate limits, budgets and "
+        "cooldowns there; its keys get a prefix of their own, deleted afterwards",
     )
     p.add_argument("--n", type=int, help="requests per latency run (default 1000, quick 300)")
     p.add_argument("--duration", type=float, help="seconds per throughput run (5, quick 2)")
@@ -817,7 +850,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="turnout-bench-"))
     try:
         _up_proc, up_port = start_upstream(cores_load)
-        config = write_config(tmp, up_port, args.store)
+        state = _bench_state(args.state)
+        config = write_config(tmp, up_port, args.store, state)
         if args.store != "memory":  # a memory store starts empty: no virtual key to call with
             _VKEY[:] = [create_virtual_key(tmp / "bench.db")]
         gw_port = free_port()
@@ -842,7 +876,7 @@ def main(argv: list[str] | None = None) -> int:
             "when": time.strftime("%Y-%m-%d %H:%M:%S"),
             "cpus": cpus,
             "pinning": pinning,
-            "store": args.store,
+            "store": args.store + (" + state redis" if args.state else ""),
             "gateway_cmd": how,
             "n": args.n,
             "warmup": args.warmup,
@@ -878,6 +912,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         _stop_children()
+        _drop_state(_bench_state(args.state))
         if args.keep:
             print(f"kept {tmp}")
         else:

@@ -111,6 +111,8 @@ def create_app(
             app.state.auth = Authenticator(settings.master_key, keys)
             # First to close: background responses stop and are recorded before the rest.
             opened.push_async_callback(gateway.aclose)
+            if gateway.cooldowns is not None:
+                gateway.cooldowns.start()  # shared cooldowns, read every 250 ms (off requests)
             await gateway.recover()
             if settings.retention.days is not None:
                 retention = Retention(the_store, settings.retention.days)

@@ -146,9 +146,12 @@ def _plural(count: int, word: str, plural: str) -> str:
     return f"{count} {word if count == 1 else plural}"
 
 
-def ready_line(url: str, store: str, providers: int, aliases: int, master_key: bool) -> str:
+def ready_line(
+    url: str, store: str, providers: int, aliases: int, master_key: bool, state: str | None = None
+) -> str:
+    shared = f" · state {mask_store_url(state)}" if state else ""
     return (
-        f"turnout {version()} ready on {url} · store {mask_store_url(store)} · "
+        f"turnout {version()} ready on {url} · store {mask_store_url(store)}{shared} · "
         f"{_plural(providers, 'provider', 'providers')}, {_plural(aliases, 'alias', 'aliases')}"
         f" · auth: {'master key' if master_key else 'none (no master_key set)'}"
     )
@@ -191,6 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
         "providers": len(registry),
         "aliases": len(settings.models),
         "master_key": bool(settings.master_key),
+        "state": settings.state,
     }
     http, ws = _protocols(settings)
     config = uvicorn.Config(

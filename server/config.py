@@ -214,6 +214,9 @@ class Settings:
     """Everything the server needs, resolved once at start-up."""
 
     store: str = DEFAULT_STORE
+    # `state: redis://…` (server/state/): what replicas share; None: in-process (one replica).
+    # May hold a password: never shown unmasked (cli.mask_store_url).
+    state: str | None = field(default=None, repr=False)
     models: dict[str, ModelAlias] = field(default_factory=dict)
     providers: dict[str, ProviderSettings] = field(default_factory=dict)  # config file only
     master_key: str | None = field(default=None, repr=False)
@@ -384,6 +387,13 @@ def _check_references(loaded: LoadedYaml, data: dict[str, Any]) -> None:
             parse_store_url(str(data["store"]))
         except ValueError as exc:
             problems.append(loaded.problem(("store",), str(exc)))
+    if data.get("state"):
+        from turnout.server.state.base import parse_state_url
+
+        try:
+            parse_state_url(str(data["state"]))
+        except ValueError as exc:
+            problems.append(loaded.problem(("state",), str(exc)))
     if problems:
         raise ConfigError(problems)
 
@@ -448,6 +458,7 @@ def _build(
     store = resolve_store(data["store"], path) if data.get("store") else DEFAULT_STORE
     return Settings(
         store=store,
+        state=_opt(data.get("state")),
         models=models,
         providers=providers,
         master_key=_opt((data.get("auth") or {}).get("master_key")),

@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from turnout.engine.canonical import conversation_of, normalize
 from turnout.engine.ids import IdFactory
@@ -59,6 +59,10 @@ from turnout.server.stores.keys import KeyStore
 from turnout.server.targets import MappingLike, RegistryLike, Target, Targets
 from turnout.server.telemetry.hub import Telemetry
 from turnout.server.upstream import Upstream
+
+if TYPE_CHECKING:
+    from turnout.server.state.cooldowns import CooldownMirror
+    from turnout.server.state.redis import RedisState
 
 __all__ = [
     "DONE",
@@ -110,7 +114,17 @@ class Gateway:
         # What a caller may do before any upstream call (server/access/admission.py): model
         # access, then rate limits, then budgets (server/access/checks.py); told each
         # response's cost by the Finisher.
-        self.admission = Admission(admission_checks(store, self.teams, self.model_access))
+        # `state: redis://…` (server/state/): limits, spend and cooldowns shared by replicas.
+        self.state: RedisState | None = None
+        self.cooldowns: CooldownMirror | None = None
+        if settings.state:
+            from turnout.server.state import cooldowns, redis  # imports redis-py: only when used
+
+            self.state = redis.RedisState(settings.state)
+            self.cooldowns = cooldowns.CooldownMirror(self.state, self.router)
+        self.admission = Admission(
+            admission_checks(store, self.teams, self.model_access, state=self.state)
+        )
         # POST /v1/responses/input_tokens (server/count_tokens.py).
         self.counter = TokenCounter(store, self.targets, upstream, secrets, self.model_access)
         # Cost of every response (server/pricing.py), then the record and the telemetry.
@@ -251,6 +265,10 @@ class Gateway:
     async def aclose(self) -> None:
         await self.background.aclose()
         await self.admission.aclose()
+        if self.cooldowns is not None:
+            await self.cooldowns.aclose()
+        if self.state is not None:
+            await self.state.aclose()  # after the checks: their last settles are waited for
 
     async def recover(self) -> int:
         """At start-up: fail the background responses a previous process left unfinished."""

@@ -318,6 +318,9 @@ class Router:
             for alias, spec in models.items()
         }
         self._by_id = {s.id: s for states in self.groups.values() for s in states}
+        # Told when this replica puts a deployment into cooldown (server/state/cooldowns.py
+        # shares it with the other replicas); None: one replica, nothing to tell.
+        self.on_cooldown: Callable[[DeploymentState], None] | None = None
 
     def state(self, deployment_id: str) -> DeploymentState | None:
         return self._by_id.get(deployment_id)
@@ -488,6 +491,8 @@ class Router:
             return False
         state.cooldown_until = now + self.settings.cooldown_s
         state.failures.clear()
+        if self.on_cooldown is not None:
+            self.on_cooldown(state)
         return True
 
     def _has_alternative(self, state: DeploymentState, now: float) -> bool:

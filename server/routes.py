@@ -520,15 +520,22 @@ async def metrics(request: Request[Any, Any, Any]) -> ASGIApp:
 @get("/health")
 async def health(request: Request[Any, Any, Any]) -> ASGIApp:
     """Liveness plus the store: reachable (a lookup of an id that never exists) and taking
-    writes (failing since a write failed, until a probe write succeeds: store_health.py)."""
+    writes (failing since a write failed, until a probe write succeeds: store_health.py), and
+    with `state:` configured whether Redis answers a PING (`"state": "ok"|"unreachable"`)."""
     gateway = _gateway(request)
+    # With `state: redis://…`: whether Redis answers (keys with limits get 503s when not).
+    state: dict[str, str] = {}
+    if gateway.state is not None:
+        state["state"] = "ok" if await gateway.state.ping() else "unreachable"
     try:
         await gateway.store.get("resp_health_probe")
     except Exception:
-        return _json({"status": "degraded", "store": "unreachable"}, status=503)
+        return _json({"status": "degraded", "store": "unreachable", **state}, status=503)
     if await gateway.store_health.check(gateway.store) is not None:
-        return _json({"status": "degraded", "store": "failing"}, status=503)
-    return _json({"status": "ok", "store": "ok"})
+        return _json({"status": "degraded", "store": "failing", **state}, status=503)
+    if state.get("state") == "unreachable":
+        return _json({"status": "degraded", "store": "ok", **state}, status=503)
+    return _json({"status": "ok", "store": "ok", **state})
 
 
 def v1_router() -> Router:

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from turnout.server.access.admission import Check
 from turnout.server.access.budgets import Budgets
 from turnout.server.access.rate_limits import RateLimits
 from turnout.server.access.teams import Teams
 from turnout.server.stores.base import ResponseStore
+
+if TYPE_CHECKING:
+    from turnout.server.state.redis import RedisState
 
 __all__ = ["admission_checks"]
 
@@ -29,8 +33,15 @@ def admission_checks(
     model_access: Check,
     *,
     clock: Callable[[], float] = time.time,
+    state: RedisState | None = None,
 ) -> list[Check]:
-    """The checks, in order; `clock` is the wall clock budget periods are computed with."""
+    """The checks, in order; `clock` is the wall clock budget periods are computed with.
+    With shared `state` (Redis), rate limits and budgets are one check making one round trip
+    (server/state/limits.py), in the same order."""
+    if state is not None:
+        from turnout.server.state.limits import SharedLimits  # imports redis: only when used
+
+        return [model_access, SharedLimits(state, store, teams, clock=clock)]
     return [
         model_access,
         RateLimits(teams),
