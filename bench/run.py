@@ -53,6 +53,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 TARGET_ADDED_P50_MS = 2.0
 TARGET_RPS = 1000.0
+TARGET_CHAIN_EXTRA_MS = 5.0  # a request at the chain's last turn vs its first
 
 # The gateway runs with a master key; the "vkey" scenarios call it with a virtual key that has a
 # budget and rpm/tpm limits (never reached: every check runs, none refuses), created in the
@@ -567,6 +568,112 @@ async def measure(
     return results
 
 
+# -- long previous_response_id chain ----------------------------------------------------------
+
+# ~150 tokens of new user input per turn (about 600 characters of English).
+_CHAIN_TEXT = (
+    "Here is the next step of the task we are working through together. Please read the notes "
+    "below, keep the earlier context in mind, and answer briefly. The notes: the build failed "
+    "on the integration runner after the dependency upgrade, the unit tests pass locally, the "
+    "failing job prints a timeout while fetching the fixtures, and retrying once made it pass. "
+    "What should we check first, and what would you change in the pipeline so that a slow "
+    "fixture server does not fail the whole build? Keep the answer to two sentences. "
+)
+
+
+def task_cpu_ns(pid: int) -> int:
+    """CPU time of every thread of `pid` in ns (/proc/<pid>/task/*/schedstat, field 1): far
+    finer than /proc/<pid>/stat's clock ticks, so a few requests are enough to measure."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended between listdir and open
+    return total
+
+
+def chain_request(prev: str | None, turn: int) -> bytes:
+    body: dict[str, Any] = {"model": "openai/gpt-4o-mini", "input": f"[{turn}] {_CHAIN_TEXT}"}
+    if prev is not None:
+        body["previous_response_id"] = prev
+    return http_post("/v1/responses", body, {"authorization": f"Bearer {MASTER_KEY}"})
+
+
+async def chain_bench(
+    gw_port: int, gw_pid: int, turns: int, at: tuple[int, ...], samples: int
+) -> dict[str, Any]:
+    """A `previous_response_id` chain grown turn by turn to `turns` on one connection; at each
+    turn in `at`, `samples` more requests at that depth (each continuing the same parent, a
+    branch: every one is a request at that turn) measured for wall time (p50) and the gateway's
+    CPU per request (all its threads, from schedstat)."""
+    conn = await connect(gw_port)
+    prev: str | None = None
+    per_turn: dict[int, dict[str, Any]] = {}
+    grow_ms: list[float] = []
+    try:
+        for turn in range(1, turns + 1):
+            if turn in at:
+                raw = chain_request(prev, turn)
+                walls: list[float] = []
+                for _ in range(3):  # warm-up (connection, caches of the parent)
+                    await conn.request(raw)
+                cpu0 = task_cpu_ns(gw_pid)
+                for _ in range(samples):
+                    t0 = time.perf_counter()
+                    status, _, t_end, _ = await conn.request(raw)
+                    if status != 200:
+                        raise RuntimeError(f"chain turn {turn}: HTTP {status}")
+                    walls.append((t_end - t0) * 1000)
+                cpu_us = (task_cpu_ns(gw_pid) - cpu0) / samples / 1000
+                per_turn[turn] = {
+                    "wall_p50_ms": pct(walls, 50),
+                    "wall_min_ms": min(walls),
+                    "cpu_us_per_req": cpu_us,
+                }
+                print(
+                    f"  chain turn {turn:4d}: wall p50 {pct(walls, 50):7.2f} ms  "
+                    f"cpu {cpu_us:7.0f} us/req",
+                    flush=True,
+                )
+            t0 = time.perf_counter()
+            status, _, t_end, body = await conn.request(chain_request(prev, turn), keep_body=True)
+            grow_ms.append((t_end - t0) * 1000)
+            if status != 200:
+                raise RuntimeError(f"chain turn {turn}: HTTP {status}: {body[:500]!r}")
+            prev = orjson.loads(body)["id"]
+    finally:
+        assert conn.transport is not None
+        conn.transport.close()
+    return {"turns": turns, "samples": samples, "at": per_turn, "grow_ms": grow_ms}
+
+
+def chain_report(chain: dict[str, Any]) -> str:
+    out = [
+        f"chain: one previous_response_id chain grown to {chain['turns']} turns (openai json, "
+        f"~150 tokens of new input per turn); at each turn below {chain['samples']} requests "
+        "at that depth",
+        f"{'turn':>6s} | {'wall p50 ms':>11s} | {'wall min ms':>11s} | {'gw CPU us/req':>13s}",
+    ]
+    for turn, r in sorted(chain["at"].items()):
+        out.append(
+            f"{turn:6d} | {r['wall_p50_ms']:11.2f} | {r['wall_min_ms']:11.2f} | "
+            f"{r['cpu_us_per_req']:13.0f}"
+        )
+    first, last = min(chain["at"]), max(chain["at"])
+    if first != last:
+        extra = chain["at"][last]["wall_p50_ms"] - chain["at"][first]["wall_p50_ms"]
+        ok = extra <= TARGET_CHAIN_EXTRA_MS
+        out.append(
+            f"turn {last} vs turn {first}: {extra:+.2f} ms wall p50 "
+            f"(<= {TARGET_CHAIN_EXTRA_MS} ms: {'PASS' if ok else 'MISS'}), CPU "
+            f"{chain['at'][last]['cpu_us_per_req'] - chain['at'][first]['cpu_us_per_req']:+.0f} "
+            "us/req"
+        )
+    return "\n".join(out)
+
+
 # -- profiling -----------------------------------------------------------------------------------
 
 
@@ -810,6 +917,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         help="run only scenarios whose label contains TEXT ('openai json'), repeatable",
     )
+    p.add_argument(
+        "--scenario",
+        choices=["all", "standard", "chain"],
+        default="all",
+        help="standard: openai/anthropic json/stream; chain: a long previous_response_id "
+        "chain (per-request cost at turns 1/10/100/200/400); all: both (default)",
+    )
+    p.add_argument("--chain-turns", type=int, default=400, help="length of the chain (400)")
+    p.add_argument(
+        "--chain-samples", type=int, help="requests measured per chain depth (50, quick 20)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--timeout", type=float, default=600, help="hard stop after this many seconds")
     args = p.parse_args(argv)
@@ -818,18 +936,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.duration is None:
         args.duration = 2.0 if args.quick else 5.0
     args.warmup = 50 if args.quick else 200
+    if args.chain_samples is None:
+        args.chain_samples = 20 if args.quick else 50
     args.tp_warmup = 0.3 if args.quick else 0.5
     return args
 
 
 async def _main_async(
     args: argparse.Namespace, up_port: int, gw_port: int, gw_pid: int, cores_load: set[int] | None
-) -> tuple[list[Result], dict[str, str]]:
-    results = await measure(args, up_port, gw_port, gw_pid)
+) -> tuple[list[Result], dict[str, str], dict[str, Any] | None]:
+    results: list[Result] = []
+    if args.scenario in ("all", "standard"):
+        results = await measure(args, up_port, gw_port, gw_pid)
+    chain = None
+    if args.scenario in ("all", "chain"):
+        depths = (1, 10, 100, 200, 400)
+        at = (*(t for t in depths if t < args.chain_turns), args.chain_turns)
+        chain = await chain_bench(gw_port, gw_pid, args.chain_turns, at, args.chain_samples)
     summaries: dict[str, str] = {}
     if args.profile:
         summaries = await profile(args, gw_port, gw_pid, Path(args.profile), cores_load)
-    return results, summaries
+    return results, summaries, chain
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -868,7 +995,7 @@ def main(argv: list[str] | None = None) -> int:
             runner = uvloop.run
         except ImportError:
             runner = asyncio.run
-        results, summaries = runner(_main_async(args, up_port, gw_port, gw.pid, cores_load))
+        results, summaries, chain = runner(_main_async(args, up_port, gw_port, gw.pid, cores_load))
         status = proc_status(gw.pid)
         db = tmp / "bench.db"
         db_bytes = sum(p.stat().st_size for p in tmp.glob("bench.db*")) if db.exists() else 0
@@ -889,7 +1016,9 @@ def main(argv: list[str] | None = None) -> int:
             "db_mib": db_bytes / 2**20,
             "python": sys.version.split()[0],
         }
-        text = report(results, meta)
+        text = report(results, meta) if results else ""
+        if chain is not None:
+            text += ("\n\n" if text else "") + chain_report(chain)
         print()
         print(text)
         for label, summary in summaries.items():
@@ -901,6 +1030,7 @@ def main(argv: list[str] | None = None) -> int:
                     {
                         "meta": meta,
                         "results": [asdict(r) for r in results],
+                        "chain": chain,
                         "targets": {"added_p50_ms": TARGET_ADDED_P50_MS, "rps": TARGET_RPS},
                     },
                     indent=2,

@@ -26,9 +26,11 @@ __all__ = [
     "OPENAI_ONLY_FIELDS",
     "VIEW_FIELDS",
     "CanonicalRequest",
+    "History",
     "conversation_of",
     "decode_state",
     "encode_state",
+    "extend_history",
     "metadata_of",
     "normalize",
     "normalize_items",
@@ -577,15 +579,71 @@ def normalize_items(
     return norm.entries, stored, norm.system
 
 
-def _normalize_items(
-    items: Iterable[Any], history: Iterable[Mapping[str, Any]], seal_key: bytes | None
-) -> tuple[_Normalizer, list[dict[str, Any]]]:
-    norm = _Normalizer(seal_key=seal_key)
-    by_id: dict[str, Mapping[str, Any]] = {}
-    for i, item in enumerate(history):
+@dataclass(frozen=True)
+class History:
+    """A history already normalized: what `normalize` would build from its items before the
+    request's own input, kept so the next turn of a chain starts from it instead of from the
+    first item again (`extend_history`). Never changed once built: `normalize` works on a
+    copy."""
+
+    norm: _Normalizer
+    by_id: dict[str, Mapping[str, Any]]
+    size: int  # how many items it was built from (the `history[i]` of error messages)
+
+
+def _copy(norm: _Normalizer) -> _Normalizer:
+    """A normalizer to carry on from, sharing nothing mutable with `norm`: the entries are
+    copied one level deep (later steps set keys on them: attach_call_signatures)."""
+    return _Normalizer(
+        system=list(norm.system), entries=[dict(e) for e in norm.entries],
+        call_names=dict(norm.call_names), seen_ids=set(norm.seen_ids),
+        seen_calls=set(norm.seen_calls), seen_outputs=set(norm.seen_outputs),
+        has_reasoning=norm.has_reasoning, messages=norm.messages, seal_key=norm.seal_key,
+        native_compaction=norm.native_compaction,
+    )  # fmt: skip
+
+
+def extend_history(
+    items: Iterable[Mapping[str, Any]],
+    base: History | None = None,
+    *,
+    seal_key: bytes | None = None,
+) -> History:
+    """`base` (or an empty history) followed by `items`: the same state `normalize` reaches
+    after `base`'s items and then these. `seal_key` is `base`'s when it is given."""
+    norm = _copy(base.norm) if base is not None else _Normalizer(seal_key=seal_key)
+    by_id = dict(base.by_id) if base is not None else {}
+    size = _add_history(norm, by_id, items, base.size if base is not None else 0)
+    return History(norm, by_id, size)
+
+
+def _add_history(
+    norm: _Normalizer,
+    by_id: dict[str, Mapping[str, Any]],
+    history: Iterable[Mapping[str, Any]],
+    start: int = 0,
+) -> int:
+    """Adds `history` (already checked when it came in) to `norm`; the count of items so far."""
+    i = start
+    for item in history:
         if isinstance(item.get("id"), str):
             by_id[item["id"]] = item
         norm.add(dict(item), f"history[{i}]", keep=None)
+        i += 1
+    return i
+
+
+def _normalize_items(
+    items: Iterable[Any],
+    history: Iterable[Mapping[str, Any]] | History,
+    seal_key: bytes | None,
+) -> tuple[_Normalizer, list[dict[str, Any]]]:
+    by_id: dict[str, Mapping[str, Any]]
+    if isinstance(history, History):
+        norm, by_id = _copy(history.norm), history.by_id  # by_id is only read
+    else:
+        norm, by_id = _Normalizer(seal_key=seal_key), {}
+        _add_history(norm, by_id, history)
     stored: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         where = f"input[{i}]"
@@ -869,12 +927,14 @@ def _context_management(body: Mapping[str, Any]) -> Any:
 
 def normalize(
     body: Any,
-    history: Iterable[Mapping[str, Any]] | None = None,
+    history: Iterable[Mapping[str, Any]] | History | None = None,
     *,
     seal_key: bytes | None = None,
 ) -> CanonicalRequest:
     """Validate a Responses create body and build the canonical request. `seal_key` opens
-    Turnout's own compaction blobs (engine/compaction.py); without it they are refused."""
+    Turnout's own compaction blobs (engine/compaction.py); without it they are refused.
+    `history`: the items before the input, or the same already normalized (`History`, built
+    with the same `seal_key`)."""
     if not isinstance(body, dict):
         raise _bad("The request body must be a JSON object.", "body", "invalid_type")
     unknown = [k for k in body if k not in KNOWN_FIELDS]

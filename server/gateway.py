@@ -30,7 +30,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Literal
 
-from turnout.engine.canonical import conversation_of, normalize
+from turnout.engine.canonical import History, conversation_of, normalize
 from turnout.engine.ids import IdFactory
 from turnout.server.access.admission import Admission
 from turnout.server.access.checks import admission_checks
@@ -44,7 +44,7 @@ from turnout.server.conversations import Conversations
 from turnout.server.count_tokens import TokenCounter
 from turnout.server.failover import Failover, key_drops
 from turnout.server.finish import Finisher
-from turnout.server.history import items, load_chain, previous_response_id
+from turnout.server.history import Histories, load_chain, previous_response_id
 from turnout.server.pricing import PriceBook
 from turnout.server.pump import TERMINAL_EVENTS, sse, stored_groups
 from turnout.server.redaction import secret_values
@@ -135,6 +135,8 @@ class Gateway:
         # `POST /v1/responses/compact` (server/compaction.py) and the key its blobs are sealed
         # with, which `create` (and a conversation's new items) need to open them again.
         self.compaction_key = compaction_key(settings)
+        # Normalized histories of the last chains continued (server/history.py).
+        self.histories = Histories(self.compaction_key)
         native = NativeCompact(
             store, self.targets, upstream, self.prices, self.compaction_key, self.admission
         )
@@ -174,15 +176,16 @@ class Gateway:
         started = time.monotonic()  # the stored duration counts the upstream attempts too
         prev = previous_response_id(body)
         conversation = conversation_of(body)  # 400 beside previous_response_id
+        history: list[dict[str, Any]] | History
         if conversation is not None:
             chain: list[StoredResponse] = []
             history = await self.conversations.history(conversation, caller)
         elif memory is not None:
             chain = await memory.chain(self.store, prev, caller)
-            history = items(chain)
+            history = self.histories.history(chain)
         else:
             chain = await load_chain(self.store, prev, caller)
-            history = items(chain)
+            history = self.histories.history(chain)
         canon = normalize(body, history, seal_key=self.compaction_key)
         admitted = await self.admission.admit(caller, canon.model)
         if body.get("background") is True:

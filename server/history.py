@@ -5,15 +5,24 @@ unknown id is."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from turnout.engine.canonical import History, extend_history
 from turnout.engine.errors import RequestError
 from turnout.server.access.isolation import check_chain
 from turnout.server.request_context import Caller
 from turnout.server.stores.base import ChainError, ResponseStore, StoredResponse
 
-__all__ = ["UNFINISHED", "broken_chain", "items", "load_chain", "previous_response_id"]
+__all__ = [
+    "UNFINISHED",
+    "Histories",
+    "broken_chain",
+    "items",
+    "load_chain",
+    "previous_response_id",
+]
 
 # Statuses of a background response still at work: nothing can continue from it yet.
 UNFINISHED = frozenset({"queued", "in_progress"})
@@ -61,6 +70,47 @@ def items(chain: Sequence[StoredResponse]) -> list[dict[str, Any]]:
         out.extend(record.input_items)
         out.extend(record.response.get("output") or [])
     return out
+
+
+class Histories:
+    """The normalized history (engine.canonical.History) of the last chains continued, by their
+    links' ids, so that a turn at depth N normalizes its parent's history plus one link instead
+    of N links again (the next turn of a chain is its previous turn's chain plus one record).
+
+    Keyed by every link's id, never by the head alone: a chain read from the store is already
+    checked link by link (load_chain: a deleted or someone else's link is a 404 before this
+    runs), and a finished record is never rewritten, so the same ids are the same items. Two
+    branches from one parent share the parent's entry and extend copies of it. Least recently
+    used first out; event-loop only."""
+
+    def __init__(self, seal_key: bytes | None, size: int = 32) -> None:
+        self.seal_key = seal_key
+        self.size = size
+        self._by_links: OrderedDict[tuple[str, ...], History] = OrderedDict()
+
+    def history(self, chain: Sequence[StoredResponse]) -> History | list[dict[str, Any]]:
+        """What `normalize` takes as the history of `chain`."""
+        if not chain:
+            return []
+        links = tuple(record.id for record in chain)
+        found = self._by_links.get(links)
+        if found is not None:
+            self._by_links.move_to_end(links)
+            return found
+        base = self._by_links.get(links[:-1])
+        try:
+            if base is None:
+                built = extend_history(items(chain), seal_key=self.seal_key)
+            else:
+                built = extend_history(items(chain[-1:]), base)
+        except RequestError:
+            # A history normalize refuses: let it refuse it, after its checks of the body.
+            return items(chain)
+        if chain[-1].status not in UNFINISHED:
+            self._by_links[links] = built
+            while len(self._by_links) > self.size:
+                self._by_links.popitem(last=False)
+        return built
 
 
 def previous_response_id(body: Any) -> str | None:

@@ -666,3 +666,31 @@ def test_a_web_search_call_in_the_input_is_kept_but_sent_to_no_provider() -> Non
     chained = normalize(_body(input="more"), history=req.input_items)
     assert len(chained.view["entries"]) == 3
     assert _error(_body(input=[{**call, "action": "q"}])).param == "input[0].action"
+
+
+def test_a_history_normalized_in_parts_is_the_history_normalized_whole() -> None:
+    """engine.canonical.History (what server/history.py keeps per chain): built in two steps,
+    handed to normalize twice, it gives what the plain items give, and normalize's changes to
+    its entries do not reach it."""
+    from turnout.engine.canonical import extend_history
+
+    older: list[dict[str, Any]] = [
+        {"type": "message", "id": "msg_1", "role": "user", "content": "weather?"},
+        {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "get", "arguments": "{}"},
+        {"type": "function_call_output", "id": "fco_1", "call_id": "c1", "output": "sunny"},
+    ]
+    newer: list[dict[str, Any]] = [
+        {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "t"}]},
+        {"type": "message", "id": "msg_2", "role": "assistant", "content": "It is sunny."},
+        {"type": "message", "id": "msg_3", "role": "developer", "content": "Be brief."},
+    ]
+    new_input = {"role": "user", "content": "ok", "id": "msg_4"}  # an id: none is minted
+    body = {"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}, new_input]}
+    whole = normalize(body, older + newer)
+    history = extend_history(newer, extend_history(older))
+    assert history.size == 6
+    for _ in range(2):
+        canon = normalize(body, history)
+        assert canon.view == whole.view and canon.input_items == whole.input_items
+        for entry in canon.view["entries"]:
+            entry["text"] = "changed"

@@ -627,6 +627,55 @@ async def test_chain_immediately_and_merge_idempotently(
     assert [it["content"][0]["text"] for it in items] == ["three"]
 
 
+async def test_branches_from_one_parent_keep_their_own_history(
+    env: Env, client: AsyncTestClient[Litestar]
+) -> None:
+    """The gateway keeps the normalized history of the chains it continued (server/history.py):
+    branches from one parent, and a request that changes what the mapping was handed, must not
+    see each other's turns."""
+
+    async def turn(text: str, prev: str | None) -> str:
+        body: dict[str, Any] = {"model": "fake/x", "input": text}
+        if prev is not None:
+            body["previous_response_id"] = prev
+        resp = await client.post("/v1/responses", json=body)
+        assert resp.status_code == 200, resp.text
+        return str(resp.json()["id"])
+
+    def texts() -> list[Any]:
+        return [e.get("text") for e in env.mapping.seen[-1].view["entries"]]
+
+    a = await turn("a", None)
+    b = await turn("b", a)
+    left = await turn("left", b)
+    assert texts() == ["a", "Hello there", "b", "Hello there", "left"]
+    for entry in env.mapping.seen[-1].view["entries"]:
+        entry["text"] = "changed by a mapping"  # the cached history is not the one handed out
+    right = await turn("right", b)
+    assert texts() == ["a", "Hello there", "b", "Hello there", "right"]
+    await turn("after left", left)
+    assert texts() == ["a", "Hello there", "b", "Hello there", "left", "Hello there", "after left"]
+    await turn("after right", right)
+    assert texts()[-3:] == ["right", "Hello there", "after right"]
+    # A deleted link breaks every chain through it, however warm.
+    assert (await client.delete(f"/v1/responses/{b}")).status_code == 200
+    resp = await client.post(
+        "/v1/responses", json={"model": "fake/x", "input": "x", "previous_response_id": left}
+    )
+    assert_error(resp, 404, "previous_response_not_found", "previous_response_id")
+
+
+async def test_a_store_false_turn_cannot_be_continued(client: AsyncTestClient[Litestar]) -> None:
+    first = (await client.post("/v1/responses", json={"model": "fake/x", "input": "a"})).json()
+    body = {"model": "fake/x", "input": "b", "previous_response_id": first["id"], "store": False}
+    unstored = (await client.post("/v1/responses", json=body)).json()
+    resp = await client.post(
+        "/v1/responses",
+        json={"model": "fake/x", "input": "c", "previous_response_id": unstored["id"]},
+    )
+    assert_error(resp, 404, "previous_response_not_found", "previous_response_id")
+
+
 # -- CLI and logging ---------------------------------------------------------------------------
 
 

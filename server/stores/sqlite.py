@@ -26,6 +26,13 @@ run beside the writer, each seeing the last commit), so a lookup (``/health``, a
 ``previous_response_id`` chain) never waits for another response's 60 MB write and its fsync.
 A ``:memory:`` database exists once per connection, so there reads stay on the writer.
 
+The chain of a ``previous_response_id``: one recursive statement walks it (ids, statuses and
+document lengths only, nothing decoded), then the links not in the in-process cache of decoded
+links (``_ChainCache``) are read in one more, in one read snapshot. The walk runs at every read,
+so a link deleted or purged by any process is missing at once; a link whose row changed is read
+again. Chain links leave out ``events`` (``None``) and ``request`` (``{}``): a chain is read for
+its items, outputs, owners and attempts, and a long stream's events can be megabytes.
+
 One statement per write: ``put`` is a single ``INSERT OR REPLACE`` and ``delete`` a single
 ``UPDATE``, each its own implicit transaction (the connection is in autocommit mode).
 
@@ -56,6 +63,7 @@ import functools
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -226,6 +234,24 @@ _DELETE_ITEM = (
 )
 
 
+def _walk(response_id: str, rows: dict[str, Any]) -> list[Any]:
+    """The walk rows of the chain ending at `response_id`, newest first (ResponseStore.chain's
+    walk: a missing or deleted link, or a cycle, raises)."""
+    newest_first: list[Any] = []
+    seen: set[str] = set()
+    current: str | None = response_id
+    while current is not None:
+        if current in seen:
+            raise ChainCycleError(response_id, current)
+        seen.add(current)
+        row = rows.get(current)
+        if row is None:
+            raise MissingChainLinkError(response_id, current)
+        newest_first.append(row)
+        current = row[1]
+    return newest_first
+
+
 def _conversation(row: Any) -> StoredConversation:
     return StoredConversation(
         id=row[0], created_at=row[1], metadata=orjson.loads(row[2]), api_key_id=row[3],
@@ -237,6 +263,106 @@ def _conversation(row: Any) -> StoredConversation:
 _CREATE_PROBE = "CREATE TABLE IF NOT EXISTS turnout_probe (blob BLOB)"
 
 _SELECT_LIVE = f"SELECT {_RECORDS.sql_list} FROM responses WHERE id = ? AND deleted = 0"
+
+
+def _chain_link(**columns: Any) -> StoredResponse:
+    return StoredResponse(events=None, request={}, **columns)
+
+
+# A chain link is read for its items, output, owner and attempts (history, isolation, affinity),
+# never for its events (a long stream's can be megabytes, and decoding them was most of the
+# cost of a long chain) or the client's body: those two are left out.
+_CHAIN_RECORDS = RowCodec(
+    tuple(c for c in COLUMNS if c.name not in ("events", "request")),
+    encoders=_ENCODERS,
+    decoders=_DECODERS,
+    make=_chain_link,
+)
+# The links of a chain, newest first, in one statement: each live link's `stamp` (id, previous
+# id, status, document lengths), walking previous_response_id (UNION drops a row seen before, so
+# a cycle ends the walk). A missing or deleted link ends it; the order, that link and a cycle
+# are worked out from the rows (_walk). Only columns stored before the documents, and lengths
+# (from the row header): the owner columns come after the documents, and reading those walks
+# each row's overflow pages (it made the walk three times slower).
+_STAMP = "id, previous_response_id, status, length(response), length(input_items), length(attempts)"
+_WALK_CHAIN = (
+    f"WITH RECURSIVE walk(id, prev, status, lr, li, la) AS (SELECT {_STAMP} FROM responses "
+    "WHERE id = ? AND deleted = 0 UNION "
+    "SELECT r.id, r.previous_response_id, r.status, length(r.response), length(r.input_items), "
+    "length(r.attempts) FROM responses r JOIN walk w ON r.id = w.prev WHERE r.deleted = 0) "
+    "SELECT * FROM walk"
+)
+_SELECT_LINKS = f"SELECT {_CHAIN_RECORDS.sql_list} FROM responses WHERE deleted = 0 AND id IN "
+_chain_from_row = _CHAIN_RECORDS.from_row
+# Links decoded per query of the second statement (SQLite's bound-parameter limit is 32766).
+_LINKS_PER_QUERY = 500
+# Decoded chain links kept warm, by the bytes of their JSON documents (decoded, a few times that).
+CHAIN_CACHE_BYTES = 8 << 20
+
+
+class _ChainCache:
+    """Decoded chain links by response id, least recently used first out.
+
+    The next turn of a chain is the previous turn's chain plus one link, so a turn at depth N
+    would otherwise decode N documents again. Only finished links are kept: a finished record
+    is written once (a background response is rewritten until it finishes, never after), so a
+    link is the same as long as its walk row (`stamp`: id, previous id, status, document
+    lengths) is. A deleted or purged link never reaches the cache lookup: the walk, which runs
+    at every read, does not return it. The records are shared between readers, which only read
+    them (history.items, normalize, isolation, affinity). Used from the read threads: locked."""
+
+    def __init__(self, budget: int = CHAIN_CACHE_BYTES) -> None:
+        self.budget = budget
+        self.size = 0
+        self._links: OrderedDict[str, tuple[tuple[Any, ...], StoredResponse]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, response_id: str, stamp: tuple[Any, ...]) -> StoredResponse | None:
+        found, _missing = self.lookup([stamp])
+        return found.get(response_id)
+
+    def lookup(
+        self, stamps: list[tuple[Any, ...]]
+    ) -> tuple[dict[str, StoredResponse], list[tuple[Any, ...]]]:
+        """The links held for these walk rows (id first), and the rows of those not held."""
+        found: dict[str, StoredResponse] = {}
+        missing: list[tuple[Any, ...]] = []
+        links = self._links
+        with self._lock:  # once for the whole chain, not per link
+            for stamp in stamps:
+                hit = links.get(stamp[0])
+                if hit is None or hit[0] != stamp:
+                    missing.append(stamp)
+                else:
+                    links.move_to_end(stamp[0])
+                    found[stamp[0]] = hit[1]
+        return found, missing
+
+    def add(self, stamp: tuple[Any, ...], record: StoredResponse) -> None:
+        if record.status in UNFINISHED_STATUSES:
+            return
+        size = _stamp_size(stamp)
+        with self._lock:
+            old = self._links.pop(record.id, None)
+            if old is not None:
+                self.size -= _stamp_size(old[0])
+            self._links[record.id] = (stamp, record)
+            self.size += size
+            while self.size > self.budget and self._links:
+                _, (dropped, _record) = self._links.popitem(last=False)
+                self.size -= _stamp_size(dropped)
+
+    def discard(self, response_id: str) -> None:
+        with self._lock:
+            old = self._links.pop(response_id, None)
+            if old is not None:
+                self.size -= _stamp_size(old[0])
+
+
+def _stamp_size(stamp: tuple[Any, ...]) -> int:
+    return int(stamp[3] or 0) + int(stamp[4] or 0) + int(stamp[5] or 0)
+
+
 _SELECT_ITEMS = "SELECT input_items FROM responses WHERE id = ? AND deleted = 0"
 _SELECT_ACCOUNTING = f"SELECT {_ACCOUNTING.sql_list} FROM responses"
 _UPSERT = (
@@ -377,6 +503,7 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
         self._executor: ThreadPoolExecutor | None = None  # the worker, from open() on
         self._readers: ThreadPoolExecutor | None = None  # the read threads (not for :memory:)
         self._local = threading.local()  # each read thread's own connection
+        self._chain_cache = _ChainCache()
         self._reader_conns: list[sqlite3.Connection] = []
         self._conn: sqlite3.Connection | None = None  # only ever touched on the worker
         # Serialises open() and aclose() (an asyncio.Lock binds to a loop only when contended).
@@ -523,6 +650,8 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
         return None if row is None else _from_row(row)
 
     def _delete(self, response_id: str) -> bool:
+        # The walk already skips a deleted link; this only stops its content lingering here.
+        self._chain_cache.discard(response_id)
         return self._db().execute(_DELETE, (response_id,)).rowcount == 1
 
     def _items(
@@ -535,21 +664,29 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
         return page_items(orjson.loads(row[0]), limit=limit, order=order, after=after)
 
     def _chain(self, response_id: str) -> list[StoredResponse]:
-        # Same walk as ResponseStore.chain, done in one hop to the worker instead of one per link.
-        newest_first: list[StoredResponse] = []
-        seen: set[str] = set()
-        current: str | None = response_id
-        while current is not None:
-            if current in seen:
-                raise ChainCycleError(response_id, current)
-            seen.add(current)
-            record = self._get(current)
-            if record is None:
-                raise MissingChainLinkError(response_id, current)
-            newest_first.append(record)
-            current = record.previous_response_id
-        newest_first.reverse()
-        return newest_first
+        # A turn at depth 400 used to run 400 lookups and decode every link's documents,
+        # events included. Now: the walk in one statement, then the links the cache does not
+        # hold (at the next turn of a chain, the newest only) in one more, both in one snapshot.
+        conn = self._rdb()
+        conn.execute("BEGIN")
+        try:
+            walked = conn.execute(_WALK_CHAIN, (response_id,)).fetchall()
+            newest_first = _walk(response_id, {row[0]: row for row in walked})
+            # The walk row is the link's stamp: a link cached with another one is read again.
+            records, missing_rows = self._chain_cache.lookup(newest_first)
+            stamps = {row[0]: row for row in missing_rows}
+            missing = list(stamps)
+            for start in range(0, len(missing), _LINKS_PER_QUERY):
+                ids = missing[start : start + _LINKS_PER_QUERY]
+                sql = f"{_SELECT_LINKS}({', '.join('?' * len(ids))})"
+                for link in conn.execute(sql, ids):
+                    record = _chain_from_row(link)
+                    records[record.id] = record
+                    self._chain_cache.add(stamps[record.id], record)
+        finally:
+            conn.execute("COMMIT")
+        # Same snapshot: every walked link has its row (else the walk would have stopped there).
+        return [records[row[0]] for row in reversed(newest_first)]
 
     def _spend(self, query: SpendQuery) -> SpendReport:
         sql, params = _spend_sql(query)
