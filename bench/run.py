@@ -130,12 +130,35 @@ def gateway_command(config: Path, port: int) -> tuple[list[str], str]:
     return [*cmd, "--port", str(port)], "python -m turnout.server.cli"
 
 
-def write_config(tmp: Path, upstream_port: int, store: str, state: str | None = None) -> Path:
-    store_url = {
+# `--store postgresql`: a schema of its own on the local server, dropped afterwards.
+POSTGRES_BASE = "postgresql://postgres@127.0.0.1:5432/postgres"
+POSTGRES_SCHEMA = f"turnout_bench_{os.getpid()}"
+
+
+def store_url_for(tmp: Path, store: str) -> str:
+    return {
         "sqlite": f"sqlite:///{tmp / 'bench.db'}",
         "sqlite-normal": f"sqlite:///{tmp / 'bench.db'}?synchronous=normal",
         "memory": "memory://",
+        "postgresql": f"{POSTGRES_BASE}?schema={POSTGRES_SCHEMA}",
     }[store]
+
+
+def drop_postgres_schema() -> None:
+    async def drop() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(POSTGRES_BASE)
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {POSTGRES_SCHEMA} CASCADE")
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+def write_config(tmp: Path, upstream_port: int, store: str, state: str | None = None) -> Path:
+    store_url = store_url_for(tmp, store)
     config = tmp / "turnout.yaml"
     # JSON is YAML; quoted strings keep the strict loader happy.
     config.write_text(
@@ -156,12 +179,12 @@ def write_config(tmp: Path, upstream_port: int, store: str, state: str | None = 
     return config
 
 
-def create_virtual_key(db: Path) -> str:
-    """A virtual key with a budget and rpm/tpm limits in the store at `db` (the way
+def create_virtual_key(store_url: str) -> str:
+    """A virtual key with a budget and rpm/tpm limits in the store at `store_url` (the way
     tests/keys.py writes one), before the gateway opens it; its secret."""
     from turnout.server.access.secrets import display_prefix, new_key_id, new_secret, secret_hash
-    from turnout.server.stores import SQLiteStore
-    from turnout.server.stores.keys import AuditEntry, StoredKey, public_key
+    from turnout.server.stores import create_store
+    from turnout.server.stores.keys import AuditEntry, KeyStore, StoredKey, public_key
 
     secret = new_secret()
     key = StoredKey(
@@ -177,9 +200,10 @@ def create_virtual_key(db: Path) -> str:
     )
 
     async def write() -> None:
-        store = SQLiteStore(db)
+        store = create_store(store_url)
         await store.open()
         try:
+            assert isinstance(store, KeyStore)
             audit = AuditEntry("bench", "key.create", key.id, None, public_key(key), key.created_at)
             await store.create_key(key, audit)
         finally:
@@ -887,10 +911,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument(
         "--store",
-        choices=["sqlite", "sqlite-normal", "memory"],
+        choices=["sqlite", "sqlite-normal", "memory", "postgresql"],
         default="sqlite",
         help="gateway store (default sqlite, the embedded default, fsync per commit; "
-        "sqlite-normal: WAL without fsync per commit)",
+        "sqlite-normal: WAL without fsync per commit; postgresql: the local server, "
+        "a schema of its own dropped afterwards)",
     )
     p.add_argument(
         "--state",
@@ -980,7 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
         state = _bench_state(args.state)
         config = write_config(tmp, up_port, args.store, state)
         if args.store != "memory":  # a memory store starts empty: no virtual key to call with
-            _VKEY[:] = [create_virtual_key(tmp / "bench.db")]
+            _VKEY[:] = [create_virtual_key(store_url_for(tmp, args.store))]
         gw_port = free_port()
         gw, how, startup = start_gateway(config, gw_port, cores_gw, tmp / "gateway.log")
         if cores_gw:
@@ -1043,6 +1068,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _stop_children()
         _drop_state(_bench_state(args.state))
+        if args.store == "postgresql":
+            drop_postgres_schema()
         if args.keep:
             print(f"kept {tmp}")
         else:
