@@ -105,6 +105,7 @@ def create_app(
             # First to close: background responses stop and are recorded before the rest.
             opened.push_async_callback(gateway.aclose)
             await gateway.recover()
+            gateway.leases.start()  # stopped by gateway.aclose
             if settings.retention.days is not None:
                 retention = Retention(the_store, settings.retention.days)
                 retention.start()

@@ -42,6 +42,9 @@ class Run:
     # One entry per upstream attempt: deployment, status, error code, latency (no secrets).
     attempts: list[dict[str, Any]] = field(default_factory=list)
     dropped_tools: tuple[str, ...] = ()  # left out for the provider (unsupported_tools: drop)
+    # A background run's lease owner (server/leases.py): its final write is then conditional,
+    # so a record another replica already ended is not overwritten.
+    owner: str | None = None
 
 
 def new_run(

@@ -149,7 +149,8 @@ async def test_every_column_is_in_the_table(store: PostgresStore, url: str) -> N
         )
     finally:
         await conn.close()
-    assert sorted(row[0] for row in rows) == sorted(COLUMN_NAMES)
+    # cancel_requested is no record column: only request_cancel sets it.
+    assert sorted(row[0] for row in rows) == sorted([*COLUMN_NAMES, "cancel_requested"])
 
 
 async def test_a_newer_schema_is_refused(url: str) -> None:
@@ -354,7 +355,7 @@ async def test_turnout_migrate(url: str, tmp_path: Path) -> None:
     config.write_text("store: sqlite:///fresh.db\n")
     sqlite = await asyncio.to_thread(_migrate, config)
     assert sqlite.returncode == 0, sqlite.stderr
-    assert sqlite.stdout.strip().endswith("schema version 4 (applied 1, 2, 3, 4)")
+    assert sqlite.stdout.strip().endswith("schema version 5 (applied 1, 2, 3, 4, 5)")
     assert (tmp_path / "fresh.db").is_file()
     # A server that does not answer: exit 1, one line naming it, no password.
     config.write_text(f"store: postgresql://postgres:{PASSWORD}@127.0.0.1:1/postgres\n")

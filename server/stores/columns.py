@@ -69,6 +69,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("tags", "json", since=2, default="'{}'"),
     # Version 4: the team of the key that made it (isolation, team spend).
     Column("team", "text", nullable=True, since=4),
+    # Version 5: who runs a background response and until when its lease holds (unix seconds):
+    # another replica fails it only once the lease has run out (server/leases.py).
+    Column("owner", "text", nullable=True, since=5),
+    Column("lease_until", "real", nullable=True, since=5),
 )
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
 _BY_NAME = {c.name: c for c in COLUMNS}

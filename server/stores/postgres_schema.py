@@ -85,8 +85,16 @@ _V1 = (
 # leaves behind (kept for spend) are never scanned again.
 _V2 = ("CREATE INDEX responses_live_created_at ON responses (created_at) WHERE deleted = false",)
 
+# Version 3: the leases of background responses (SQLite's version 5; server/leases.py):
+# who runs one and until when, and the cancel mark another replica may set.
+_V3 = (
+    "ALTER TABLE responses ADD COLUMN owner text",
+    "ALTER TABLE responses ADD COLUMN lease_until double precision",
+    "ALTER TABLE responses ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false",
+)
+
 # Append only: a released version's statements never change (databases have run them).
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2))
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2), (3, _V3))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _VERSION_TABLE = (
