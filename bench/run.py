@@ -121,13 +121,15 @@ def start_upstream(cores: set[int] | None) -> tuple[subprocess.Popen[bytes], int
     return proc, int(line.split()[1])
 
 
-def gateway_command(config: Path, port: int) -> tuple[list[str], str]:
+def gateway_command(config: Path, port: int, workers: int = 1) -> tuple[list[str], str]:
+    extra = ["--workers", str(workers)] if workers > 1 else []
     script = Path(sys.executable).parent / "turnout"
     if script.exists():
-        return [str(script), "serve", "--config", str(config), "--port", str(port)], "turnout"
+        cmd = [str(script), "serve", "--config", str(config), "--port", str(port)]
+        return [*cmd, *extra], "turnout"
     # The console script only exists once the project is pip-installed; this is the same entry.
     cmd = [sys.executable, "-m", "turnout.server.cli", "serve", "--config", str(config)]
-    return [*cmd, "--port", str(port)], "python -m turnout.server.cli"
+    return [*cmd, "--port", str(port), *extra], "python -m turnout.server.cli"
 
 
 # `--store postgresql`: a schema of its own on the local server, dropped afterwards.
@@ -224,9 +226,9 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
 
 
 def start_gateway(
-    config: Path, port: int, cores: set[int] | None, log_path: Path
+    config: Path, port: int, cores: set[int] | None, log_path: Path, workers: int = 1
 ) -> tuple[subprocess.Popen[bytes], str, float]:
-    cmd, how = gateway_command(config, port)
+    cmd, how = gateway_command(config, port, workers)
     env = dict(os.environ)
     env.pop("PYTHONPATH", None) if how == "turnout" else None
     log = log_path.open("wb")
@@ -243,7 +245,8 @@ def start_gateway(
             )
         try:
             status, _ = http_get(port, "/health", timeout=1.0)
-            if status == 200:
+            # With several workers, the supervisor logs the ready line once all of them listen.
+            if status == 200 and (workers == 1 or b"ready on" in log_path.read_bytes()):
                 return proc, how, time.monotonic() - started
         except OSError:
             pass
@@ -263,10 +266,17 @@ def proc_status(pid: int) -> dict[str, int]:
 
 
 def cpu_seconds(pid: int) -> float:
+    """The process's CPU time, its live children's (`--workers N`) included."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     # utime, stime are fields 14, 15 (1-based); after the ')' they are at 11, 12 (0-based).
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    total = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        children = []
+    return total + sum(cpu_seconds(child) for child in children)
 
 
 # -- load generator ------------------------------------------------------------------------------
@@ -800,8 +810,9 @@ def _f(v: float | None, w: int = 6, d: int = 2) -> str:
 def report(results: list[Result], meta: dict[str, Any]) -> str:
     out = []
     out.append(
-        f"Turnout bench  ({meta['when']}, {meta['cpus']} cpus, {meta['pinning']}, store "
-        f"{meta['store']}, gateway via `{meta['gateway_cmd']}`)"
+        f"Turnout bench  ({meta['when']}, {meta['cpus']} cpus, {meta['pinning']}, "
+        f"{meta.get('workers', 1)} worker(s), store {meta['store']}, "
+        f"gateway via `{meta['gateway_cmd']}`)"
     )
     out.append(
         f"latency: {meta['n']} sequential requests at concurrency 1 "
@@ -927,6 +938,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds per throughput run (5, quick 2)")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    p.add_argument(
+        "--workers", type=int, default=1, help="turnout serve --workers N (N > 1: unpinned)"
+    )
     p.add_argument("--profile", metavar="DIR", help="py-spy the gateway per scenario into DIR")
     p.add_argument(
         "--profile-mode",
@@ -992,13 +1006,16 @@ def main(argv: list[str] | None = None) -> int:
     cpus = len(os.sched_getaffinity(0))
     pin = not args.no_pin and cpus >= 2
     ordered = sorted(os.sched_getaffinity(0))
-    cores_gw = {ordered[0]} if pin else None
+    # Several workers share the machine's cores (pinning them to one would serialise them).
+    cores_gw = {ordered[0]} if pin and args.workers == 1 else None
     cores_load = {ordered[1]} if pin else None
     if cores_load:
         os.sched_setaffinity(0, cores_load)
     pinning = (
         f"gateway on core {ordered[0]}, upstream+load on core {ordered[1]}" if pin else "unpinned"
     )
+    if pin and args.workers > 1:
+        pinning = f"{args.workers} gateway workers unpinned, upstream+load on core {ordered[1]}"
     tmp = Path(tempfile.mkdtemp(prefix="turnout-bench-"))
     try:
         _up_proc, up_port = start_upstream(cores_load)
@@ -1007,7 +1024,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.store != "memory":  # a memory store starts empty: no virtual key to call with
             _VKEY[:] = [create_virtual_key(store_url_for(tmp, args.store))]
         gw_port = free_port()
-        gw, how, startup = start_gateway(config, gw_port, cores_gw, tmp / "gateway.log")
+        gw, how, startup = start_gateway(
+            config, gw_port, cores_gw, tmp / "gateway.log", args.workers
+        )
         if cores_gw:
             _pin_all_threads(gw.pid, cores_gw)
         rss_start = proc_status(gw.pid)["VmRSS"]
@@ -1028,6 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
             "when": time.strftime("%Y-%m-%d %H:%M:%S"),
             "cpus": cpus,
             "pinning": pinning,
+            "workers": args.workers,
             "store": args.store + (" + state redis" if args.state else ""),
             "gateway_cmd": how,
             "n": args.n,

@@ -114,6 +114,7 @@ def create_app(
             if gateway.cooldowns is not None:
                 gateway.cooldowns.start()  # shared cooldowns, read every 250 ms (off requests)
             await gateway.recover()
+            gateway.leases.start()  # stopped by gateway.aclose
             if settings.retention.days is not None:
                 retention = Retention(the_store, settings.retention.days)
                 retention.start()

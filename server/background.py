@@ -8,14 +8,16 @@ follower, so a client that disconnects leaves the work running and can resume wi
 `starting_after`. Once the task ends, the store has the final record (written before the
 terminal event is published, as for every response) and the entry is dropped.
 
-One process owns its background responses: they are not shared between workers, and a process
-that stops cancels them (recorded as failed, so a poller is not left waiting on "queued").
+The process that runs a background response owns it by a lease in the store (server/leases.py):
+other workers and replicas read its progress from the store, ask it to cancel through the store,
+and fail it once the lease runs out if this process stops without ending it. A process that
+shuts down cleanly stops its own (recorded as failed, so a poller is not left waiting).
 
 `BackgroundWork` is the gateway's side of it: `create` stores the response queued (builder
 `queue()`) and launches `_run`, which publishes every event group to the `LiveResponse`; the final
 record is written by the same `stored_groups` as any response. Cancel → `builder.cancel()`
 (status `cancelled`, no event) and a final write; shutdown → `response.failed`. The upstream is
-always streamed. `recover` fails, at start-up, what a previous process left unfinished.
+always streamed. Every write after the queued record is conditional (`replace_unfinished`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
@@ -38,20 +40,20 @@ from turnout.server.access.teams import Teams
 from turnout.server.config import Settings
 from turnout.server.failover import Failover, Opened, key_drops
 from turnout.server.finish import Finisher, record, tags
-from turnout.server.history import UNFINISHED
+from turnout.server.leases import process_owner
 from turnout.server.pricing import UsageCounts
 from turnout.server.pump import GENERIC_FAILURE, store_failure, stored_groups
 from turnout.server.replies import DONE, JsonReply, StreamReply, encode_sse
 from turnout.server.request_context import Caller
 from turnout.server.run import Run, bind, new_run, reply_headers
 from turnout.server.store_health import StoreUnavailable
-from turnout.server.stores.base import ResponseStore, StoredResponse
+from turnout.server.stores.base import StoredResponse
 from turnout.server.stores.keys import StoredTeam
 from turnout.server.targets import Targets
 from turnout.server.telemetry.hub import CURRENT
 from turnout.server.upstream import UpstreamCall
 
-__all__ = ["BackgroundResponses", "BackgroundWork", "LiveResponse", "recover"]
+__all__ = ["BackgroundResponses", "BackgroundWork", "LiveResponse"]
 
 Event = dict[str, Any]
 
@@ -66,7 +68,10 @@ class LiveResponse:
     """A background response in the making: the builder and every event published so far,
     and whose it is (the creator's key and team: server/access/isolation.py)."""
 
-    __slots__ = ("_wake", "api_key_id", "builder", "done", "events", "started", "task", "team")
+    __slots__ = (
+        "_wake", "api_key_id", "builder", "done", "events", "lost", "persisted", "snapshot",
+        "started", "task", "team",
+    )  # fmt: skip
 
     def __init__(
         self, builder: ResponseBuilder, api_key_id: str | None = None, team: str | None = None
@@ -81,6 +86,15 @@ class LiveResponse:
         self.started = False
         self.task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        # Leases (server/leases.py): the record as it stands, for the progress writes; how
+        # many events the last one held; set when another replica ended the record.
+        self.snapshot: Callable[[], StoredResponse] | None = None
+        self.persisted = 0
+        self.lost = False
+
+    @property
+    def id(self) -> str:
+        return self.builder.response_id
 
     @property
     def response(self) -> dict[str, Any]:
@@ -122,12 +136,22 @@ class LiveResponse:
 class BackgroundResponses:
     """The process's running background responses, by response id."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str | None = None) -> None:
         self._live: dict[str, LiveResponse] = {}
         self.stopping = False
+        # This process's lease owner id (server/leases.py): made here, once per gateway, so
+        # each forked worker has its own.
+        self.owner = owner or process_owner()
 
     def get(self, response_id: str) -> LiveResponse | None:
         return self._live.get(response_id)
+
+    def ids(self) -> frozenset[str]:
+        return frozenset(self._live)
+
+    def owned(self) -> list[LiveResponse]:
+        """The responses at work here (launched, not done): those whose leases are renewed."""
+        return [live for live in self._live.values() if live.task is not None and not live.done]
 
     def running(self) -> int:
         return sum(1 for live in self._live.values() if not live.done)
@@ -248,10 +272,18 @@ class BackgroundWork:
         live = LiveResponse(run.builder, caller.key_id, caller.team)
         live.publish(run.events)
         self.responses.reserve(live)  # counted against the caps before the next await
+        run.owner = self.responses.owner
+        run_tags = tags(body.get("metadata"))
+        live.snapshot = lambda: replace(
+            record(run, UsageCounts(), None, run_tags), events=list(run.events)
+        )
+        lease_until = time.time() + self.settings.background.lease_s
         try:
             await self.finish.health.put(
-                self.finish.store, record(run, UsageCounts(), None, tags(body.get("metadata")))
+                self.finish.store,
+                replace(live.snapshot(), owner=run.owner, lease_until=lease_until),
             )
+            live.persisted = len(run.events)
         except BaseException:
             self.responses.release(live)
             raise
@@ -344,7 +376,12 @@ class BackgroundWork:
             # The cancel call, or the gateway shutting down (then it is a failure: the work was
             # not finished, and a poller must not wait on it forever).
             with anyio.CancelScope(shield=True):
-                if self.responses.stopping:
+                if live.lost:
+                    # Deleted, or failed by another replica after the lease ran out: the store
+                    # keeps that (the conditional write below is refused); followers here learn.
+                    message = "This background response was ended elsewhere (lease lost)."
+                    await self._end(live, run, run.builder.fail("server_error", message))
+                elif self.responses.stopping:
                     message = "The gateway shut down before this background response finished."
                     await self._end(live, run, run.builder.fail("server_error", message))
                 else:
@@ -408,31 +445,3 @@ def _capped(message: str, headers: dict[str, str] | None) -> RequestError:
         429, message, param="background", code="rate_limit_exceeded", type="requests",
         retry_after=BACKGROUND_RETRY_AFTER_S, headers=dict(headers) if headers else None,
     )  # fmt: skip
-
-
-async def recover(store: ResponseStore, responses: BackgroundResponses) -> int:
-    """At start-up: background responses a previous process left unfinished (it crashed, or
-    was killed) end as failed, so pollers get an answer. Returns how many."""
-    count = 0
-    for response_id in await store.unfinished():
-        if responses.get(response_id) is not None:
-            continue
-        stored = await store.get(response_id)
-        if stored is None or stored.status not in UNFINISHED:
-            continue
-        response = {
-            **stored.response,
-            "status": "failed",
-            "error": {
-                "code": "server_error",
-                "message": "The gateway stopped before this background response finished.",
-            },
-        }
-        events = list(stored.events or [])
-        seq = int(events[-1]["sequence_number"]) + 1 if events else 0
-        events.append({"type": "response.failed", "sequence_number": seq, "response": response})
-        await store.put(replace(stored, status="failed", response=response, events=events))
-        count += 1
-    if count:
-        log.warning("%d background response(s) left unfinished by a previous run: failed", count)
-    return count

@@ -61,7 +61,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from turnout.engine.errors import ConfigError, MappingError
@@ -216,10 +216,38 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,  # keep configure_logging's redacting handler
     )
     _settle_heap()
+    if args.workers > 1:
+        return _serve_workers(args.workers, config, app, ready)
     server = _server(config, app, ready)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn already shut down
         server.run()
     return 0 if server.started else 3
+
+
+def _serve_workers(workers: int, config: Any, app: Any, ready: Mapping[str, Any]) -> int:
+    """N forked workers on one port (server/workers.py); the ready line once all listen."""
+    import socket as socket_module
+
+    from turnout.server.workers import Supervisor
+
+    def serve_one(sock: socket_module.socket, listening: Callable[[], None]) -> int:
+        server = _server(config, app, None, listening)
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run(sockets=[sock])
+        return 0 if server.started else 3
+
+    try:
+        supervisor = Supervisor(workers, config.host, config.port, serve_one)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", config.host, config.port, exc)
+        return 1
+
+    def all_ready(port: int) -> None:
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        url = f"http://{host}:{port}"
+        log.info("%s · workers: %d", ready_line(url, **ready), workers)
+
+    return supervisor.run(all_ready)
 
 
 def _protocols(settings: Settings) -> tuple[Any, Any]:
@@ -252,7 +280,12 @@ def _protocols(settings: Settings) -> tuple[Any, Any]:
     return protocol_class(shared), ws_protocol_class(shared)
 
 
-def _server(config: Any, app: Any, ready: Mapping[str, Any] | None = None) -> Any:
+def _server(
+    config: Any,
+    app: Any,
+    ready: Mapping[str, Any] | None = None,
+    listening: Callable[[], None] | None = None,
+) -> Any:
     """uvicorn's Server, saying when it is ready and ending background responses as soon as
     shutdown starts.
 
@@ -268,8 +301,11 @@ def _server(config: Any, app: Any, ready: Mapping[str, Any] | None = None) -> An
     class GatewayServer(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
-            if ready is not None and self.started and not self.should_exit:
-                log.info("%s", ready_line(self._url(), **ready))
+            if self.started and not self.should_exit:
+                if ready is not None:
+                    log.info("%s", ready_line(self._url(), **ready))
+                if listening is not None:  # a worker tells its supervisor (server/workers.py)
+                    listening()
 
         def _url(self) -> str:
             host, port = self.config.host, self.config.port
@@ -419,6 +455,13 @@ own: TURNOUT_MASTER_KEY above is just a name a config file chose.
 """
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="turnout", description="OpenAI Responses API gateway")
     parser.add_argument("--version", action="version", version=f"turnout {version()}")
@@ -445,6 +488,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="log one line per request: method, path, status, model, deployment, duration_ms, "
         "response_id (also config server.access_log: true)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="worker processes serving the port (default 1; each has its own event loop, store "
+        "connection and background leases: README 'Running several replicas')",
     )
     serve.set_defaults(func=_serve)
     migrate = sub.add_parser(

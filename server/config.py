@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_MAPPINGS_DIR",
     "DEFAULT_STORE",
     "AccessSettings",
+    "BackgroundSettings",
     "Deployment",
     "LimitsSettings",
     "ModelAlias",
@@ -174,6 +175,14 @@ class AccessSettings:
 
 
 @dataclass(frozen=True)
+class BackgroundSettings:
+    # How long a background response's lease holds without a renewal (server/leases.py): a
+    # replica that stops (kill -9) has its background responses failed by another one this
+    # long after its last renewal, plus a few seconds.
+    lease_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class RetentionSettings:
     # Stored responses older than this many days are forgotten (server/retention.py); None: kept.
     days: int | None = None
@@ -228,6 +237,7 @@ class Settings:
     access: AccessSettings = field(default_factory=AccessSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     ui: UiSettings = field(default_factory=UiSettings)
+    background: BackgroundSettings = field(default_factory=BackgroundSettings)
     mappings_dir: str = DEFAULT_MAPPINGS_DIR
     logging: list[dict[str, Any]] = field(default_factory=list)
     # Price overrides by alias, provider/model or glob (server/pricing.py).
@@ -497,6 +507,9 @@ def _build(
         ),
         retention=RetentionSettings(days=(data.get("retention") or {}).get("days")),
         ui=_ui(data.get("ui") or {}),
+        background=BackgroundSettings(
+            lease_s=float((data.get("background") or {}).get("lease_s", BackgroundSettings.lease_s))
+        ),
         mappings_dir=mappings_dir,
         logging=[dict(entry) for entry in data.get("logging") or []],
         pricing={k: dict(v) for k, v in (data.get("pricing") or {}).items()},

@@ -69,7 +69,9 @@ class Finisher:
         ctx = CURRENT.get()
         self._notify(ctx, run, counts, price, run_tags)
         try:
-            if run.store:
+            if run.owner is not None:
+                await self._final_write(run, record(run, counts, price, run_tags))
+            elif run.store:
                 await self.health.put(self.store, record(run, counts, price, run_tags))
             # `store: false` keeps no record, but a conversation still grows by the turn.
             if run.conversation is not None and self.turns is not None:
@@ -79,6 +81,18 @@ class Finisher:
                 ctx.status = "failed"
                 ctx.error = {"code": exc.code, "message": exc.message, "type": exc.type}
             raise
+
+    async def _final_write(self, run: Run, final: StoredResponse) -> None:
+        """A background response's final record, written only while the stored one is
+        unfinished: the first terminal write wins (server/leases.py). Another replica failed it
+        only if this process did not renew its lease in time (stalled, or cut off from the
+        store), and its answer has been served since: it stands."""
+        final = replace(final, owner=run.owner, lease_until=None)
+        if not await self.health.write(self.store.replace_unfinished(final)):
+            log.warning(
+                "background response %s was already ended (%s): its %s outcome is not stored",
+                final.id, "by another replica after its lease expired, or deleted", final.status,
+            )  # fmt: skip
 
     def _cost(self, run: Run, counts: UsageCounts, created_at: int) -> Price | None:
         """The response's price, or None (counted as an unknown price, never an error)."""

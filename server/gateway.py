@@ -32,19 +32,21 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from turnout.engine.canonical import History, conversation_of, normalize
 from turnout.engine.ids import IdFactory
+from turnout.server import elsewhere
 from turnout.server.access.admission import Admission
 from turnout.server.access.checks import admission_checks
 from turnout.server.access.isolation import sees_all, visible
 from turnout.server.access.models import ModelAccess
 from turnout.server.access.teams import Teams
-from turnout.server.background import BackgroundResponses, BackgroundWork, LiveResponse, recover
+from turnout.server.background import BackgroundResponses, BackgroundWork, LiveResponse
 from turnout.server.compaction import Compactor, NativeCompact, compaction_key
 from turnout.server.config import Settings
 from turnout.server.conversations import Conversations
 from turnout.server.count_tokens import TokenCounter
 from turnout.server.failover import Failover, key_drops
 from turnout.server.finish import Finisher
-from turnout.server.history import Histories, load_chain, previous_response_id
+from turnout.server.history import UNFINISHED, Histories, load_chain, previous_response_id
+from turnout.server.leases import Leases
 from turnout.server.pricing import PriceBook
 from turnout.server.pump import TERMINAL_EVENTS, sse, stored_groups
 from turnout.server.redaction import secret_values
@@ -152,6 +154,7 @@ class Gateway:
             settings, self.background, self.targets, self.failover, self.finish, self.ids,
             done_marker, self.teams,
         )  # fmt: skip
+        self.leases = Leases(store, self.background, settings.background.lease_s)
 
     @property
     def telemetry(self) -> Telemetry | None:
@@ -251,11 +254,19 @@ class Gateway:
         await self.background.cancel(response_id)  # else its final write would bring it back
         return await self.store.delete(response_id)
 
-    async def cancel(self, response_id: str, caller: Caller = ANONYMOUS) -> LiveResponse | None:
-        """Stop a background response still at work, once its final record is written."""
-        if self.live(response_id, caller) is None:
+    async def cancel(self, response_id: str, caller: Caller = ANONYMOUS) -> dict[str, Any] | None:
+        """Stop a background response still at work, once its final record is written: the
+        Response then; None when it is not at work (here or, by the store, elsewhere). One at
+        work in another process is asked through the store (server/elsewhere.py) and waited
+        for up to a lease and a tick."""
+        if self.live(response_id, caller) is not None:
+            live = await self.background.cancel(response_id)
+            return None if live is None else live.response
+        stored = await self.retrieve(response_id, caller)
+        if stored is None or stored.status not in UNFINISHED:
             return None
-        return await self.background.cancel(response_id)
+        wait_s = self.leases.lease_s + 2 * self.leases.tick_s
+        return (await elsewhere.cancel(self.store, stored, wait_s)).response
 
     def follow_sse(
         self, live: LiveResponse, starting_after: int | None = None, caller: Caller = ANONYMOUS
@@ -263,9 +274,16 @@ class Gateway:
         """A running background response as SSE: its events so far, then the new ones."""
         return self.work.follow_sse(live, starting_after)
 
+    def follow_stored(
+        self, stored: StoredResponse, starting_after: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """A background response at work in another process, followed through the store."""
+        return elsewhere.follow(self.store, stored, starting_after, self.done_marker)
+
     # -- the process ------------------------------------------------------------------------
 
     async def aclose(self) -> None:
+        await self.leases.aclose()
         await self.background.aclose()
         await self.admission.aclose()
         if self.cooldowns is not None:
@@ -274,5 +292,6 @@ class Gateway:
             await self.state.aclose()  # after the checks: their last settles are waited for
 
     async def recover(self) -> int:
-        """At start-up: fail the background responses a previous process left unfinished."""
-        return await recover(self.store, self.background)
+        """At start-up: fail the background responses whose process stopped without ending
+        them (their lease ran out: server/leases.py)."""
+        return await self.leases.recover()

@@ -8,6 +8,7 @@ store, and shape the reply. Query parameters are read by hand so that both `incl
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, cast
@@ -28,6 +29,7 @@ from turnout.server.access.isolation import spend_scope
 from turnout.server.config import ModelAlias
 from turnout.server.conversations import item_page_json
 from turnout.server.gateway import Gateway
+from turnout.server.history import UNFINISHED
 from turnout.server.replies import (
     BodyReply,
     EventStream,
@@ -277,6 +279,9 @@ async def get_response(request: Request[Any, Any, Any], response_id: FromPath[st
     record = await _record(gateway, response_id, caller)
     if not stream:
         return _json(record.response)
+    if record.status in UNFINISHED and record.events is not None:
+        # At work in another process: its progress is followed through the store.
+        return EventStream(gateway.follow_stored(record, starting_after), SSE_HEADERS)
     if record.events is None:
         raise RequestError(
             400, f"Response '{response_id}' has no stored events to replay.", param="stream"
@@ -299,9 +304,9 @@ async def cancel_response(request: Request[Any, Any, Any], response_id: FromPath
     # is stored "cancelled"; a finished one is returned as it is (cancel is idempotent).
     gateway = _gateway(request)
     caller = _caller(request.scope)
-    live = await gateway.cancel(response_id, caller)
-    if live is not None:
-        return _json(live.response)
+    cancelled = await gateway.cancel(response_id, caller)
+    if cancelled is not None:
+        return _json(cancelled)
     record = await _record(gateway, response_id, caller)
     if record.response.get("background") is True:
         return _json(record.response)
@@ -535,7 +540,9 @@ async def health(request: Request[Any, Any, Any]) -> ASGIApp:
         return _json({"status": "degraded", "store": "failing", **state}, status=503)
     if state.get("state") == "unreachable":
         return _json({"status": "degraded", "store": "ok", **state}, status=503)
-    return _json({"status": "ok", "store": "ok", **state})
+    # Which process answered: with `turnout serve --workers N`, each worker its own.
+    worker = {"x-turnout-worker": str(os.getpid())}
+    return _json({"status": "ok", "store": "ok", **state}, headers=worker)
 
 
 def v1_router() -> Router:

@@ -44,6 +44,9 @@ class Run:
     dropped_tools: tuple[str, ...] = ()  # left out for the provider (unsupported_tools: drop)
     # time.monotonic() when the run began: the stored record's duration_ms.
     started: float = field(default_factory=time.monotonic)
+    # A background run's lease owner (server/leases.py): its final write is then conditional,
+    # so a record another replica already ended is not overwritten.
+    owner: str | None = None
 
 
 def new_run(

@@ -127,7 +127,12 @@ class Gateway:
 
 
 def start_gateway(
-    config: Path, env: dict[str, str], log: Path, *, timeout_s: float = 20.0
+    config: Path,
+    env: dict[str, str],
+    log: Path,
+    *,
+    timeout_s: float = 20.0,
+    args: tuple[str, ...] = (),
 ) -> Gateway:
     text = config.read_text(encoding="utf-8")
     if MAPPINGS_ROOT != DEFAULT_MAPPINGS_DIR and "mappings_dir:" not in text:
@@ -138,7 +143,7 @@ def start_gateway(
     command = [str(turnout)] if turnout.exists() else [sys.executable, "-m", "turnout.server.cli"]
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [*command, "serve", "--config", str(config), "--port", str(port)],
+            [*command, "serve", "--config", str(config), "--port", str(port), *args],
             cwd=ROOT,
             env=env,
             stdout=sink,
@@ -150,7 +155,10 @@ def start_gateway(
         if process.poll() is not None:
             raise RuntimeError(f"gateway exited with {process.returncode}:\n{log.read_text()}")
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+            # With --workers N, ready once the supervisor logged that all of them listen.
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200 and (
+                not args or "ready on" in log.read_text(errors="replace")
+            ):
                 return Gateway(url, process, log)
         except httpx.HTTPError:
             time.sleep(0.05)

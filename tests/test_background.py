@@ -226,7 +226,11 @@ async def test_a_store_that_fails_the_final_write_leaves_the_live_state_answerin
     async def broken_put(record: StoredResponse) -> None:
         raise OSError("disk full")
 
+    async def broken_replace(record: StoredResponse, **_: object) -> bool:
+        raise OSError("disk full")
+
     env.store.put = broken_put  # type: ignore[method-assign]
+    env.store.replace_unfinished = broken_replace  # type: ignore[method-assign]  # the final write
     for _ in range(400):
         live = gw.background.get(rid)
         if live is None or live.done:

@@ -262,3 +262,12 @@ def test_config_overrides_environment(tmp_path: Path) -> None:
 def test_schema_rejections(tmp_path: Path, text: str, expected: str) -> None:
     (problem,) = _errors(tmp_path, text)
     assert expected in problem
+
+
+def test_background_lease(tmp_path: Path) -> None:
+    assert load_config(None, {}).background.lease_s == 30.0
+    s = load_config(_write(tmp_path, "background: {lease_s: 3}\n"), {})
+    assert s.background.lease_s == 3.0
+    for bad in ("0.5", "301", "'soon'"):
+        problems = _errors(tmp_path, f"background: {{lease_s: {bad}}}\n", {})
+        assert any("lease_s" in p for p in problems), problems

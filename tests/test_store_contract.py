@@ -683,7 +683,7 @@ async def test_sqlite_migrates_a_version_4_database(tmp_path: Path) -> None:
         assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         info = [row[1:] for row in check.execute("PRAGMA table_info(responses)")]
     check.close()
-    assert info == _V5_TABLE
+    assert info == _V6_TABLE
 
 
 async def test_sqlite_recent_reads_the_created_at_index(tmp_path: Path) -> None:
@@ -760,7 +760,7 @@ async def test_sqlite_migrates_a_version_1_database(tmp_path: Path) -> None:
     finally:
         await store.close()
     with sqlite3.connect(db) as check:
-        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         indexes = {row[1] for row in check.execute("PRAGMA index_list(responses)")}
         assert {"responses_created_at", "responses_model_created_at"} <= indexes
     check.close()
@@ -806,6 +806,99 @@ async def test_a_restarted_gateway_fails_what_the_last_run_left_queued(
     assert await store.unfinished() == [] and await gw.recover() == 0
     done = await store.get("r_done")
     assert done is not None and done.status == "completed"
+
+
+# -- leases of background responses ----------------------------------------------------------
+
+
+def leased(
+    rid: str, owner: str = "host:1:a", until: float | None = 1000.0, **changes: Any
+) -> StoredResponse:
+    changes.setdefault("status", "in_progress")
+    return record(rid, owner=owner, lease_until=until, **changes)
+
+
+async def test_owner_and_lease_round_trip(store: ResponseStore) -> None:
+    await store.put(leased("r1", until=1234.5))
+    got = await store.get("r1")
+    assert got is not None and (got.owner, got.lease_until) == ("host:1:a", 1234.5)
+
+
+async def test_expired_unfinished_lists_only_records_whose_lease_ran_out(
+    store: ResponseStore,
+) -> None:
+    await store.put(leased("live", until=2000.0))
+    await store.put(leased("expired", until=500.0))
+    await store.put(leased("no_lease", owner=None, until=None))  # written before leases
+    await store.put(record("done", owner="host:1:a", lease_until=10.0))  # terminal: never
+    await store.put(leased("gone", until=10.0))
+    await store.delete("gone")
+    assert sorted(await store.expired_unfinished(1000.0)) == ["expired", "no_lease"]
+    assert sorted(await store.expired_unfinished(3000.0)) == ["expired", "live", "no_lease"]
+
+
+async def test_renewal_extends_only_the_owners_unfinished_records(store: ResponseStore) -> None:
+    await store.put(leased("mine", until=500.0))
+    await store.put(leased("theirs", owner="other:2:b", until=500.0))
+    await store.put(record("finished", owner="host:1:a", lease_until=500.0))
+    renewal = await store.renew_leases("host:1:a", ["mine", "theirs", "finished", "unknown"], 900.0)
+    assert renewal.held == {"mine"} and renewal.cancel == frozenset()
+    assert await store.expired_unfinished(800.0) == ["theirs"]  # mine runs until 900 now
+    mine = await store.get("mine")
+    assert mine is not None and mine.lease_until == 900.0
+    assert (await store.renew_leases("host:1:a", [], 900.0)).held == frozenset()
+
+
+async def test_replace_unfinished_never_changes_a_terminal_status(store: ResponseStore) -> None:
+    await store.put(leased("r1"))
+    assert await store.replace_unfinished(leased("r1", output_tokens=5))  # progress
+    assert await store.replace_unfinished(leased("r1", status="completed"))  # the final write
+    # Another replica that thought the lease had run out: refused, the outcome stands.
+    assert not await store.replace_unfinished(leased("r1", status="failed"), expired_before=5e9)
+    assert not await store.replace_unfinished(leased("r1", status="in_progress"))
+    got = await store.get("r1")
+    assert got is not None and (got.status, got.output_tokens) == ("completed", 0)
+    assert not await store.replace_unfinished(leased("unknown"))
+    assert await store.get("unknown") is None  # never inserted
+    await store.put(leased("deleted"))
+    await store.delete("deleted")
+    assert not await store.replace_unfinished(leased("deleted", status="failed"))
+
+
+async def test_failing_an_expired_record_loses_to_a_live_owners_renewal(
+    store: ResponseStore,
+) -> None:
+    await store.put(leased("r1", until=100.0))
+    failed = leased("r1", status="failed")
+    # The owner renewed before the other replica's conditional write: the write is refused.
+    assert (await store.renew_leases("host:1:a", ["r1"], 200.0)).held == {"r1"}
+    assert not await store.replace_unfinished(failed, expired_before=150.0)
+    assert await store.replace_unfinished(failed, expired_before=250.0)  # really expired now
+    got = await store.get("r1")
+    assert got is not None and got.status == "failed"
+    # The owner learns it lost the record at its next renewal.
+    assert (await store.renew_leases("host:1:a", ["r1"], 300.0)).held == frozenset()
+    await store.put(leased("legacy", owner=None, until=None))  # no lease: expired for anyone
+    assert await store.replace_unfinished(leased("legacy", status="failed"), expired_before=1.0)
+
+
+async def test_a_cancel_mark_reaches_the_owner_at_its_next_renewal(store: ResponseStore) -> None:
+    await store.put(leased("r1"))
+    await store.put(leased("r2"))
+    await store.put(record("done"))
+    assert await store.request_cancel("r1")
+    assert not await store.request_cancel("done") and not await store.request_cancel("nope")
+    # Progress writes by the owner keep the mark.
+    assert await store.replace_unfinished(leased("r1", output_tokens=3))
+    renewal = await store.renew_leases("host:1:a", ["r1", "r2"], 2000.0)
+    assert renewal.held == {"r1", "r2"} and renewal.cancel == {"r1"}
+
+
+def test_every_registered_backend_keeps_leases() -> None:
+    names = ("replace_unfinished", "renew_leases", "request_cancel", "expired_unfinished")
+    for scheme, cls in STORE_BACKENDS.items():
+        for name in names:
+            assert getattr(cls, name) is not getattr(ResponseStore, name), (scheme, name)
 
 
 # -- retention: purge -------------------------------------------------------------------------
@@ -1123,6 +1216,12 @@ _V2_TABLE = [
 ]
 _V4_TABLE = [*_V2_TABLE, ("team", "TEXT", 0, None, 0)]
 _V5_TABLE = [*_V4_TABLE, ("duration_ms", "REAL", 0, None, 0)]
+_V6_TABLE = [
+    *_V5_TABLE,
+    ("owner", "TEXT", 0, None, 0),
+    ("lease_until", "REAL", 0, None, 0),
+    ("cancel_requested", "INTEGER", 1, "0", 0),
+]
 
 
 async def test_sqlite_a_new_file_and_a_migrated_one_have_the_same_table(tmp_path: Path) -> None:
@@ -1140,7 +1239,7 @@ async def test_sqlite_a_new_file_and_a_migrated_one_have_the_same_table(tmp_path
             info = [row[1:] for row in check.execute("PRAGMA table_info(responses)")]
             indexes = {row[1] for row in check.execute("PRAGMA index_list(responses)")}
         check.close()
-        assert info == _V5_TABLE, db.name
+        assert info == _V6_TABLE, db.name
         assert {"responses_created_at", "responses_model_created_at", "responses_unfinished"} <= (
             indexes
         )
@@ -1303,12 +1402,19 @@ async def test_sqlite_conversations_survive_reopen(tmp_path: Path) -> None:
 
 
 def undo_version_5(conn: sqlite3.Connection) -> None:
-    """A version-5 file made what version 4 was: no duration column."""
+    """A version-6 file made what version 4 was: no lease columns, no duration column."""
+    undo_version_6(conn)
     conn.execute("ALTER TABLE responses DROP COLUMN duration_ms")
 
 
+def undo_version_6(conn: sqlite3.Connection) -> None:
+    """A version-6 file made what version 5 was: no lease columns."""
+    for column in ("owner", "lease_until", "cancel_requested"):
+        conn.execute(f"ALTER TABLE responses DROP COLUMN {column}")
+
+
 def undo_version_4(conn: sqlite3.Connection) -> None:
-    """A version-5 file made what version 3 was: no key tables, no team columns."""
+    """A version-6 file made what version 3 was: no key tables, no team columns."""
     undo_version_5(conn)
     for table in ("api_keys", "teams", "audit_log"):
         conn.execute(f"DROP TABLE {table}")
@@ -1316,6 +1422,30 @@ def undo_version_4(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX responses_team_created_at")
     conn.execute("ALTER TABLE responses DROP COLUMN team")
     conn.execute("ALTER TABLE conversations DROP COLUMN team")
+
+
+async def test_sqlite_migrates_a_version_4_database_to_leases(tmp_path: Path) -> None:
+    db = tmp_path / "v4.db"
+    s = SQLiteStore(db)
+    await s.open()
+    await s.put(priced("kept"))
+    await s.put(priced("running", status="in_progress"))
+    await s.aclose()
+    conn = sqlite3.connect(db)
+    undo_version_5(conn)
+    conn.execute("PRAGMA user_version=4")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        assert store.migrations_applied == (5,)
+        assert await store.get("kept") == priced("kept")
+        # A record from before leases has none: any replica may fail it.
+        assert await store.expired_unfinished(0.0) == ["running"]
+        assert await store.request_cancel("running")
+    finally:
+        await store.aclose()
 
 
 async def test_sqlite_migrates_a_version_2_database(tmp_path: Path) -> None:
@@ -1347,7 +1477,7 @@ async def test_sqlite_migrates_a_version_2_database(tmp_path: Path) -> None:
     schemas = []
     for path in (db, tmp_path / "fresh.db"):
         with sqlite3.connect(path) as check:
-            assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+            assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
             schemas.append(
                 check.execute(
                     "SELECT type, name, sql FROM sqlite_master WHERE name LIKE 'conversation%' "
@@ -1357,3 +1487,28 @@ async def test_sqlite_migrates_a_version_2_database(tmp_path: Path) -> None:
         check.close()
     # The migrated file has exactly the conversation tables and index a new file has.
     assert schemas[0] == schemas[1] and len(schemas[0]) >= 3
+
+
+async def test_sqlite_migrates_a_version_5_database(tmp_path: Path) -> None:
+    """Version 5 (durations, no leases) -> 6: the lease columns arrive, the rows stay."""
+    db = tmp_path / "v5.db"
+    s = SQLiteStore(db)
+    await s.open()
+    await s.put(priced("timed", duration_ms=7.0))
+    await s.aclose()
+    conn = sqlite3.connect(db)
+    undo_version_6(conn)
+    conn.execute("PRAGMA user_version=5")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        assert await store.get("timed") == priced("timed", duration_ms=7.0)
+    finally:
+        await store.aclose()
+    with sqlite3.connect(db) as check:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        info = [row[1:] for row in check.execute("PRAGMA table_info(responses)")]
+    check.close()
+    assert info == _V6_TABLE

@@ -54,6 +54,7 @@ __all__ = [
     "MissingChainLinkError",
     "Order",
     "RecentFilter",
+    "Renewal",
     "ResponseStore",
     "SpendPoint",
     "SpendQuery",
@@ -104,6 +105,10 @@ class StoredResponse:
     # From the start of the run to its store write (queue time included for a background
     # response); None for records written before it was kept.
     duration_ms: float | None = None
+    # A background response at work: the process running it (hostname:pid:random) and the
+    # unix time its lease runs until (renewed while it runs; server/leases.py).
+    owner: str | None = None
+    lease_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +408,10 @@ class UnknownCursorError(ValueError):
         self.after = after
 
 
+def _no_leases(store: ResponseStore) -> NotImplementedError:
+    return NotImplementedError(f"{type(store).__name__} keeps no leases of background responses")
+
+
 def page_items(
     items: list[dict[str, Any]], *, limit: int, order: Order, after: str | None
 ) -> ItemPage:
@@ -446,6 +455,16 @@ def tombstone(record: StoredResponse) -> StoredResponse:
 
 
 UNFINISHED_STATUSES = ("queued", "in_progress")
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What `renew_leases` found: the ids whose lease it extended (still unfinished and still
+    the owner's), and those of them a cancel was asked for (`request_cancel`, maybe on another
+    replica)."""
+
+    held: frozenset[str] = frozenset()
+    cancel: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -550,8 +569,40 @@ class ResponseStore(ABC):
 
     @abstractmethod
     async def unfinished(self) -> list[str]:
-        """Ids of the live records still `queued` or `in_progress` (background responses whose
-        process stopped before finishing them: the gateway fails them at start-up)."""
+        """Ids of the live records still `queued` or `in_progress`."""
+
+    # -- leases of background responses (server/leases.py) -----------------------------------
+    # Every registered backend implements them (the contract suite checks); a store passed to
+    # create_app without them cannot run background responses.
+    # A background record is written with its `owner` and `lease_until`; the owner renews the
+    # lease while it works, and any replica fails a record whose lease ran out. Every write
+    # after the first is conditional on the record being still unfinished, so a terminal
+    # status is never changed: the first terminal write wins.
+
+    async def replace_unfinished(
+        self, record: StoredResponse, *, expired_before: float | None = None
+    ) -> bool:
+        """Replace the record only while the stored one is live and still `queued` or
+        `in_progress` and, with ``expired_before``, its lease ran out before that time (no
+        lease counts as run out); True when it was replaced. One atomic statement: a live
+        owner's renewal and another replica's failing of the record cannot both win."""
+        raise _no_leases(self)
+
+    async def renew_leases(self, owner: str, ids: Iterable[str], until: float) -> Renewal:
+        """Extend to ``until`` the leases of ``owner``'s records among ``ids`` that are still
+        unfinished (an expired lease too, as long as nobody ended the record)."""
+        raise _no_leases(self)
+
+    async def request_cancel(self, response_id: str) -> bool:
+        """Mark an unfinished record for cancelling (its owner sees it at its next renewal);
+        False when it is unknown, deleted or already ended. `replace_unfinished` keeps the
+        mark."""
+        raise _no_leases(self)
+
+    async def expired_unfinished(self, now: float) -> list[str]:
+        """Ids of the live unfinished records whose lease ran out before ``now`` (or that have
+        none: written before leases existed)."""
+        raise _no_leases(self)
 
     async def list_input_items(
         self,

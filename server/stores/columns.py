@@ -71,6 +71,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("team", "text", nullable=True, since=4),
     # Version 5: how long the run took (the console's request list).
     Column("duration_ms", "real", nullable=True, since=5),
+    # Version 6: who runs a background response and until when its lease holds (unix seconds):
+    # another replica fails it only once the lease has run out (server/leases.py).
+    Column("owner", "text", nullable=True, since=6),
+    Column("lease_until", "real", nullable=True, since=6),
 )
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
 _BY_NAME = {c.name: c for c in COLUMNS}

@@ -20,6 +20,7 @@ import orjson
 from .base import (
     UNFINISHED_STATUSES,
     AccountingRow,
+    Renewal,
     ResponseStore,
     SpendQuery,
     SpendReport,
@@ -59,6 +60,7 @@ class MemoryStore(ResponseStore, ConversationStore, MemoryKeys):
         self._rows: dict[str, bytes] = {}
         # conversation id -> (the conversation, its items oldest first), all as orjson bytes.
         self._conversations: dict[str, tuple[bytes, list[bytes]]] = {}
+        self._cancels: set[str] = set()  # ids a cancel was asked for (request_cancel)
         # Critical sections contain no await, so they are already atomic for coroutines on
         # one loop; the threading lock (not asyncio.Lock, which binds to one loop) also makes
         # the store safe for use from several loops or threads, as tests sometimes do.
@@ -132,6 +134,62 @@ class MemoryStore(ResponseStore, ConversationStore, MemoryKeys):
         records = (record_from_json(data) for data in rows)
         return [r.id for r in records if not r.deleted and r.status in UNFINISHED_STATUSES]
 
+    def _unfinished_record(self, response_id: str) -> StoredResponse | None:
+        data = self._rows.get(response_id)
+        if data is None:
+            return None
+        record = record_from_json(data)
+        if record.deleted or record.status not in UNFINISHED_STATUSES:
+            return None
+        return record
+
+    async def replace_unfinished(
+        self, record: StoredResponse, *, expired_before: float | None = None
+    ) -> bool:
+        self._check_open()
+        data = record_to_json(record)
+        with self._lock:
+            stored = self._unfinished_record(record.id)
+            if stored is None:
+                return False
+            if expired_before is not None and not _expired(stored, expired_before):
+                return False
+            self._rows[record.id] = data
+            return True
+
+    async def renew_leases(self, owner: str, ids: Iterable[str], until: float) -> Renewal:
+        self._check_open()
+        held: set[str] = set()
+        with self._lock:
+            for response_id in ids:
+                stored = self._unfinished_record(response_id)
+                if stored is None or stored.owner != owner:
+                    continue
+                stored.lease_until = until
+                self._rows[response_id] = record_to_json(stored)
+                held.add(response_id)
+            cancel = held & self._cancels
+        return Renewal(frozenset(held), frozenset(cancel))
+
+    async def request_cancel(self, response_id: str) -> bool:
+        self._check_open()
+        with self._lock:
+            if self._unfinished_record(response_id) is None:
+                return False
+            self._cancels.add(response_id)
+            return True
+
+    async def expired_unfinished(self, now: float) -> list[str]:
+        self._check_open()
+        with self._lock:
+            rows = list(self._rows.values())
+        records = (record_from_json(data) for data in rows)
+        return [
+            r.id
+            for r in records
+            if not r.deleted and r.status in UNFINISHED_STATUSES and _expired(r, now)
+        ]
+
     # -- conversations -------------------------------------------------------------------------
 
     async def create_conversation(
@@ -200,6 +258,10 @@ class MemoryStore(ResponseStore, ConversationStore, MemoryKeys):
         with self._lock:
             self._rows.clear()
             self._conversations.clear()
+
+
+def _expired(record: StoredResponse, now: float) -> bool:
+    return record.lease_until is None or record.lease_until < now
 
 
 def _dumps_conversation(conversation: StoredConversation) -> bytes:

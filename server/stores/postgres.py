@@ -51,6 +51,7 @@ from .base import (
     ItemPage,
     MissingChainLinkError,
     Order,
+    Renewal,
     ResponseStore,
     SpendQuery,
     SpendReport,
@@ -116,6 +117,23 @@ _UPSERT = (
     f"INSERT INTO responses ({_RECORDS.sql_list}) "
     f"VALUES ({', '.join(f'${i}' for i in range(1, len(_NAMES) + 1))}) "
     f"ON CONFLICT (id) DO UPDATE SET {', '.join(f'{n} = EXCLUDED.{n}' for n in _NAMES[1:])}"
+)
+# Leases: every write of an unfinished record after its first is conditional (base.py).
+_UNFINISHED = f"status IN ({', '.join(repr(s) for s in UNFINISHED_STATUSES)}) AND deleted = false"
+_REPLACE_UNFINISHED = (
+    f"UPDATE responses SET {', '.join(f'{n} = ${i}' for i, n in enumerate(_NAMES[1:], 2))} "
+    f"WHERE id = $1 AND {_UNFINISHED}"
+)
+_REPLACE_EXPIRED = (
+    f"{_REPLACE_UNFINISHED} AND (lease_until IS NULL OR lease_until < ${len(_NAMES) + 1})"
+)
+_RENEW = (
+    "UPDATE responses SET lease_until = $3 "
+    f"WHERE owner = $1 AND id = ANY($2::text[]) AND {_UNFINISHED} RETURNING id, cancel_requested"
+)
+_REQUEST_CANCEL = f"UPDATE responses SET cancel_requested = true WHERE id = $1 AND {_UNFINISHED}"
+_SELECT_EXPIRED = (
+    f"SELECT id FROM responses WHERE {_UNFINISHED} AND (lease_until IS NULL OR lease_until < $1)"
 )
 _SELECT_LIVE = f"SELECT {_RECORDS.sql_list} FROM responses WHERE id = $1 AND NOT deleted"
 _SELECT_ITEMS = "SELECT input_items FROM responses WHERE id = $1 AND NOT deleted"
@@ -525,6 +543,35 @@ class PostgresStore(ResponseStore, ConversationStore, PostgresKeys):
 
     async def unfinished(self) -> list[str]:
         return [row[0] for row in await self._db().fetch(_SELECT_UNFINISHED)]
+
+    async def expired_unfinished(self, now: float) -> list[str]:
+        return [row[0] for row in await self._db().fetch(_SELECT_EXPIRED, now)]
+
+    async def replace_unfinished(
+        self, record: StoredResponse, *, expired_before: float | None = None
+    ) -> bool:
+        if not self._ready:
+            raise self._unusable()
+        if is_large(record):
+            record = await encode_lists(record)
+        row = _to_row(record)
+        if expired_before is None:
+            status = await self._db().execute(_REPLACE_UNFINISHED, *row)
+        else:
+            status = await self._db().execute(_REPLACE_EXPIRED, *row, expired_before)
+        return _status_count(status) == 1
+
+    async def renew_leases(self, owner: str, ids: Iterable[str], until: float) -> Renewal:
+        wanted = [pg_text(i) for i in ids]
+        if not wanted:
+            return Renewal()
+        rows = await self._db().fetch(_RENEW, pg_text(owner), wanted, until)
+        held = frozenset(row[0] for row in rows)
+        return Renewal(held, frozenset(row[0] for row in rows if row[1]))
+
+    async def request_cancel(self, response_id: str) -> bool:
+        status = await self._db().execute(_REQUEST_CANCEL, pg_text(response_id))
+        return _status_count(status) == 1
 
     async def purge(self, before: int, *, limit: int) -> int:
         # The freed space (TOASTed documents) is reused after autovacuum, as any update's.

@@ -88,9 +88,16 @@ _V2 = ("CREATE INDEX responses_live_created_at ON responses (created_at) WHERE d
 # Version 3: the columns SQLite's version 5 added (`duration_ms`: what the console's Requests
 # page shows; NULL for older rows).
 _V3 = tuple(f"ALTER TABLE responses ADD COLUMN {_declare(c)}" for c in COLUMNS if c.since == 5)
+# Version 4: the leases of background responses (SQLite's version 6; server/leases.py):
+# who runs one and until when, and the cancel mark another replica may set.
+_V4 = (
+    "ALTER TABLE responses ADD COLUMN owner text",
+    "ALTER TABLE responses ADD COLUMN lease_until double precision",
+    "ALTER TABLE responses ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false",
+)
 
 # Append only: a released version's statements never change (databases have run them).
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2), (3, _V3))
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _VERSION_TABLE = (

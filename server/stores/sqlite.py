@@ -47,8 +47,13 @@ open (a version-1 file is brought to 2 first, in the same transaction). A turn's
 appended in one transaction on the writer, so they are contiguous and all-or-nothing.
 4 adds the owner's ``team`` to responses and conversations, the key tables (``sqlite_keys.py``:
 virtual keys, teams, the audit log) and the per-key / per-team spend indexes; 5 adds
-``duration_ms`` (NULL for older rows). Older files are brought to 5 in the same transaction as
+``duration_ms`` (NULL for older rows). Older files are brought to 6 in the same transaction as
 the steps before.
+6 adds the leases of background responses: ``owner`` and ``lease_until`` (record columns,
+``columns.py``) and ``cancel_requested`` (a mark only ``request_cancel`` sets, outside the
+record, so the owner's progress writes keep it). Every write of an unfinished record after its
+first is one conditional ``UPDATE`` (``replace_unfinished``), so several processes on one file
+never change a terminal status (server/leases.py).
 
 Retention (``purge``): one ``UPDATE`` on the writer per batch, over a partial index of the live
 rows (made at every open), then ``PRAGMA incremental_vacuum`` hands the freed pages back. New
@@ -82,6 +87,7 @@ from .base import (
     MissingChainLinkError,
     Order,
     RecentFilter,
+    Renewal,
     ResponseStore,
     SpendPoint,
     SpendQuery,
@@ -104,7 +110,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _TYPES = {
     "text": "TEXT",
@@ -170,6 +176,12 @@ _ADD_V5 = tuple(
 )
 # A new file runs these too: its responses table is made whole by _CREATE, the rest is here.
 _V4_TABLES = ("ALTER TABLE conversations ADD COLUMN team TEXT", *KEY_TABLES, *_OWNER_INDEXES)
+# Version 5 -> 6: the leases of background responses (server/leases.py).
+_ADD_V6 = tuple(
+    f"ALTER TABLE responses ADD COLUMN {_declare(col)}" for col in COLUMNS if col.since == 6
+)
+# Not a record column: a put of the record never carries it (request_cancel sets it).
+_V6_TABLES = ("ALTER TABLE responses ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",)
 # The BLOB columns hold orjson text; CAST so SQLite >= 3.45 does not read them as JSONB.
 _BACKFILL_V2 = """
 UPDATE responses SET
@@ -196,6 +208,7 @@ _UNFINISHED_INDEX = (
     f"CREATE INDEX IF NOT EXISTS responses_unfinished ON responses (status) WHERE {_UNFINISHED}"
 )
 _SELECT_UNFINISHED = f"SELECT id FROM responses WHERE {_UNFINISHED}"
+_SELECT_EXPIRED = f"{_SELECT_UNFINISHED} AND (lease_until IS NULL OR lease_until < ?)"
 # Retention walks the live records oldest first: a partial index, so the tombstones it leaves
 # (kept for ever, for spend) are never scanned again. Created at every open, like the above.
 _LIVE_INDEX = (
@@ -369,6 +382,13 @@ _UPSERT = (
     f"INSERT OR REPLACE INTO responses ({_RECORDS.sql_list}) "
     f"VALUES ({', '.join('?' * len(_RECORDS.names))})"
 )
+# Leases: every write of an unfinished record after its first is conditional (base.py).
+_REPLACE_UNFINISHED = (
+    f"UPDATE responses SET {', '.join(f'{n} = ?' for n in _RECORDS.names[1:])} "
+    f"WHERE id = ? AND {_UNFINISHED}"
+)
+_REPLACE_EXPIRED = f"{_REPLACE_UNFINISHED} AND (lease_until IS NULL OR lease_until < ?)"
+_REQUEST_CANCEL = f"UPDATE responses SET cancel_requested = 1 WHERE id = ? AND {_UNFINISHED}"
 # Tombstone: keep the metadata for accounting, erase the user's content.
 _DELETE = (
     "UPDATE responses SET deleted = 1, response = x'7b7d', input_items = x'5b5d', "
@@ -558,10 +578,10 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version == 0:
                 conn.execute(_CREATE)
-                for statement in (*_INDEXES, *_CONVERSATION_TABLES, *_V4_TABLES):
+                for statement in (*_INDEXES, *_CONVERSATION_TABLES, *_V4_TABLES, *_V6_TABLES):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version in (1, 2, 3, 4):
+            elif version in (1, 2, 3, 4, 5):
                 if version == 1:
                     for statement in _ADD_V2:
                         conn.execute(statement)
@@ -575,7 +595,10 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
                 if version < 4:
                     for statement in (*_ADD_V4_RESPONSES, *_V4_TABLES):
                         conn.execute(statement)
-                for statement in _ADD_V5:  # older rows: no duration (NULL)
+                if version < 5:
+                    for statement in _ADD_V5:  # older rows: no duration (NULL)
+                        conn.execute(statement)
+                for statement in (*_ADD_V6, *_V6_TABLES):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
@@ -711,6 +734,32 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
 
     def _unfinished(self) -> list[str]:
         return [row[0] for row in self._rdb().execute(_SELECT_UNFINISHED)]
+
+    def _expired(self, now: float) -> list[str]:
+        return [row[0] for row in self._rdb().execute(_SELECT_EXPIRED, (now,))]
+
+    def _replace(self, params: tuple[Any, ...]) -> bool:
+        sql = _REPLACE_UNFINISHED if len(params) == len(_RECORDS.names) else _REPLACE_EXPIRED
+        return self._db().execute(sql, params).rowcount == 1
+
+    def _renew(self, owner: str, ids: list[str], until: float) -> Renewal:
+        marks = ", ".join("?" * len(ids))
+        where = f"owner = ? AND id IN ({marks}) AND {_UNFINISHED}"
+
+        def write(conn: sqlite3.Connection) -> Renewal:
+            conn.execute(
+                f"UPDATE responses SET lease_until = ? WHERE {where}", (until, owner, *ids)
+            )
+            rows = conn.execute(
+                f"SELECT id, cancel_requested FROM responses WHERE {where}", (owner, *ids)
+            ).fetchall()
+            held = frozenset(row[0] for row in rows)
+            return Renewal(held, frozenset(row[0] for row in rows if row[1]))
+
+        return self._transaction(write)
+
+    def _request_cancel(self, response_id: str) -> bool:
+        return self._db().execute(_REQUEST_CANCEL, (response_id,)).rowcount == 1
 
     # conversations (writes on the worker, each one transaction)
 
@@ -934,6 +983,32 @@ class SQLiteStore(ResponseStore, ConversationStore, SQLiteKeys):
 
     async def unfinished(self) -> list[str]:
         return await self._read(self._unfinished)
+
+    async def expired_unfinished(self, now: float) -> list[str]:
+        return await self._read(self._expired, now)
+
+    async def replace_unfinished(
+        self, record: StoredResponse, *, expired_before: float | None = None
+    ) -> bool:
+        if not self._ready:
+            raise self._unusable()
+        if is_large(record):
+            record = await encode_lists(record)
+        row = _row_params(record)
+        params = (*row[1:], row[0])
+        if expired_before is not None:
+            params = (*params, expired_before)
+        # On the writer, one statement: the condition and the write are one step.
+        return await self._run(self._replace, params)
+
+    async def renew_leases(self, owner: str, ids: Iterable[str], until: float) -> Renewal:
+        wanted = list(ids)
+        if not wanted:
+            return Renewal()
+        return await self._run(self._renew, owner, wanted, until)
+
+    async def request_cancel(self, response_id: str) -> bool:
+        return await self._run(self._request_cancel, response_id)
 
     async def create_conversation(
         self, conversation: StoredConversation, items: list[dict[str, Any]]
