@@ -379,7 +379,7 @@ async def test_sqlite_migrates_a_version_3_database(tmp_path: Path) -> None:
     await fresh.open()
     await fresh.aclose()
     with sqlite3.connect(db) as check:
-        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     check.close()
     # The migrated file has exactly the key tables (and indexes) a new file has.
     assert _key_schema(db) == _key_schema(tmp_path / "fresh.db")
