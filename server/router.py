@@ -48,6 +48,7 @@ __all__ = [
     "EJECT_CODES",
     "LOCAL_CODES",
     "MAX_WAIT_S",
+    "SHARED_WAIT_S",
     "WINDOW_S",
     "Affinity",
     "DeploymentState",
@@ -67,6 +68,9 @@ WINDOW_S = 60.0  # rpm/tpm and allowed_fails are counted over this sliding windo
 EJECT_CODES = frozenset({"upstream_unreachable"})
 # Failures of the gateway's own, not the deployment's: never counted toward its cooldown.
 LOCAL_CODES = frozenset({"upstream_busy"})
+# Retry-After when the other replicas' requests fill a deployment's window: the time until the
+# oldest shared bucket (server/state/cooldowns.py) leaves it, at most.
+SHARED_WAIT_S = 5.0
 MAX_WAIT_S = 60.0  # never wait longer than this for one retry, whatever Retry-After says
 LATENCY_ALPHA = 0.3  # weight of the newest sample in the latency moving average
 
@@ -225,6 +229,11 @@ class DeploymentState:
     tokens_in_window: int = 0
     requests_total: int = 0
     failures_total: int = 0
+    tokens_total: int = 0
+    # The other replicas' requests and tokens in the window (`state: redis://…`, set by
+    # server/state/cooldowns.py every 250 ms); 0 with one replica.
+    shared_requests: int = 0
+    shared_tokens: int = 0
 
     @property
     def model(self) -> str:
@@ -255,12 +264,19 @@ class DeploymentState:
         self.prune(now)
         waits: list[float] = []
         rpm, tpm = self.deployment.rpm, self.deployment.tpm
-        if rpm is not None and len(self.requests) >= rpm:
-            # The oldest request that must leave the window for one slot to free up.
-            index = len(self.requests) - rpm
-            waits.append(self.requests[index] + WINDOW_S - now if rpm else WINDOW_S)
-        if tpm is not None and self.tokens_in_window >= tpm:
-            excess, when = self.tokens_in_window - tpm, now + WINDOW_S
+        if rpm is not None and len(self.requests) + self.shared_requests >= rpm:
+            # The oldest request that must leave the window for one slot to free up (when the
+            # other replicas' alone fill it: one of their buckets, within SHARED_WAIT_S).
+            index = len(self.requests) + self.shared_requests - rpm
+            if not rpm:
+                waits.append(WINDOW_S)
+            elif index < len(self.requests):
+                waits.append(self.requests[index] + WINDOW_S - now)
+            else:
+                waits.append(SHARED_WAIT_S)
+        if tpm is not None and self.tokens_in_window + self.shared_tokens >= tpm:
+            excess = self.tokens_in_window + self.shared_tokens - tpm
+            when = now + (SHARED_WAIT_S if self.shared_tokens else WINDOW_S)
             for stamp, count in self.tokens:
                 excess -= count
                 if excess < 0:
@@ -275,9 +291,9 @@ class DeploymentState:
         room = 1.0
         rpm, tpm = self.deployment.rpm, self.deployment.tpm
         if rpm:
-            room = min(room, 1.0 - len(self.requests) / rpm)
+            room = min(room, 1.0 - (len(self.requests) + self.shared_requests) / rpm)
         if tpm:
-            room = min(room, 1.0 - self.tokens_in_window / tpm)
+            room = min(room, 1.0 - (self.tokens_in_window + self.shared_tokens) / tpm)
         return room
 
 
@@ -511,6 +527,7 @@ class Router:
             now = self.clock()
             state.tokens.append((now, tokens))
             state.tokens_in_window += tokens
+            state.tokens_total += tokens
 
     def _latency(self, state: DeploymentState, elapsed: float) -> None:
         prev = state.latency_ema
@@ -544,9 +561,9 @@ class Router:
                         "recent_failures": len(s.failures),
                         "requests_total": s.requests_total,
                         "failures_total": s.failures_total,
-                        "rpm_used": len(s.requests),
+                        "rpm_used": len(s.requests) + s.shared_requests,
                         "rpm_limit": s.deployment.rpm,
-                        "tpm_used": s.tokens_in_window,
+                        "tpm_used": s.tokens_in_window + s.shared_tokens,
                         "tpm_limit": s.deployment.tpm,
                     }
                 )

@@ -16,6 +16,7 @@ from turnout.engine.state import encode_state
 from turnout.server.config import Deployment, ModelAlias, RouterSettings
 from turnout.server.router import (
     MAX_WAIT_S,
+    SHARED_WAIT_S,
     WINDOW_S,
     Router,
     affinity_of,
@@ -152,6 +153,31 @@ def test_tpm_limit_counts_tokens_from_usage() -> None:
     assert pick.retry_after == pytest.approx(WINDOW_S)
     clock.now += WINDOW_S + 1
     assert router.pick("g").state is a
+
+
+def test_other_replicas_counts_fill_the_window_with_the_local_ones() -> None:
+    # shared_requests/shared_tokens: what the other replicas sent (server/state/cooldowns.py).
+    clock = Clock()
+    router = make([dep(rpm=3, tpm=100)], clock=clock)
+    (a,) = router.groups["g"]
+    router.begin(a)
+    clock.now += 10
+    router.begin(a)
+    a.shared_requests = 1
+    pick = router.pick("g")
+    assert pick.state is None and pick.reason == "limited"
+    # 2 local + 1 elsewhere: the local oldest leaves first, 50 s from now
+    assert pick.retry_after == pytest.approx(WINDOW_S - 10)
+    a.shared_requests = 3  # the others alone fill it: one of their buckets leaves soon
+    assert router.pick("g").retry_after == pytest.approx(SHARED_WAIT_S)
+    a.shared_requests = 0
+    router.finished(a, tokens=40)
+    a.shared_tokens = 60
+    assert router.pick("g").state is None
+    assert a.headroom(clock.now) == 0.0
+    a.shared_tokens = 59
+    assert router.pick("g").state is a
+    assert router.snapshot()[0]["tpm_used"] == 99
 
 
 # -- cooldown ----------------------------------------------------------------------------------

@@ -380,5 +380,135 @@ async def test_the_mirror_keeps_routing_locally_when_redis_is_down() -> None:
         await dead.aclose()
 
 
+# -- deployment rpm/tpm windows ------------------------------------------------------------------
+
+
+def limited_deployments(**limits: int) -> dict[str, ModelAlias]:
+    return {
+        "m": ModelAlias(
+            deployments=[Deployment(model="groq/a", **limits), Deployment(model="groq/b")]
+        )
+    }
+
+
+def one_deployment(**limits: int) -> dict[str, ModelAlias]:
+    return {"m": ModelAlias(deployments=[Deployment(model="groq/a", **limits)])}
+
+
+async def test_a_deployments_rpm_is_shared_by_two_replicas(state: RedisState) -> None:
+    clock, wall = Clock(100.0), Clock(T0)
+    router_a = Router(RouterSettings(), limited_deployments(rpm=4), clock=clock)
+    router_b = Router(RouterSettings(), limited_deployments(rpm=4), clock=clock)
+    mirror_a = CooldownMirror(state, router_a, wall=wall)
+    mirror_b = CooldownMirror(state, router_b, wall=wall)
+    a_dep, b_dep = router_a.state("m#0"), router_b.state("m#0")
+    assert a_dep is not None and b_dep is not None
+    for _ in range(4):
+        router_a.begin(a_dep)
+        router_a.finished(a_dep)
+    await mirror_a.refresh()
+    await mirror_a.refresh()  # written once, never twice
+    await mirror_b.refresh()
+    assert b_dep.shared_requests == 4 and a_dep.shared_requests == 0
+    assert b_dep.limited_for(clock()) is not None
+    for _ in range(20):
+        pick = router_b.pick("m")
+        assert pick.state is not None and pick.state.id == "m#1"
+    assert router_b.snapshot()[0]["rpm_used"] == 4
+    # B sent m#0 nothing: A sees only its own four (never counted twice)
+    await mirror_a.refresh()
+    assert a_dep.shared_requests == 0 and a_dep.limited_for(clock()) is not None
+    # The window moves on: 60 s later the buckets are out of it, on both replicas.
+    clock.now += 61
+    wall.now += 61
+    await mirror_b.refresh()
+    assert b_dep.shared_requests == 0 and b_dep.limited_for(clock()) is None
+
+
+async def test_a_deployment_full_on_other_replicas_is_limited_here(state: RedisState) -> None:
+    clock, wall = Clock(100.0), Clock(T0)
+    routers = [Router(RouterSettings(), one_deployment(rpm=4), clock=clock) for _ in range(2)]
+    mirrors = [CooldownMirror(state, r, wall=wall) for r in routers]
+    deps = [r.state("m#0") for r in routers]
+    assert deps[0] is not None and deps[1] is not None
+    for _ in range(2):
+        routers[0].begin(deps[0])
+    routers[1].begin(deps[1])
+    for mirror in [*mirrors, *mirrors]:
+        await mirror.refresh()
+    assert (deps[0].shared_requests, deps[1].shared_requests) == (1, 2)
+    assert routers[1].pick("m").state is not None  # 3 of 4
+    routers[1].begin(deps[1])
+    await mirrors[1].refresh()
+    await mirrors[0].refresh()
+    pick = routers[0].pick("m")
+    assert pick.state is None and pick.reason == "limited"
+    assert pick.retry_after is not None and 0 < pick.retry_after <= 60
+
+
+async def test_a_deployments_tpm_is_shared_by_two_replicas(state: RedisState) -> None:
+    clock, wall = Clock(100.0), Clock(T0)
+    router_a = Router(RouterSettings(), one_deployment(tpm=1000), clock=clock)
+    router_b = Router(RouterSettings(), one_deployment(tpm=1000), clock=clock)
+    mirror_a = CooldownMirror(state, router_a, wall=wall)
+    mirror_b = CooldownMirror(state, router_b, wall=wall)
+    a_dep, b_dep = router_a.state("m#0"), router_b.state("m#0")
+    assert a_dep is not None and b_dep is not None
+    router_a.begin(a_dep)
+    router_a.finished(a_dep, 600)
+    await mirror_a.refresh()
+    await mirror_b.refresh()
+    assert b_dep.shared_tokens == 600 and router_b.pick("m").state is not None
+    router_a.begin(a_dep)
+    router_a.finished(a_dep, 400)
+    await mirror_a.refresh()
+    await mirror_b.refresh()
+    assert b_dep.shared_tokens == 1000
+    pick = router_b.pick("m")
+    assert pick.state is None and pick.reason == "limited"
+    assert b_dep.headroom(clock()) == 0.0
+
+
+async def test_deployments_without_rpm_or_tpm_write_nothing(
+    state: RedisState, redis_prefix: str
+) -> None:
+    router = Router(RouterSettings(), two_deployments())
+    mirror = CooldownMirror(state, router)
+    dep = router.state("m#0")
+    assert dep is not None
+    router.begin(dep)
+    router.finished(dep, 100)
+    await mirror.refresh()
+    assert await state.client.keys(f"{redis_prefix}*") == []
+    assert dep.shared_requests == 0 and dep.shared_tokens == 0
+
+
+async def test_the_mirror_keeps_local_windows_when_redis_is_down(state: RedisState) -> None:
+    clock, wall = Clock(100.0), Clock(T0)
+    router = Router(RouterSettings(), limited_deployments(rpm=4), clock=clock)
+    other = Router(RouterSettings(), limited_deployments(rpm=4), clock=clock)
+    mirror = CooldownMirror(state, router, wall=wall)
+    other_mirror = CooldownMirror(state, other, wall=wall)
+    other_dep, dep = other.state("m#0"), router.state("m#0")
+    assert other_dep is not None and dep is not None
+    for _ in range(3):
+        other.begin(other_dep)
+    await other_mirror.refresh()
+    await mirror.refresh()
+    assert dep.shared_requests == 3
+    dead = RedisState(closed_redis_url())
+    try:
+        mirror._state = dead  # Redis goes away under the mirror
+        await mirror.refresh()
+        assert not mirror.reachable and dep.shared_requests == 0
+        for _ in range(3):  # local counting, as with one replica
+            router.begin(dep)
+        assert router.pick("m").state is not None
+        router.begin(dep)
+        assert all(router.pick("m").state.id == "m#1" for _ in range(10))  # type: ignore[union-attr]
+    finally:
+        await dead.aclose()
+
+
 def test_require_redis_answers() -> None:
     require_redis()
